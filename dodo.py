@@ -1,0 +1,72 @@
+"""Tasks of the KVM kernel pipeline.  `doit list` is the table of contents.
+
+This file only declares: each action is one function of `pipeline/`.
+Settings come from pipeline/default.toml, an optional pipeline.toml, and
+`section.key=value` arguments, e.g. `doit build kernel.variant=debug`.
+"""
+
+from pathlib import Path
+
+from doit.tools import config_changed
+
+from pipeline import fetch, kbuild, kconfig, patch, tasks
+
+ROOT = Path(__file__).resolve().parent
+tasks.setup_logging()
+S = tasks.load_settings(ROOT)
+S.build_dir.mkdir(parents=True, exist_ok=True)
+
+DOIT_CONFIG = {
+    "default_tasks": ["build"],
+    "backend": "sqlite3",
+    "dep_file": str(S.build_dir / ".doit.db"),
+    "verbosity": 2,
+}
+
+
+def task_fetch():
+    """Fetch the kernel tree into build/src/linux (source.kind: debian, tarball, local, git)."""
+    return {
+        "actions": [tasks.action("fetch", fetch.fetch_tree, S)],
+        "uptodate": [lambda: fetch.is_current(S)],
+        "targets": [fetch.record_path(S)],
+        "clean": [tasks.remover(S.tree_dir, fetch.record_path(S))],
+    }
+
+
+def task_patch():
+    """Apply the KVM preempt-count series from patches/kvm/ (all or nothing)."""
+    return {
+        "actions": [tasks.action("patch", patch.patch_tree, S)],
+        "file_dep": [fetch.record_path(S), *patch.all_series_files(S)],
+        "uptodate": [config_changed(S.digest("patch"))],
+        "targets": [patch.stamp_path(S)],
+        "clean": True,
+    }
+
+
+def task_config():
+    """Configure: tinyconfig + kconfig/ fragments for the variant, every option verified."""
+    return {
+        "actions": [tasks.action("config", kconfig.configure, S)],
+        "file_dep": [patch.stamp_path(S), *kconfig.fragment_paths(S)],
+        "uptodate": [config_changed({"variant": S.kernel.variant,
+                                     "fragments": S.kernel.fragments})],
+        "targets": [S.kbuild_dir / ".config"],
+        "clean": True,
+    }
+
+
+def task_kernel():
+    """Build bzImage and modules; publish them in build/artifacts/."""
+    return {
+        "actions": [tasks.action("kernel", kbuild.build_kernel, S)],
+        "file_dep": [S.kbuild_dir / ".config", patch.stamp_path(S)],
+        "targets": [S.artifacts_dir / "bzImage", S.artifacts_dir / "kernel.json"],
+        "clean": [tasks.remover(S.kbuild_dir, S.artifacts_dir)],
+    }
+
+
+def task_build():
+    """Everything up to the kernel: fetch, patch, config, kernel."""
+    return {"actions": None, "task_dep": ["fetch", "patch", "config", "kernel"]}

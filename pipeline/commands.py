@@ -1,0 +1,104 @@
+"""Run external commands: argv lists, logged copy-pasteably before they run."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .errors import CommandError, EnvironmentProblem
+
+log = logging.getLogger("pipeline")
+
+TAIL_LINES = 40
+
+# While a step runs, the commands it ran, for the reproducer script.
+_journal: list[str] | None = None
+
+
+@contextlib.contextmanager
+def journal():
+    """Collect every command run inside the block; yields the list."""
+    global _journal
+    outer, _journal = _journal, []
+    try:
+        yield _journal
+    finally:
+        _journal = outer
+
+
+def quote(argv: Sequence[str | os.PathLike]) -> str:
+    return shlex.join(str(a) for a in argv)
+
+
+def describe(argv: Sequence[str | os.PathLike], cwd: Path | None, env: Mapping[str, str] | None):
+    """The command as a user would retype it in a shell."""
+    prefix = ""
+    if cwd is not None:
+        prefix += f"cd {shlex.quote(str(cwd))} && "
+    if env:
+        prefix += " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " "
+    return prefix + quote(argv)
+
+
+def run(
+    argv: Sequence[str | os.PathLike],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    log_file: Path | None = None,
+    echo: bool = False,
+    hint: str = "",
+) -> str:
+    """Run argv to completion and return its combined output.
+
+    `env` holds only the variables added to the inherited environment, so the
+    logged line is exactly what to paste.  With `echo` the output streams to
+    our stdout as it comes (long steps show progress); with `log_file` it is
+    also written there.  On failure raise CommandError with the output's tail.
+    """
+    text = describe(argv, cwd, env)
+    log.info("$ %s", text)
+    if _journal is not None:
+        _journal.append(text)
+    full_env = {**os.environ, **env} if env else None
+    lines: list[str] = []
+    try:
+        proc = subprocess.Popen(
+            [str(a) for a in argv],
+            cwd=cwd,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+        )
+    except FileNotFoundError as exc:
+        raise EnvironmentProblem(
+            f"{argv[0]} is not installed (needed for: {text}); run scripts/setup"
+        ) from exc
+    with contextlib.ExitStack() as stack:
+        log_handle = stack.enter_context(open(log_file, "a")) if log_file else None
+        if log_handle:
+            log_handle.write(f"$ {text}\n")
+        # Context-managing the Popen kills nothing on Ctrl-C; do it ourselves so
+        # an interrupted step does not leave a make or tar running behind us.
+        stack.callback(lambda: proc.poll() is None and proc.kill())
+        with proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if echo:
+                    print(line, end="", flush=True)
+                if log_handle:
+                    log_handle.write(line)
+        returncode = proc.wait()
+    if returncode != 0:
+        tail = "".join(lines[-TAIL_LINES:]).rstrip("\n")
+        raise CommandError(text, returncode, tail, hint)
+    return "".join(lines)

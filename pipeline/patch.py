@@ -1,0 +1,176 @@
+"""Apply the KVM patch series that fits the fetched tree, all or nothing.
+
+`patches/kvm/<VERSION.PATCHLEVEL>/series` lists the patches in order (quilt's
+format: one file name a line, `#` comments).  The tree remembers what was
+applied to it (copies of the patches under `.pipeline-patches/`), so applying
+the same series again does nothing, and a changed series first reverts the
+old one, which brings back the pristine tree, then applies the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+from . import commands
+from .errors import PatchError
+from .fetch import kernel_version, read_record
+from .settings import Settings
+from .util import atomic_write_text, remove_tree
+
+log = logging.getLogger("pipeline")
+
+APPLIED_DIR = ".pipeline-patches"
+APPLIED_RECORD = "applied.json"
+
+
+def series_root(settings: Settings) -> Path:
+    return settings.root / "patches" / "kvm"
+
+
+def kernel_line(version: str) -> str:
+    """"6.12" from "6.12.117"."""
+    return ".".join(version.split(".")[:2])
+
+
+def select_series(root: Path, version: str) -> Path:
+    line = kernel_line(version)
+    series = root / line / "series"
+    if not series.is_file():
+        have = sorted(p.parent.name for p in root.glob("*/series"))
+        raise PatchError(
+            f"no KVM patch series for Linux {line} (the fetched tree is {version}): "
+            f"{root} has series for {', '.join(have) or 'no version'}. Port the series "
+            f"to {line} in {root / line}/, or build stock KVM with patch.enabled=false"
+        )
+    return series
+
+
+def read_series(series: Path) -> list[Path]:
+    patches = []
+    for number, line in enumerate(series.read_text().splitlines(), 1):
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        path = series.parent / name.split()[0]
+        if not path.is_file():
+            raise PatchError(f"{series}:{number} names {name}, which does not exist")
+        patches.append(path)
+    if not patches:
+        raise PatchError(f"{series} lists no patches")
+    return patches
+
+
+def series_digest(patches: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in patches:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def all_series_files(settings: Settings) -> list[Path]:
+    """Every file of every series, for doit's file_dep."""
+    return sorted(p for p in series_root(settings).glob("*/*") if p.is_file())
+
+
+def _git_apply(tree: Path, patches: list[Path], *flags: str) -> None:
+    # GIT_CEILING_DIRECTORIES keeps git from mistaking an enclosing repository
+    # (e.g. this project's) for the tree's own, which would make it skip files.
+    commands.run(["git", "apply", "-p1", *flags, *patches], cwd=tree,
+                 env={"GIT_CEILING_DIRECTORIES": str(tree.parent)})
+
+
+def _first_failing(tree: Path, patches: list[Path]) -> tuple[Path, str]:
+    """Check the series prefix by prefix to name the patch that breaks it."""
+    for count in range(1, len(patches) + 1):
+        try:
+            _git_apply(tree, patches[:count], "--check")
+        except commands.CommandError as exc:
+            failing = re.findall(r"error: (?:patch failed: )?([^\s:]+)", exc.output_tail)
+            return patches[count - 1], (failing[0] if failing else exc.output_tail)
+    raise AssertionError("the series failed as a whole but every prefix applies")
+
+
+def read_applied(tree: Path) -> dict | None:
+    try:
+        return json.loads((tree / APPLIED_DIR / APPLIED_RECORD).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def revert_applied(tree: Path, applied: dict) -> None:
+    copies = [tree / APPLIED_DIR / name for name in applied["patches"]]
+    log.info("reverting the previously applied series (%d patches)", len(copies))
+    try:
+        _git_apply(tree, list(reversed(copies)), "-R", "--check")
+    except commands.CommandError:
+        raise PatchError(
+            f"the tree {tree} no longer matches the series applied to it before, so it "
+            f"cannot be restored to pristine: remove {tree.parent} and run again"
+        ) from None
+    _git_apply(tree, list(reversed(copies)), "-R")
+    remove_tree(tree / APPLIED_DIR)
+
+
+def apply_series(tree: Path, patches: list[Path]) -> str:
+    """Apply `patches` to `tree` all or nothing; a second call is a no-op."""
+    digest = series_digest(patches) if patches else ""
+    applied = read_applied(tree)
+    if applied and applied["digest"] == digest:
+        log.info("patch series already applied (%d patches); nothing to do", len(patches))
+        return digest
+    if applied:
+        revert_applied(tree, applied)
+    if not patches:
+        return digest
+    try:
+        _git_apply(tree, patches, "--check")
+    except commands.CommandError:
+        patch, where = _first_failing(tree, patches)
+        raise PatchError(
+            f"{patch.name} does not apply to {tree} (at {where}); nothing was applied. "
+            f"Refresh it against this kernel in {patch.parent}/"
+        ) from None
+    # git apply is atomic over all the patches it is given: all land or none.
+    _git_apply(tree, patches)
+    keep = tree / APPLIED_DIR
+    keep.mkdir()
+    for patch in patches:
+        shutil.copy2(patch, keep / patch.name)
+    record = {"digest": digest, "patches": [p.name for p in patches]}
+    atomic_write_text(keep / APPLIED_RECORD, json.dumps(record, indent=2) + "\n")
+    log.info("applied %d patches: %s", len(patches), ", ".join(p.name for p in patches))
+    return digest
+
+
+def patch_tree(settings: Settings) -> dict:
+    """The `patch` task: bring the tree to exactly the configured series."""
+    fetched = read_record(settings)
+    if fetched is None:
+        raise PatchError("no fetched tree: run `doit fetch` first")
+    tree = settings.tree_dir
+    version = kernel_version(tree)
+    if settings.patch.enabled:
+        series = select_series(series_root(settings), version)
+        patches = read_series(series)
+    else:
+        series, patches = None, []
+        log.info("patch.enabled is false: building stock KVM")
+    digest = apply_series(tree, patches)
+    record = {
+        "tree_id": fetched["tree_id"],
+        "kernel_version": version,
+        "series": str(series.relative_to(settings.root)) if series else None,
+        "patches": [p.name for p in patches],
+        "digest": digest,
+    }
+    atomic_write_text(stamp_path(settings), json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def stamp_path(settings: Settings) -> Path:
+    return settings.stamps_dir / "patch.json"

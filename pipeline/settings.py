@@ -1,0 +1,260 @@
+"""Settings: one frozen, typed value, validated once.
+
+Layers, later wins: the embedded `default.toml`, an optional user file
+(`pipeline.toml` in the project, or the file named by `settings=PATH`), then
+`section.key=value` overrides from the doit command line.  Every error names
+the key, where it came from and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import SettingsError
+
+USER_FILE = "pipeline.toml"
+SOURCE_KINDS = ("debian", "tarball", "local", "git")
+VARIANTS = ("default", "debug")
+CCACHE_MODES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    kind: str
+    package: str
+    version: str
+    url: str
+    signature_url: str
+    keyring: str
+    path: str
+    sha256: str
+    repo: str
+    ref: str
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class KernelSettings:
+    variant: str
+    fragments: tuple[str, ...]
+    jobs: int
+    ccache: str
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    build: str
+    cache: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: SourceSettings
+    patch: PatchSettings
+    kernel: KernelSettings
+    paths: PathSettings
+    root: Path  # the project directory; relative paths are resolved against it
+
+    # Derived locations, so no task spells a path twice.
+    @property
+    def build_dir(self) -> Path:
+        return self.root / self.paths.build
+
+    @property
+    def cache_dir(self) -> Path:
+        if self.paths.cache:
+            return self.root / Path(self.paths.cache).expanduser()
+        xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(xdg) / "kvm-pipeline"
+
+    @property
+    def tree_dir(self) -> Path:
+        return self.build_dir / "src" / "linux"
+
+    @property
+    def kbuild_dir(self) -> Path:
+        return self.build_dir / "kbuild"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.build_dir / "artifacts"
+
+    @property
+    def stamps_dir(self) -> Path:
+        return self.build_dir / "stamps"
+
+    def resolve(self, path: str) -> Path:
+        return self.root / Path(path).expanduser()
+
+    def digest(self, *sections: str) -> str:
+        """A stable hash of the named sections, for doit's config_changed."""
+        data = {name: dataclasses.asdict(getattr(self, name)) for name in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+SECTIONS = {
+    "source": SourceSettings,
+    "patch": PatchSettings,
+    "kernel": KernelSettings,
+    "paths": PathSettings,
+}
+ALLOWED = {
+    ("source", "kind"): SOURCE_KINDS,
+    ("kernel", "variant"): VARIANTS,
+    ("kernel", "ccache"): CCACHE_MODES,
+}
+# What each source kind needs, checked after all layers are merged.
+REQUIRED_BY_KIND = {
+    "debian": ("package",),
+    "tarball": ("url", "sha256"),
+    "local": ("path", "sha256"),
+    "git": ("repo", "ref"),
+}
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _field_types(section: str) -> dict[str, Any]:
+    return {f.name: f.type for f in dataclasses.fields(SECTIONS[section])}
+
+
+def _check_value(section: str, key: str, value: Any, origin: str) -> Any:
+    """Check one value against its field type; return it normalised."""
+    name = f"{section}.{key}"
+    ftype = _field_types(section)[key]
+    if ftype == "bool":
+        ok, want = isinstance(value, bool), "true or false"
+    elif ftype == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        want = "a whole number >= 0"
+    elif ftype.startswith("tuple"):
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        want = "a list of strings"
+        value = tuple(value) if ok else value
+    else:
+        ok, want = isinstance(value, str), "a string"
+    if not ok:
+        raise SettingsError(f"{name} in {origin} is {value!r}: it must be {want}")
+    allowed = ALLOWED.get((section, key))
+    if allowed and value not in allowed:
+        raise SettingsError(
+            f"{name} in {origin} is {value!r}: allowed values are {', '.join(allowed)}"
+        )
+    return value
+
+
+def _merge(merged: dict, origins: dict, data: dict, origin: str) -> None:
+    for section, table in data.items():
+        if section not in SECTIONS:
+            raise SettingsError(
+                f"unknown section [{section}] in {origin}: known sections are "
+                f"{', '.join(SECTIONS)}"
+            )
+        if not isinstance(table, dict):
+            raise SettingsError(f"{section} in {origin} must be a table ([{section}])")
+        for key, value in table.items():
+            if key not in _field_types(section):
+                raise SettingsError(
+                    f"unknown key {section}.{key} in {origin}: [{section}] knows "
+                    f"{', '.join(_field_types(section))}"
+                )
+            merged[section][key] = _check_value(section, key, value, origin)
+            origins[(section, key)] = origin
+
+
+def _parse_override(section: str, key: str, text: str, origin: str) -> Any:
+    """Turn a command-line string into the field's type."""
+    ftype = _field_types(section)[key]
+    if ftype == "bool":
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{section}.{key}={text} in {origin}: it must be true or false")
+    if ftype == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise SettingsError(
+                f"{section}.{key}={text} in {origin}: it must be a whole number"
+            ) from None
+    if ftype.startswith("tuple"):
+        return [part for part in text.split(",") if part]
+    return text
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"settings file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path} is not valid TOML: {exc}") from None
+
+
+def load(root: Path, overrides: dict[str, str] | None = None) -> Settings:
+    """Build the settings for the project at `root`.
+
+    `overrides` are `section.key -> text` pairs (doit's command-line
+    variables); the special key `settings` names the user file to read.
+    """
+    overrides = dict(overrides or {})
+    default_text = resources.files("pipeline").joinpath("default.toml").read_text()
+    merged: dict[str, dict] = {name: {} for name in SECTIONS}
+    origins: dict[tuple[str, str], str] = {}
+    _merge(merged, origins, tomllib.loads(default_text), "the embedded default")
+
+    user_file = overrides.pop("settings", None)
+    if user_file is not None:
+        user_path = root / user_file
+        _merge(merged, origins, _read_toml(user_path), str(user_path))
+    elif (root / USER_FILE).exists():
+        _merge(merged, origins, _read_toml(root / USER_FILE), str(root / USER_FILE))
+
+    for name, text in overrides.items():
+        origin = "the command line"
+        section, _, key = name.partition(".")
+        if section not in SECTIONS or key not in _field_types(section):
+            known = ", ".join(f"{s}.{k}" for s in SECTIONS for k in _field_types(s))
+            raise SettingsError(f"unknown setting {name}={text} on {origin}; known: {known}")
+        value = _parse_override(section, key, text, origin)
+        merged[section][key] = _check_value(section, key, value, origin)
+        origins[(section, key)] = origin
+
+    source = merged["source"]
+    for key in REQUIRED_BY_KIND[source["kind"]]:
+        if not source[key]:
+            raise SettingsError(
+                f"source.kind = {source['kind']!r} needs source.{key} "
+                f"(set it in {USER_FILE} or as source.{key}=... on the command line)"
+            )
+    if source["kind"] in ("tarball", "local"):
+        source["sha256"] = source["sha256"].lower()
+        if not SHA256_RE.match(source["sha256"]):
+            raise SettingsError(
+                f"source.sha256 in {origins[('source', 'sha256')]} is {source['sha256']!r}: "
+                "it must be 64 hex digits (sha256sum prints it)"
+            )
+    if bool(source["signature_url"]) != bool(source["keyring"]):
+        raise SettingsError(
+            "source.signature_url and source.keyring go together: the signature is "
+            "checked against the keys in the keyring file"
+        )
+
+    return Settings(
+        root=root,
+        **{name: cls(**merged[name]) for name, cls in SECTIONS.items()},
+    )

@@ -1,0 +1,94 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline import settings
+from pipeline.errors import SettingsError
+
+
+def test_embedded_default_needs_no_file(tmp_path):
+    s = settings.load(tmp_path)
+    assert s.source.kind == "debian"
+    assert s.source.package == "linux-source-6.12"
+    assert s.kernel.variant == "default"
+    assert s.patch.enabled is True
+    assert s.build_dir == tmp_path / "build"
+
+
+def test_settings_are_frozen(tmp_path):
+    s = settings.load(tmp_path)
+    with pytest.raises(AttributeError):
+        s.kernel.variant = "debug"
+
+
+def test_user_file_then_command_line_win(tmp_path):
+    (tmp_path / "pipeline.toml").write_text('[kernel]\nvariant = "debug"\njobs = 3\n')
+    s = settings.load(tmp_path, {"kernel.jobs": "5", "patch.enabled": "false"})
+    assert s.kernel.variant == "debug"
+    assert s.kernel.jobs == 5
+    assert s.patch.enabled is False
+
+
+def test_named_settings_file(tmp_path):
+    (tmp_path / "other.toml").write_text('[kernel]\nfragments = ["a.config"]\n')
+    s = settings.load(tmp_path, {"settings": "other.toml"})
+    assert s.kernel.fragments == ("a.config",)
+
+
+def test_list_override_is_comma_separated(tmp_path):
+    s = settings.load(tmp_path, {"kernel.fragments": "x.config,y.config"})
+    assert s.kernel.fragments == ("x.config", "y.config")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[kernel]\nvarient = 1\n", r"unknown key kernel\.varient in .*pipeline\.toml.*variant"),
+        ("[kernl]\n", r"unknown section \[kernl\] in .*pipeline\.toml"),
+        ('[kernel]\nvariant = "fast"\n', r"kernel\.variant in .*pipeline\.toml is 'fast'.*default, debug"),
+        ('[kernel]\njobs = "two"\n', r"kernel\.jobs .* whole number"),
+        ("[patch]\nenabled = 1\n", r"patch\.enabled .* true or false"),
+        ("[kernel\n", r"not valid TOML"),
+    ],
+)
+def test_bad_file_names_key_and_file(tmp_path, text, expected):
+    (tmp_path / "pipeline.toml").write_text(text)
+    with pytest.raises(SettingsError, match=expected):
+        settings.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"kernel.colour": "red"}, r"unknown setting kernel\.colour=red on the command line"),
+        ({"jobs": "2"}, r"unknown setting jobs=2"),
+        ({"kernel.jobs": "many"}, r"kernel\.jobs=many .* whole number"),
+        ({"patch.enabled": "maybe"}, r"patch\.enabled=maybe .* true or false"),
+        ({"source.kind": "ftp"}, r"source\.kind .* 'ftp'.*debian, tarball, local, git"),
+        ({"source.kind": "tarball"}, r"needs source\.url"),
+        ({"source.kind": "tarball", "source.url": "https://x/y.tar.xz"}, r"needs source\.sha256"),
+        ({"source.kind": "local", "source.path": "k.tar", "source.sha256": "abc"},
+         r"source\.sha256 .* 64 hex digits"),
+        ({"source.kind": "git"}, r"needs source\.repo"),
+        ({"source.signature_url": "https://x/y.sign"}, r"signature_url and source\.keyring"),
+        ({"settings": "missing.toml"}, r"missing\.toml does not exist"),
+    ],
+)
+def test_bad_override_names_key(tmp_path, overrides, expected):
+    with pytest.raises(SettingsError, match=expected):
+        settings.load(tmp_path, overrides)
+
+
+def test_digest_covers_only_named_sections(tmp_path):
+    base = settings.load(tmp_path)
+    other_jobs = settings.load(tmp_path, {"kernel.jobs": "7"})
+    assert base.digest("patch") == other_jobs.digest("patch")
+    assert base.digest("kernel") != other_jobs.digest("kernel")
+
+
+def test_every_key_is_documented_in_the_default():
+    text = (Path(settings.__file__).parent / "default.toml").read_text()
+    for section, cls in settings.SECTIONS.items():
+        assert f"[{section}]" in text
+        for field in cls.__dataclass_fields__:
+            assert f"\n{field} = " in text, f"{section}.{field} missing from default.toml"
