@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,7 +58,7 @@ class Server:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's naming
+            def do_GET(self):
                 range_header = self.headers.get("Range")
                 server.requests.append((self.path, range_header))
                 body = server.files.get(self.path)
@@ -111,3 +114,35 @@ def make_settings(tmp_path):
         return settings.load(tmp_path, values)
 
     return make
+
+
+# ------------------------------------------------------------ the real kernel build
+#
+# One build of the embedded default, shared by every test that needs a kernel
+# (and kept between runs, so a second `pytest` only re-checks it).  Its build
+# directory is separate from a developer's own `build/`.
+
+E2E_BUILD = os.environ.get("PIPELINE_TEST_BUILD", "build/test")
+
+
+def doit(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run doit on the project's dodo.py, as a user would, output captured."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"), *args],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"doit {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def tasks_run(proc: subprocess.CompletedProcess) -> list[str]:
+    """Tasks doit actually executed ('.  name'), not those it found up to date ('-- name')."""
+    return [line[3:].strip() for line in proc.stdout.splitlines() if line.startswith(".  ")]
+
+
+@pytest.fixture(scope="session")
+def kernel_build() -> settings.Settings:
+    doit("build", f"paths.build={E2E_BUILD}")
+    return settings.load(ROOT, {"paths.build": E2E_BUILD})

@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Benchmark: what the pipeline costs on top of the kernel's own make.
+
+    .venv/bin/python bench/build.py [--keep]
+
+In one run, on one machine, ccache off for both:
+1. cold `doit build` of the embedded default in build/bench/ (the Debian
+   tarball comes from the download cache; extraction, patching and
+   configuration count as overhead);
+2. a bare `make -jN bzImage modules` of the same .config on the same tree in
+   a fresh O= directory;
+3. a no-op `doit build` (nothing changed).
+Prints the times and the ratios against the targets (overhead < 10 %,
+no-op < 1 s) as a table and as JSON.  Absolute times vary with the machine;
+the ratio is the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_BUILD = ROOT / "build" / "bench"
+
+
+def timed(argv: list[str], **kwargs) -> float:
+    print("$", " ".join(argv), flush=True)
+    started = time.monotonic()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, **kwargs)
+    return time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--keep", action="store_true", help="keep build/bench afterwards")
+    args = parser.parse_args()
+
+    doit = [sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py")]
+    bench_settings = [f"paths.build={BENCH_BUILD}", "kernel.ccache=off"]
+    shutil.rmtree(BENCH_BUILD, ignore_errors=True)
+    # Warm the download cache first, so neither side pays for the network.
+    subprocess.run([*doit, "fetch", *bench_settings], check=True, stdout=subprocess.DEVNULL)
+    shutil.rmtree(BENCH_BUILD)
+
+    cold = timed([*doit, "build", *bench_settings], cwd=ROOT)
+    noop = timed([*doit, "build", *bench_settings], cwd=ROOT)
+
+    bare = BENCH_BUILD / "bare"
+    bare.mkdir()
+    shutil.copy(BENCH_BUILD / "kbuild" / ".config", bare / ".config")
+    make = ["make", "-C", str(BENCH_BUILD / "src" / "linux"), f"O={bare}", "ARCH=x86_64",
+            f"-j{os.cpu_count()}", "bzImage", "modules"]
+    bare_seconds = timed(make)
+
+    result = {
+        "cold_doit_build_s": round(cold, 1),
+        "bare_make_s": round(bare_seconds, 1),
+        "overhead_ratio": round(cold / bare_seconds, 3),
+        "overhead_target": 1.10,
+        "noop_doit_build_s": round(noop, 2),
+        "noop_target_s": 1.0,
+    }
+    print()
+    print(f"cold doit build   {cold:8.1f} s")
+    print(f"bare make         {bare_seconds:8.1f} s")
+    print(f"ratio             {result['overhead_ratio']:8.3f}   (target < 1.10)")
+    print(f"no-op doit build  {noop:8.2f} s   (target < 1 s)")
+    print(json.dumps(result))
+    if not args.keep:
+        shutil.rmtree(BENCH_BUILD)
+
+
+if __name__ == "__main__":
+    main()

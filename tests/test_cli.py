@@ -1,0 +1,55 @@
+"""The doit command line: table of contents and bad input, no kernel build."""
+
+import subprocess
+import sys
+
+from conftest import ROOT, doit
+
+
+def test_doit_list_reads_like_a_table_of_contents():
+    out = doit("list").stdout
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert names[:5] == ["fetch", "patch", "config", "kernel", "build"]
+
+
+def test_bad_setting_on_command_line_fails_cleanly(tmp_path):
+    proc = doit("build", "kernel.variant=fast", f"paths.build={tmp_path}/b", check=False)
+    assert proc.returncode != 0
+    assert "kernel.variant in the command line is 'fast': allowed values are default, debug" \
+        in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_unknown_key_on_command_line(tmp_path):
+    proc = doit("build", "kernel.varient=debug", f"paths.build={tmp_path}/b", check=False)
+    assert proc.returncode != 0
+    assert "unknown setting kernel.varient=debug" in proc.stderr
+
+
+def test_failing_step_reports_without_traceback(tmp_path):
+    proc = doit("fetch", "source.package=linux-source-0.1", f"paths.build={tmp_path}/b",
+                f"paths.cache={tmp_path}/c", check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "fetch: apt knows no package 'linux-source-0.1'" in out
+    assert "Traceback" not in out
+    assert not (tmp_path / "b/src/linux").exists()
+
+
+def run_pipeline(*args: str):
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT,
+                          capture_output=True, text=True)
+
+
+def test_entry_point_exit_code_for_bad_setting(tmp_path):
+    proc = run_pipeline("build", "kernel.jobs=lots", f"paths.build={tmp_path}/b")
+    assert proc.returncode == 2
+    assert "kernel.jobs=lots" in proc.stderr
+
+
+def test_entry_point_exit_code_for_bad_source(tmp_path):
+    proc = run_pipeline("fetch", "source.version=0-nope", f"paths.build={tmp_path}/b",
+                        f"paths.cache={tmp_path}/c")
+    assert proc.returncode == 2
+    assert "not on the mirror" in proc.stdout + proc.stderr
