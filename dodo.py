@@ -9,7 +9,7 @@ from pathlib import Path
 
 from doit.tools import config_changed
 
-from pipeline import fetch, kbuild, kconfig, patch, tasks
+from pipeline import boot, fetch, image, kbuild, kconfig, patch, tasks
 
 ROOT = Path(__file__).resolve().parent
 tasks.setup_logging()
@@ -67,6 +67,36 @@ def task_kernel():
     }
 
 
+def task_image():
+    """Bake the guest image in Docker (images/) into build/artifacts/rootfs.ext4."""
+    return {
+        "actions": [tasks.action("image", image.build_image, S)],
+        "file_dep": [S.artifacts_dir / "kernel.json", *image.image_inputs(S)],
+        "uptodate": [config_changed(S.digest("image"))],
+        "targets": [S.artifacts_dir / "rootfs.ext4", S.artifacts_dir / "image.json"],
+        "clean": [tasks.remover(S.image_dir, S.artifacts_dir / "rootfs.ext4",
+                                S.artifacts_dir / "image.json")],
+    }
+
+
 def task_build():
-    """Everything up to the kernel: fetch, patch, config, kernel."""
-    return {"actions": None, "task_dep": ["fetch", "patch", "config", "kernel"]}
+    """Everything up to a bootable guest: fetch, patch, config, kernel, image."""
+    return {"actions": None, "task_dep": ["fetch", "patch", "config", "kernel", "image"]}
+
+
+def task_boot():
+    """Boot the guest under QEMU and run the boot checks; results in build/results/."""
+    return {
+        "actions": [tasks.action("boot", boot.boot_checks, S)],
+        "task_dep": ["kernel", "image"],
+        "verbosity": 2,
+    }
+
+
+def task_test():
+    """Boot the guest and run the suite (boot.suite); JUnit, JSON, KTAP in build/results/."""
+    return {
+        "actions": [tasks.action("test", boot.test_suite, S)],
+        "task_dep": ["kernel", "image"],
+        "verbosity": 2,
+    }

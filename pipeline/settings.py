@@ -25,6 +25,7 @@ USER_FILE = "pipeline.toml"
 SOURCE_KINDS = ("debian", "tarball", "local", "git")
 VARIANTS = ("default", "debug")
 CCACHE_MODES = ("auto", "on", "off")
+ACCELERATORS = ("auto", "kvm", "tcg")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,28 @@ class KernelSettings:
 
 
 @dataclass(frozen=True)
+class ImageSettings:
+    base: str
+    suite: str
+    mirror: str
+    source_date_epoch: int
+    size_mb: int
+    uuid: str
+
+
+@dataclass(frozen=True)
+class BootSettings:
+    accel: str
+    memory_mb: int
+    smp: int
+    boot_timeout: int
+    test_timeout: int
+    cmdline: str
+    suite: str
+    dry_run: bool
+
+
+@dataclass(frozen=True)
 class PathSettings:
     build: str
     cache: str
@@ -65,6 +88,8 @@ class Settings:
     source: SourceSettings
     patch: PatchSettings
     kernel: KernelSettings
+    image: ImageSettings
+    boot: BootSettings
     paths: PathSettings
     root: Path  # the project directory; relative paths are resolved against it
 
@@ -96,6 +121,14 @@ class Settings:
     def stamps_dir(self) -> Path:
         return self.build_dir / "stamps"
 
+    @property
+    def image_dir(self) -> Path:
+        return self.build_dir / "image"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.build_dir / "results"
+
     def resolve(self, path: str) -> Path:
         return self.root / Path(path).expanduser()
 
@@ -109,12 +142,15 @@ SECTIONS = {
     "source": SourceSettings,
     "patch": PatchSettings,
     "kernel": KernelSettings,
+    "image": ImageSettings,
+    "boot": BootSettings,
     "paths": PathSettings,
 }
 ALLOWED = {
     ("source", "kind"): SOURCE_KINDS,
     ("kernel", "variant"): VARIANTS,
     ("kernel", "ccache"): CCACHE_MODES,
+    ("boot", "accel"): ACCELERATORS,
 }
 # What each source kind needs, checked after all layers are merged.
 REQUIRED_BY_KIND = {
@@ -123,7 +159,16 @@ REQUIRED_BY_KIND = {
     "local": ("path", "sha256"),
     "git": ("repo", "ref"),
 }
+# Lower bounds of numbers where 0 makes no sense.
+MINIMUM = {
+    ("image", "size_mb"): 256,
+    ("boot", "memory_mb"): 128,
+    ("boot", "smp"): 1,
+    ("boot", "boot_timeout"): 1,
+    ("boot", "test_timeout"): 1,
+}
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def _field_types(section: str) -> dict[str, Any]:
@@ -147,6 +192,9 @@ def _check_value(section: str, key: str, value: Any, origin: str) -> Any:
         ok, want = isinstance(value, str), "a string"
     if not ok:
         raise SettingsError(f"{name} in {origin} is {value!r}: it must be {want}")
+    minimum = MINIMUM.get((section, key), 0)
+    if ftype == "int" and value < minimum:
+        raise SettingsError(f"{name} in {origin} is {value}: it must be at least {minimum}")
     allowed = ALLOWED.get((section, key))
     if allowed and value not in allowed:
         raise SettingsError(
@@ -248,6 +296,11 @@ def load(root: Path, overrides: dict[str, str] | None = None) -> Settings:
                 f"source.sha256 in {origins[('source', 'sha256')]} is {source['sha256']!r}: "
                 "it must be 64 hex digits (sha256sum prints it)"
             )
+    if not UUID_RE.match(merged["image"]["uuid"]):
+        raise SettingsError(
+            f"image.uuid in {origins[('image', 'uuid')]} is {merged['image']['uuid']!r}: "
+            "it must be a lower-case UUID such as uuidgen prints"
+        )
     if bool(source["signature_url"]) != bool(source["keyring"]):
         raise SettingsError(
             "source.signature_url and source.keyring go together: the signature is "

@@ -72,6 +72,9 @@ def test_bad_file_names_key_and_file(tmp_path, text, expected):
         ({"source.kind": "git"}, r"needs source\.repo"),
         ({"source.signature_url": "https://x/y.sign"}, r"signature_url and source\.keyring"),
         ({"settings": "missing.toml"}, r"missing\.toml does not exist"),
+        ({"boot.smp": "0"}, r"boot\.smp in the command line is 0: it must be at least 1"),
+        ({"boot.accel": "hvf"}, r"boot\.accel .* auto, kvm, tcg"),
+        ({"image.uuid": "not-a-uuid"}, r"image\.uuid .* UUID"),
     ],
 )
 def test_bad_override_names_key(tmp_path, overrides, expected):

@@ -1,0 +1,127 @@
+"""Boot the guest, run a suite in it, bring the results back (tasks `boot`, `test`).
+
+The guest's init runs the suite named on the kernel command line; KTAP comes
+back on the "ktap" virtio-serial port and the suite's exit status on the
+"status" port, apart from the noisy console.  The console is a line stream
+under two deadlines (init must start within boot.boot_timeout, the whole
+run ends within boot.test_timeout), teed to build/results/console.log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from . import console, ktap, qemu
+from .errors import PipelineError, UserError
+from .results import Outcome, RunReport, classify_outcome, summary, write_json, write_junit
+from .settings import Settings
+from .util import remove_tree
+
+log = logging.getLogger("pipeline")
+
+INIT = "/usr/local/sbin/pipeline-init"
+INIT_MARKER = "pipeline-init: running suite"
+RESULT_FILES = ("console.log", "ktap.log", "status", "junit.xml", "results.json")
+
+
+class RunFailed(PipelineError):
+    """The guest run ended in an outcome other than PASSED."""
+
+    def __init__(self, outcome: Outcome, why: str):
+        super().__init__(f"{outcome.label}: {why}")
+        self.outcome = outcome
+        self.exit_code = outcome.value
+
+
+def kernel_cmdline(settings: Settings, suite: str, extra: tuple[str, ...] = ()) -> list[str]:
+    return ["console=ttyS0", "root=/dev/vda", "rw", "panic=-1", f"init={INIT}",
+            f"pipeline.suite={suite}", *settings.boot.cmdline.split(), *extra]
+
+
+def qemu_command(settings: Settings, accel: qemu.Accelerator, suite: str,
+                 extra: tuple[str, ...] = ()) -> qemu.QemuCommand:
+    results = settings.results_dir
+    return qemu.QemuCommand(
+        accel=accel,
+        kernel=settings.artifacts_dir / "bzImage",
+        cmdline=kernel_cmdline(settings, suite, extra),
+        memory_mb=settings.boot.memory_mb,
+        smp=settings.boot.smp,
+        root_disk=settings.artifacts_dir / "rootfs.ext4",
+        ports={"ktap": results / "ktap.log", "status": results / "status"},
+    )
+
+
+def _guest_status(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _show(line: str) -> None:
+    """Live progress: init's own lines and anything the kernel complains about."""
+    if "pipeline-init:" in line or console.classify([line]):
+        print(f"  guest| {line}", flush=True)
+
+
+def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = ()) -> RunReport:
+    """Boot, run `suite`, write results; raise RunFailed unless it passed."""
+    for name in ("bzImage", "rootfs.ext4"):
+        if not (settings.artifacts_dir / name).exists():
+            raise UserError(f"{settings.artifacts_dir / name} is missing: run `doit build` first")
+    results = settings.results_dir
+    results.mkdir(parents=True, exist_ok=True)
+    for name in RESULT_FILES:
+        remove_tree(results / name)  # no stale result may pass for this run's
+
+    started = time.monotonic()
+    choice = qemu.choose_accelerator(settings, settings.artifacts_dir / "bzImage")
+    log.info("accelerator: %s (%s)", choice.accel.name, choice.why)
+    command = qemu_command(settings, choice.accel, suite, extra_cmdline)
+    run = qemu.stream(command.argv(), results / "console.log",
+                      deadline=settings.boot.test_timeout, marker=INIT_MARKER,
+                      marker_deadline=settings.boot.boot_timeout, on_line=_show)
+
+    findings = console.classify(run.lines)
+    tree = ktap.parse(qemu.iter_lines(results / "ktap.log"), name=suite)
+    guest_status = _guest_status(results / "status")
+    started_kernel = any("Linux version" in line for line in run.lines)
+    outcome, why = classify_outcome(qemu_started=started_kernel, timed_out=run.timed_out,
+                                    findings=findings, guest_status=guest_status, tree=tree)
+    if outcome is Outcome.QEMU_FAILED and run.lines:
+        why += ": " + " / ".join(run.lines[-3:])
+    report = RunReport(
+        suite=suite, outcome=outcome, why=why, accel=choice.accel.name, accel_why=choice.why,
+        guest_status=guest_status, findings=findings, qemu_argv=command.argv(),
+        seconds={"total": time.monotonic() - started, "qemu": run.seconds,
+                 "to_init": run.first_marker_seconds or 0.0},
+    )
+    write_json(results / "results.json", report, tree)
+    write_junit(results / "junit.xml", report, tree)
+    print(summary(report, tree), flush=True)
+    if outcome is not Outcome.PASSED:
+        raise RunFailed(outcome, f"{why} (console: {results / 'console.log'})")
+    return report
+
+
+def boot_checks(settings: Settings) -> RunReport | None:
+    """The `boot` task: the boot-check suite."""
+    return run_or_print(settings, "boot")
+
+
+def test_suite(settings: Settings) -> RunReport | None:
+    """The `test` task: the suite named by boot.suite."""
+    return run_or_print(settings, settings.boot.suite)
+
+
+def run_or_print(settings: Settings, suite: str) -> RunReport | None:
+    if not settings.boot.dry_run:
+        return run_suite(settings, suite)
+    # A dry run: the command line a human can read or paste.
+    choice = qemu.choose_accelerator(settings, settings.artifacts_dir / "bzImage")
+    print(f"# accelerator {choice.accel.name}: {choice.why}")
+    print(qemu_command(settings, choice.accel, suite).shell())
+    return None

@@ -1,0 +1,220 @@
+"""QEMU: the command line, a usable accelerator, and the guest as a line stream.
+
+The argv is assembled from small parts (machine, cpu, memory, kernel and
+command line, root disk, console, virtio-serial ports) so a dry run can print
+it and tests can assert on it.  `auto` acceleration is decided by really
+booting the kernel under KVM for a few seconds: /dev/kvm existing does not
+mean Linux boots on it (in a nested VM it may hang at 100% sys time).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import queue
+import shlex
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import commands
+from .errors import EnvironmentProblem, PipelineError
+from .settings import Settings
+from .util import atomic_write_text
+
+log = logging.getLogger("pipeline")
+
+QEMU = "qemu-system-x86_64"
+PROBE_SECONDS = 20
+# The first line Linux prints on the serial console.
+PROBE_MARKER = "Linux version"
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    name: str
+    argv: tuple[str, ...]
+
+
+ACCELERATORS = {
+    "kvm": Accelerator("kvm", ("-accel", "kvm", "-cpu", "host")),
+    # -cpu max offers SVM, so the guest can run KVM (kvm-amd) nested.
+    "tcg": Accelerator("tcg", ("-accel", "tcg", "-cpu", "max")),
+}
+
+
+@dataclass(frozen=True)
+class Choice:
+    accel: Accelerator
+    why: str
+
+
+@dataclass
+class QemuCommand:
+    """A QEMU command line built from parts; `argv()` joins them."""
+
+    accel: Accelerator
+    kernel: Path
+    cmdline: list[str]
+    memory_mb: int = 1024
+    smp: int = 2
+    root_disk: Path | None = None
+    ports: dict[str, Path] = field(default_factory=dict)  # virtio-serial name -> host file
+
+    def argv(self) -> list[str]:
+        argv = [QEMU, "-nodefaults", "-no-reboot", "-display", "none",
+                "-machine", "pc", *self.accel.argv,
+                "-m", str(self.memory_mb), "-smp", str(self.smp),
+                "-kernel", str(self.kernel), "-append", " ".join(self.cmdline),
+                # The serial console is QEMU's stdout: the host reads it as lines.
+                "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console"]
+        if self.root_disk is not None:
+            # snapshot=on: the guest's writes never reach the image artifact.
+            argv += ["-drive", f"file={self.root_disk},if=virtio,format=raw,snapshot=on"]
+        if self.ports:
+            argv += ["-device", "virtio-serial-pci"]
+            for name, path in self.ports.items():
+                argv += ["-chardev", f"file,id={name},path={path}",
+                         "-device", f"virtserialport,chardev={name},name={name}"]
+        return argv
+
+    def shell(self) -> str:
+        return shlex.join(self.argv())
+
+
+# ------------------------------------------------------------------ the stream
+
+
+@dataclass
+class Run:
+    """What a bounded QEMU run produced."""
+
+    lines: list[str]
+    returncode: int | None  # None: killed at a deadline
+    timed_out: str | None   # which deadline: "boot" or "run"
+    seconds: float
+    first_marker_seconds: float | None = None
+
+
+def stream(argv: list[str], log_file: Path, *, deadline: float, marker: str | None = None,
+           marker_deadline: float | None = None,
+           on_line: Callable[[str], None] | None = None) -> Run:
+    """Run argv, teeing its output lines to `log_file`, killing it at a deadline.
+
+    `deadline` bounds the whole run; `marker_deadline`, if given, bounds the time
+    until a line containing `marker` appears (e.g. the guest's init starting).
+    """
+    log.info("$ %s", shlex.join(argv))
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True, errors="replace")
+    except FileNotFoundError:
+        raise EnvironmentProblem(f"{argv[0]} is not installed; run scripts/setup") from None
+    lines_q: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines_q.put(line.rstrip("\r\n"))
+        lines_q.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    run = Run(lines=[], returncode=None, timed_out=None, seconds=0.0)
+    try:
+        with open(log_file, "w") as out:
+            while True:
+                now = time.monotonic() - started
+                limit = deadline
+                if marker_deadline is not None and run.first_marker_seconds is None:
+                    limit = min(limit, marker_deadline)
+                try:
+                    line = lines_q.get(timeout=max(0.0, limit - now))
+                except queue.Empty:
+                    waiting_for_marker = (marker_deadline is not None
+                                          and run.first_marker_seconds is None
+                                          and now >= marker_deadline)
+                    run.timed_out = "boot" if waiting_for_marker else "run"
+                    break
+                if line is None:
+                    break
+                out.write(line + "\n")
+                out.flush()
+                run.lines.append(line)
+                if on_line:
+                    on_line(line)
+                if marker and run.first_marker_seconds is None and marker in line:
+                    run.first_marker_seconds = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        run.returncode = proc.wait() if run.timed_out is None else None
+        run.seconds = time.monotonic() - started
+    return run
+
+
+# ------------------------------------------------------------------ accelerator
+
+
+def _cache_key() -> dict:
+    try:
+        qemu_version = commands.run([QEMU, "--version"]).splitlines()[0]
+    except PipelineError:  # no QEMU: the boot itself will say so
+        qemu_version = "unknown"
+    return {"host": platform.node(), "host_kernel": platform.release(), "qemu": qemu_version}
+
+
+def probe_kvm(kernel: Path, log_file: Path, seconds: float = PROBE_SECONDS,
+              qemu: str = QEMU) -> tuple[bool, str]:
+    """Boot `kernel` under KVM until its first console line, within `seconds`."""
+    if not os.path.exists("/dev/kvm"):
+        return False, "/dev/kvm does not exist"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "/dev/kvm is not accessible to this user"
+    cmd = QemuCommand(ACCELERATORS["kvm"], kernel, ["console=ttyS0", "panic=-1"], memory_mb=256,
+                      smp=1)
+    argv = [qemu, *cmd.argv()[1:]]
+    run = stream(argv, log_file, deadline=seconds, marker=PROBE_MARKER)
+    if run.first_marker_seconds is not None:
+        return True, (f"a KVM probe boot printed its first console line after "
+                      f"{run.first_marker_seconds:.1f} s")
+    if run.timed_out:
+        return False, f"a KVM probe boot printed nothing in {seconds:.0f} s (KVM unusable here)"
+    tail = "; ".join(run.lines[-2:]) or f"exit status {run.returncode}"
+    return False, f"a KVM probe boot failed: {tail}"
+
+
+def choose_accelerator(settings: Settings, kernel: Path,
+                       probe: Callable[[Path, Path], tuple[bool, str]] = probe_kvm) -> Choice:
+    """The accelerator to use, and why; `auto` probes once per host and caches it."""
+    wanted = settings.boot.accel
+    if wanted != "auto":
+        return Choice(ACCELERATORS[wanted], f"boot.accel = {wanted}")
+    cache = settings.cache_dir / "accel.json"
+    key = _cache_key()
+    try:
+        cached = json.loads(cache.read_text())
+        if cached["key"] == key:
+            return Choice(ACCELERATORS[cached["accel"]], cached["why"] + " (cached verdict)")
+    except (FileNotFoundError, KeyError, json.JSONDecodeError):
+        pass
+    settings.results_dir.mkdir(parents=True, exist_ok=True)
+    usable, why = probe(kernel, settings.results_dir / "kvm-probe.log")
+    accel = "kvm" if usable else "tcg"
+    atomic_write_text(cache, json.dumps({"key": key, "accel": accel, "why": why}, indent=2))
+    return Choice(ACCELERATORS[accel], why)
+
+
+def iter_lines(path: Path) -> Iterator[str]:
+    """The lines of a virtio-serial port's host file (empty if it was never written)."""
+    try:
+        with open(path, errors="replace") as handle:
+            for line in handle:
+                yield line.rstrip("\r\n")
+    except FileNotFoundError:
+        return
