@@ -62,7 +62,8 @@ def task_kernel():
     return {
         "actions": [tasks.action("kernel", kbuild.build_kernel, S)],
         "file_dep": [S.kbuild_dir / ".config", patch.stamp_path(S)],
-        "targets": [S.artifacts_dir / "bzImage", S.artifacts_dir / "kernel.json"],
+        "targets": [S.artifacts_dir / "bzImage", S.artifacts_dir / "kernel.json",
+                    kbuild.modules_manifest(S)],
         "clean": [tasks.remover(S.kbuild_dir, S.artifacts_dir)],
     }
 
@@ -71,7 +72,7 @@ def task_image():
     """Bake the guest image in Docker (images/) into build/artifacts/rootfs.ext4."""
     return {
         "actions": [tasks.action("image", image.build_image, S)],
-        "file_dep": [S.artifacts_dir / "kernel.json", *image.image_inputs(S)],
+        "file_dep": [kbuild.modules_manifest(S), *image.image_inputs(S)],
         "uptodate": [config_changed(S.digest("image"))],
         "targets": [S.artifacts_dir / "rootfs.ext4", S.artifacts_dir / "image.json"],
         "clean": [tasks.remover(S.image_dir, S.artifacts_dir / "rootfs.ext4",

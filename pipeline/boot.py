@@ -89,7 +89,7 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
     tree = ktap.parse(qemu.iter_lines(results / "ktap.log"), name=suite)
     guest_status = _guest_status(results / "status")
     started_kernel = any("Linux version" in line for line in run.lines)
-    outcome, why = classify_outcome(qemu_started=started_kernel, timed_out=run.timed_out,
+    outcome, why = classify_outcome(kernel_started=started_kernel, timed_out=run.timed_out,
                                     findings=findings, guest_status=guest_status, tree=tree)
     if outcome is Outcome.QEMU_FAILED and run.lines:
         why += ": " + " / ".join(run.lines[-3:])

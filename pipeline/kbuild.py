@@ -45,6 +45,21 @@ def _publish_dir(staged: Path, dest: Path) -> None:
     os.replace(staged, dest)
 
 
+def modules_manifest(settings: Settings) -> Path:
+    return settings.artifacts_dir / "modules.sha256"
+
+
+def write_manifest(modules: Path, dest: Path) -> None:
+    """sha256sum-style lines for every file of the modules tree (`sha256sum -c` reads it).
+
+    Later steps depend on this instead of kernel.json, whose durations change
+    on every build: a rebuild with identical modules changes nothing downstream.
+    """
+    lines = [f"{file_sha256(path)}  modules/{path.relative_to(modules)}\n"
+             for path in sorted(modules.rglob("*")) if path.is_file()]
+    atomic_write_text(dest, "".join(lines))
+
+
 def journal_path(settings: Settings, step: str) -> Path:
     return settings.stamps_dir / f"{step}.sh"
 
@@ -98,6 +113,7 @@ def build_kernel(settings: Settings) -> dict:
         _publish_dir(modules, artifacts / "modules")
     finally:
         remove_tree(staging)
+    write_manifest(artifacts / "modules", modules_manifest(settings))
 
     kbuild = settings.kbuild_dir
     atomic_copy(kbuild / "arch" / "x86" / "boot" / "bzImage", artifacts / "bzImage")

@@ -107,10 +107,10 @@ class _Lines:
                 match = re.search(r"(?:KTAP|TAP) version \d+", raw)
                 if not match:
                     continue  # noise before the first header (e.g. console lines)
+                # The prefix (e.g. a printk timestamp) has the same width on every
+                # line, as kunit_tool assumes; spaces before the header are indentation.
                 self._prefix = raw[:match.start()].rstrip(" ")
-                # Leading spaces before the header belong to the indentation.
-                self._prefix_len = len(self._prefix)
-            line = raw[self._prefix_len:] if raw.startswith(self._prefix) else raw
+            line = raw[len(self._prefix):]
             stripped = line.lstrip(" ")
             return _Line(self._number, len(line) - len(stripped), stripped.rstrip())
         return None
@@ -144,25 +144,24 @@ def _result_test(match: re.Match, subtests: list[Test], diagnostics: list[str],
     return test
 
 
-def _parse_block(lines: _Lines, indent: int, parent: Test) -> None:
-    """Fill `parent` with the tests at `indent` until the block ends."""
-    pending_subtests: list[Test] = []
-    pending_name = ""
+def _parse_block(lines: _Lines, indent: int, parent: Test, nested: bool) -> None:
+    """Fill `parent` with the tests at `indent` until the block ends.
+
+    A nested block is followed by its parent's result line for it; the stream
+    ending first means that test never finished.
+    """
+    pending = Test(name="")
     diagnostics: list[str] = []
     seen_plan = False
     while (line := lines.peek()) is not None:
         if line.indent > indent:
             # A nested block: the subtests of the result line that follows it.
-            nested = Test(name="")
-            _parse_block(lines, line.indent, nested)
-            pending_subtests = nested.subtests
-            pending_name = nested.name
-            parent.errors.extend(nested.errors)
-            if nested.status is Status.CRASHED:
-                # The stream ended inside the nested block: no result line will follow.
-                parent.subtests.append(Test(name=nested.name or "(unnamed)",
-                                            status=Status.CRASHED, subtests=nested.subtests,
-                                            expected_count=nested.expected_count))
+            pending = Test(name="")
+            _parse_block(lines, line.indent, pending, nested=True)
+            parent.errors.extend(pending.errors)
+            if pending.status is Status.CRASHED:
+                pending.name = pending.name or "(unnamed)"
+                parent.subtests.append(pending)
                 parent.status = Status.CRASHED
                 return
             continue
@@ -182,13 +181,14 @@ def _parse_block(lines: _Lines, indent: int, parent: Test) -> None:
             seen_plan = True
             continue
         if match := _RESULT.match(text):
-            test = _result_test(match, pending_subtests, diagnostics, pending_name)
+            test = _result_test(match, pending.subtests, diagnostics, pending.name)
+            test.expected_count = pending.expected_count
             expected_number = len(parent.subtests) + 1
             if test.number is not None and test.number != expected_number:
                 parent.errors.append(f"line {line.number}: test number {test.number}, "
                                      f"expected {expected_number}")
             parent.subtests.append(test)
-            pending_subtests, pending_name, diagnostics = [], "", []
+            pending, diagnostics = Test(name=""), []
             continue
         if text.startswith("#"):
             diagnostics.append(text[1:].strip())
@@ -196,9 +196,10 @@ def _parse_block(lines: _Lines, indent: int, parent: Test) -> None:
         parent.errors.append(f"line {line.number}: not KTAP: {text!r}")
 
     parent.diagnostics.extend(diagnostics)
-    if pending_subtests:
-        parent.subtests.append(Test(name=pending_name or "(unnamed)", status=Status.CRASHED,
-                                    subtests=pending_subtests))
+    if pending.subtests:
+        pending.name = pending.name or "(unnamed)"
+        pending.status = Status.CRASHED
+        parent.subtests.append(pending)
     if not seen_plan:
         parent.errors.append(f"{parent.name or 'top level'}: no plan line (1..N)")
     elif len(parent.subtests) < (parent.expected_count or 0):
@@ -206,7 +207,7 @@ def _parse_block(lines: _Lines, indent: int, parent: Test) -> None:
                              f"tests, got {len(parent.subtests)}")
         parent.status = Status.CRASHED
         return
-    if lines.peek() is None and indent > 0:
+    if nested and lines.peek() is None:
         parent.status = Status.CRASHED  # the stream ended before this block's result line
 
 
@@ -231,7 +232,7 @@ def parse(lines: Iterable[str], name: str = "main") -> Test:
     if first is None:
         root.errors.append("no KTAP version line: the stream is empty or not KTAP")
         return root
-    _parse_block(stream, first.indent, root)
+    _parse_block(stream, first.indent, root, nested=False)
     crashed = root.status is Status.CRASHED
     root.status = Status.CRASHED if crashed else _rolled_up(root)
     return root

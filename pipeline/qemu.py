@@ -136,10 +136,11 @@ def stream(argv: list[str], log_file: Path, *, deadline: float, marker: str | No
                 try:
                     line = lines_q.get(timeout=max(0.0, limit - now))
                 except queue.Empty:
-                    waiting_for_marker = (marker_deadline is not None
-                                          and run.first_marker_seconds is None
-                                          and now >= marker_deadline)
-                    run.timed_out = "boot" if waiting_for_marker else "run"
+                    # Whichever deadline `limit` was: the marker's unless the run's is sooner.
+                    boot_limited = (marker_deadline is not None
+                                    and run.first_marker_seconds is None
+                                    and marker_deadline < deadline)
+                    run.timed_out = "boot" if boot_limited else "run"
                     break
                 if line is None:
                     break
@@ -153,7 +154,8 @@ def stream(argv: list[str], log_file: Path, *, deadline: float, marker: str | No
     finally:
         if proc.poll() is None:
             proc.kill()
-        run.returncode = proc.wait() if run.timed_out is None else None
+        returncode = proc.wait()  # reaped even when killed: no zombie QEMU
+        run.returncode = None if run.timed_out else returncode
         run.seconds = time.monotonic() - started
     return run
 
@@ -185,8 +187,8 @@ def probe_kvm(kernel: Path, log_file: Path, seconds: float = PROBE_SECONDS,
                       f"{run.first_marker_seconds:.1f} s")
     if run.timed_out:
         return False, f"a KVM probe boot printed nothing in {seconds:.0f} s (KVM unusable here)"
-    tail = "; ".join(run.lines[-2:]) or f"exit status {run.returncode}"
-    return False, f"a KVM probe boot failed: {tail}"
+    last = run.lines[-1][:160] if run.lines else f"exit status {run.returncode}"
+    return False, f"a KVM probe boot failed: {last}"
 
 
 def choose_accelerator(settings: Settings, kernel: Path,

@@ -42,10 +42,10 @@ class RunReport:
     qemu_argv: list[str] = field(default_factory=list)
 
 
-def classify_outcome(*, qemu_started: bool, timed_out: str | None, findings: list[Finding],
+def classify_outcome(*, kernel_started: bool, timed_out: str | None, findings: list[Finding],
                      guest_status: int | None, tree: Test) -> tuple[Outcome, str]:
     """One outcome for the run, the most fundamental problem first."""
-    if not qemu_started:
+    if not kernel_started and not timed_out:
         return Outcome.QEMU_FAILED, "QEMU exited before the kernel printed anything"
     panic = next((f for f in findings if f.kind == "panic"), None)
     if panic:

@@ -1,0 +1,33 @@
+"""Image step pieces that need no engine: the template and engine errors."""
+
+import pytest
+from conftest import ROOT
+
+from pipeline import image, settings
+from pipeline.errors import EnvironmentProblem
+
+
+def project_settings():
+    return settings.load(ROOT)
+
+
+def test_dockerfile_renders_strictly():
+    s = project_settings()
+    text = image.render_dockerfile(s, base_image="kvm-pipeline/base:abc", release="6.12.117",
+                                   with_kmod=True)
+    assert "FROM kvm-pipeline/base:abc AS builder" in text
+    assert "COPY modules/ /lib/modules/6.12.117/" in text
+    assert "COPY kmod/ /lib/modules/6.12.117/extra/" in text
+    without = image.render_dockerfile(s, base_image="b", release="r", with_kmod=False)
+    assert "kmod/" not in without.split("kmod: modprobe")[1]
+
+
+def test_dockerfile_missing_value_is_an_error():
+    with pytest.raises(image.ImageError, match="undefined value"):
+        image.render_dockerfile(project_settings(), base_image="b", with_kmod=False)
+
+
+def test_unreachable_engine_says_how_to_start_it(monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(EnvironmentProblem, match=r"cannot reach the Docker engine .*scripts/setup"):
+        image.docker_client()

@@ -1,0 +1,146 @@
+"""QEMU argv assembly, the accelerator choice and the bounded line stream.
+
+A working KVM cannot run on this machine (booting Linux under it hangs), so
+the "probe works" case uses a stand-in script for QEMU, and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import boot, qemu, settings
+from pipeline.qemu import ACCELERATORS
+
+
+def test_argv_is_assembled_from_parts(make_settings):
+    s = make_settings()
+    argv = boot.qemu_command(s, ACCELERATORS["tcg"], "boot").argv()
+    assert argv[0] == "qemu-system-x86_64"
+    assert "-no-reboot" in argv
+    assert argv[argv.index("-accel") + 1] == "tcg"
+    assert argv[argv.index("-cpu") + 1] == "max"
+    cmdline = argv[argv.index("-append") + 1].split()
+    assert {"console=ttyS0", "panic=-1", "root=/dev/vda", "pipeline.suite=boot"} <= set(cmdline)
+    drive = argv[argv.index("-drive") + 1]
+    assert drive.endswith("rootfs.ext4,if=virtio,format=raw,snapshot=on")
+    ports = [a for a in argv if a.startswith("virtserialport")]
+    assert ports == ["virtserialport,chardev=ktap,name=ktap",
+                     "virtserialport,chardev=status,name=status"]
+    assert f"file,id=ktap,path={s.results_dir / 'ktap.log'}" in argv
+
+
+def test_settings_reach_the_argv(make_settings):
+    s = make_settings(**{"boot.memory_mb": "2048", "boot.smp": "4",
+                         "boot.cmdline": "loglevel=8 pipeline.fault=hang"})
+    argv = boot.qemu_command(s, ACCELERATORS["kvm"], "inject").argv()
+    assert argv[argv.index("-m") + 1] == "2048"
+    assert argv[argv.index("-smp") + 1] == "4"
+    assert argv[argv.index("-cpu") + 1] == "host"
+    assert argv[argv.index("-append") + 1].endswith("pipeline.suite=inject loglevel=8 "
+                                                    "pipeline.fault=hang")
+
+
+def fake_qemu(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "fake-qemu"
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.fixture
+def kvm_present(monkeypatch):
+    real_exists = qemu.os.path.exists
+    monkeypatch.setattr(qemu.os.path, "exists",
+                        lambda p: True if p == "/dev/kvm" else real_exists(p))
+    monkeypatch.setattr(qemu.os, "access", lambda p, mode: True)
+
+
+def test_probe_works(tmp_path, kvm_present):
+    """Stand-in for a host where KVM boots Linux: prints the first console line."""
+    qemu_bin = fake_qemu(tmp_path, 'echo "[    0.000000] Linux version 6.12.117"; sleep 30')
+    usable, why = qemu.probe_kvm(Path("bzImage"), tmp_path / "probe.log", seconds=10,
+                                 qemu=qemu_bin)
+    assert usable, why
+    assert "first console line" in why
+
+
+def test_probe_hangs(tmp_path, kvm_present):
+    """What this machine's KVM does: nothing on the console, so the deadline decides."""
+    qemu_bin = fake_qemu(tmp_path, "sleep 30")
+    started = time.monotonic()
+    usable, why = qemu.probe_kvm(Path("bzImage"), tmp_path / "probe.log", seconds=1,
+                                 qemu=qemu_bin)
+    assert not usable
+    assert "printed nothing in 1 s" in why
+    assert time.monotonic() - started < 10
+
+
+def test_probe_without_dev_kvm(tmp_path, monkeypatch):
+    monkeypatch.setattr(qemu.os.path, "exists", lambda p: False)
+    usable, why = qemu.probe_kvm(Path("bzImage"), tmp_path / "probe.log")
+    assert not usable and why == "/dev/kvm does not exist"
+
+
+def test_auto_choice_is_cached_per_host(make_settings):
+    s = make_settings()
+    calls = []
+
+    def probe(kernel, log_file):
+        calls.append(kernel)
+        return False, "probe said no"
+
+    first = qemu.choose_accelerator(s, Path("bzImage"), probe=probe)
+    second = qemu.choose_accelerator(s, Path("bzImage"), probe=probe)
+    assert first.accel.name == second.accel.name == "tcg"
+    assert len(calls) == 1
+    assert second.why == "probe said no (cached verdict)"
+    cached = json.loads((s.cache_dir / "accel.json").read_text())
+    assert cached["accel"] == "tcg"
+
+
+def test_forced_accelerator_skips_probe(make_settings):
+    s = make_settings(**{"boot.accel": "kvm"})
+    choice = qemu.choose_accelerator(s, Path("bzImage"), probe=pytest.fail)
+    assert choice.accel.name == "kvm" and choice.why == "boot.accel = kvm"
+
+
+def test_stream_kills_at_the_deadline_and_reaps(tmp_path):
+    run = qemu.stream(["sh", "-c", "echo one; echo two; exec sleep 30"], tmp_path / "out.log",
+                      deadline=1)
+    assert run.timed_out == "run"
+    assert run.lines == ["one", "two"]
+    assert (tmp_path / "out.log").read_text() == "one\ntwo\n"
+    assert run.seconds < 10
+    zombies = subprocess.run(["ps", "-o", "stat=,comm=", "--ppid", str(os.getpid())],
+                             capture_output=True, text=True).stdout
+    assert "Z" not in zombies.split()
+
+
+def test_stream_marker_deadline_is_a_boot_timeout(tmp_path):
+    run = qemu.stream(["sh", "-c", "echo booting; exec sleep 30"], tmp_path / "out.log",
+                      deadline=20, marker="init started", marker_deadline=1)
+    assert run.timed_out == "boot"
+    assert run.first_marker_seconds is None
+
+
+def test_stream_marker_then_exit(tmp_path):
+    run = qemu.stream(["sh", "-c", "echo init started; echo done; exit 3"],
+                      tmp_path / "out.log", deadline=20, marker="init started", marker_deadline=5)
+    assert run.timed_out is None and run.returncode == 3
+    assert run.first_marker_seconds is not None
+
+
+def test_missing_qemu_is_an_environment_problem(tmp_path):
+    from pipeline.errors import EnvironmentProblem
+    with pytest.raises(EnvironmentProblem, match="not installed"):
+        qemu.stream(["/nonexistent/qemu"], tmp_path / "out.log", deadline=1)
+
+
+def test_default_settings_use_auto(tmp_path):
+    assert settings.load(tmp_path).boot.accel == "auto"

@@ -1,0 +1,83 @@
+"""Outcome classification and the result files (JUnit XML, JSON)."""
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from pipeline import console, ktap
+from pipeline.results import Outcome, RunReport, classify_outcome, summary, write_json, write_junit
+
+GOLDEN = Path(__file__).parent / "golden"
+PASSED_TREE = ktap.parse((GOLDEN / "boot-passed.ktap").read_text().splitlines(), name="boot")
+PANIC = console.classify((GOLDEN / "panic.console").read_text().splitlines())
+WARN = console.classify(["WARNING: CPU: 0 PID: 1 at x.c:1 f+0x1/0x2"])
+
+
+def outcome(**kw):
+    args = {"kernel_started": True, "timed_out": None, "findings": [], "guest_status": 0,
+            "tree": PASSED_TREE, **kw}
+    return classify_outcome(**args)[0]
+
+
+@pytest.mark.parametrize(("kw", "expected"), [
+    ({}, Outcome.PASSED),
+    ({"kernel_started": False}, Outcome.QEMU_FAILED),
+    # Killed at the boot deadline before the kernel's first line: a timeout, not QEMU.
+    ({"kernel_started": False, "timed_out": "boot", "guest_status": None}, Outcome.BOOT_TIMEOUT),
+    ({"findings": PANIC, "guest_status": None}, Outcome.KERNEL_PANIC),
+    ({"timed_out": "boot", "guest_status": None}, Outcome.BOOT_TIMEOUT),
+    ({"timed_out": "run", "guest_status": None}, Outcome.TEST_TIMEOUT),
+    ({"findings": WARN}, Outcome.CONSOLE_BADNESS),
+    ({"guest_status": None}, Outcome.TEST_FAILURES),
+    ({"guest_status": 1}, Outcome.TEST_FAILURES),
+    ({"tree": ktap.parse((GOLDEN / "boot-truncated.ktap").read_text().splitlines())},
+     Outcome.TEST_FAILURES),
+    # A panic outranks the timeout it causes and the console noise around it.
+    ({"findings": WARN + PANIC, "timed_out": "run"}, Outcome.KERNEL_PANIC),
+])
+def test_outcome_precedence(kw, expected):
+    assert outcome(**kw) is expected
+
+
+def test_exit_codes_are_distinct():
+    codes = [o.value for o in Outcome]
+    assert len(set(codes)) == len(codes)
+    assert 125 not in codes  # git bisect run's "skip"
+
+
+def report(result: Outcome, why: str = "why") -> RunReport:
+    return RunReport(suite="boot", outcome=result, why=why, accel="tcg", accel_why="probe",
+                     guest_status=0, seconds={"total": 4.2}, qemu_argv=["qemu"])
+
+
+def test_json_and_junit_for_a_pass(tmp_path):
+    write_json(tmp_path / "r.json", report(Outcome.PASSED), PASSED_TREE)
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["outcome"] == "passed" and data["exit_code"] == 0
+    assert data["counts"]["passed"] == 5
+    assert data["accelerator"] == {"name": "tcg", "why": "probe"}
+    write_junit(tmp_path / "j.xml", report(Outcome.PASSED), PASSED_TREE)
+    suites = ET.parse(tmp_path / "j.xml").getroot()
+    (suite,) = suites
+    assert suite.get("tests") == "5" and suite.get("failures") == "0"
+    assert [c.get("name") for c in suite] == [
+        "kernel_release", "modprobe_kvm", "modprobe_vendor", "dev_kvm", "kvm_guest_hlt"]
+
+
+def test_junit_for_failures_and_crash(tmp_path):
+    tree = ktap.parse("KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: s\n    1..3\n"
+                      "    # it broke\n    not ok 1 a\n    ok 2 b # SKIP no\n".splitlines())
+    write_junit(tmp_path / "j.xml", report(Outcome.TEST_FAILURES, "1 failed"), tree)
+    suites = ET.parse(tmp_path / "j.xml").getroot()
+    suite, guest = suites
+    a, b = suite
+    assert a.find("failure").text == "it broke"
+    assert b.find("skipped") is not None
+    assert guest.find("testcase/failure").get("message") == "test failures"
+
+
+def test_summary_table():
+    text = summary(report(Outcome.PASSED, "5 passed"), PASSED_TREE)
+    assert "boot.kvm_guest_hlt" in text and "boot: passed (5 passed)" in text
