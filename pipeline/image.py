@@ -195,12 +195,23 @@ def normalise_tree(root: Path, epoch: int) -> None:
 
 def make_ext4(settings: Settings, tree: Path, dest: Path) -> None:
     image = settings.image
+    fake_time = {"E2FSPROGS_FAKE_TIME": str(image.source_date_epoch)}
     commands.run(
         ["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-U", image.uuid,
          "-E", f"hash_seed={image.uuid},root_owner=0:0", "-d", tree, dest, f"{image.size_mb}M"],
-        env={"E2FSPROGS_FAKE_TIME": str(image.source_date_epoch)},
-        hint="if the tree does not fit, raise image.size_mb",
+        env=fake_time, hint="if the tree does not fit, raise image.size_mb",
     )
+    # mkfs -d copies each file's ctime, which no one can set (it is "now" after
+    # extraction), and atime, which reading may bump: pin both with debugfs.
+    script = dest.with_name("pin-times.debugfs")
+    lines = []
+    for path in ["", *sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))]:
+        if '"' in path or "\n" in path:
+            raise ImageError(f"cannot pin the times of {path!r} in the image: odd file name")
+        for field in ("ctime", "atime"):
+            lines.append(f'sif "/{path}" {field} @{image.source_date_epoch}\n')
+    script.write_text("".join(lines))
+    commands.run(["debugfs", "-w", "-f", script, dest], env=fake_time)
 
 
 def build_image(settings: Settings, kmod_dir: Path | None = None) -> dict:

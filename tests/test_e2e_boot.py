@@ -94,6 +94,9 @@ def test_image_conversion_is_deterministic(kernel_build):
     second = json.loads((kernel_build.artifacts_dir / "image.json").read_text())
     assert second["rootfs_sha256"] == first["rootfs_sha256"]
     assert second["base"]["digest"].startswith("sha256:")
+    fsck = subprocess.run(["e2fsck", "-fn", str(kernel_build.artifacts_dir / "rootfs.ext4")],
+                          capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout
 
 
 @pytest.fixture
