@@ -1,6 +1,7 @@
 """Tasks of the KVM kernel pipeline.  `doit list` is the table of contents.
 
-This file only declares: each action is one function of `pipeline/`.
+This file only declares: each action is one function of `pipeline/`.  A task
+is stale when its inputs, its settings or the code of its step changed.
 Settings come from pipeline/default.toml, an optional pipeline.toml, and
 `section.key=value` arguments, e.g. `doit build kernel.variant=debug`.
 """
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from doit.tools import config_changed
 
-from pipeline import boot, fetch, image, kbuild, kconfig, patch, tasks
+from pipeline import boot, fetch, image, kbuild, kconfig, kmake, patch, tasks
 
 ROOT = Path(__file__).resolve().parent
 tasks.setup_logging()
@@ -28,7 +29,7 @@ def task_fetch():
     """Fetch the kernel tree into build/src/linux (source.kind: debian, tarball, local, git)."""
     return {
         "actions": [tasks.action("fetch", fetch.fetch_tree, S)],
-        "uptodate": [lambda: fetch.is_current(S)],
+        "uptodate": [lambda: fetch.is_current(S), config_changed(tasks.code_version(fetch))],
         "targets": [fetch.record_path(S)],
         "clean": [tasks.remover(S.tree_dir, fetch.record_path(S))],
     }
@@ -39,7 +40,7 @@ def task_patch():
     return {
         "actions": [tasks.action("patch", patch.patch_tree, S)],
         "file_dep": [fetch.record_path(S), *patch.all_series_files(S)],
-        "uptodate": [config_changed(S.digest("patch"))],
+        "uptodate": [config_changed(S.digest("patch")), config_changed(tasks.code_version(patch))],
         "targets": [patch.stamp_path(S)],
         "clean": True,
     }
@@ -51,7 +52,8 @@ def task_config():
         "actions": [tasks.action("config", kconfig.configure, S)],
         "file_dep": [patch.stamp_path(S), *kconfig.fragment_paths(S)],
         "uptodate": [config_changed({"variant": S.kernel.variant,
-                                     "fragments": S.kernel.fragments})],
+                                     "fragments": S.kernel.fragments}),
+                     config_changed(tasks.code_version(kconfig, kmake))],
         "targets": [S.kbuild_dir / ".config"],
         "clean": True,
     }
@@ -62,6 +64,7 @@ def task_kernel():
     return {
         "actions": [tasks.action("kernel", kbuild.build_kernel, S)],
         "file_dep": [S.kbuild_dir / ".config", patch.stamp_path(S)],
+        "uptodate": [config_changed(tasks.code_version(kbuild, kmake))],
         "targets": [S.artifacts_dir / "bzImage", S.artifacts_dir / "kernel.json",
                     kbuild.modules_manifest(S)],
         "clean": [tasks.remover(S.kbuild_dir, S.artifacts_dir)],
@@ -73,7 +76,7 @@ def task_image():
     return {
         "actions": [tasks.action("image", image.build_image, S)],
         "file_dep": [kbuild.modules_manifest(S), *image.image_inputs(S)],
-        "uptodate": [config_changed(S.digest("image"))],
+        "uptodate": [config_changed(S.digest("image")), config_changed(tasks.code_version(image))],
         "targets": [S.artifacts_dir / "rootfs.ext4", S.artifacts_dir / "image.json"],
         "clean": [tasks.remover(S.image_dir, S.artifacts_dir / "rootfs.ext4",
                                 S.artifacts_dir / "image.json")],

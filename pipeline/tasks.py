@@ -8,6 +8,7 @@ an exit code.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from collections.abc import Callable
@@ -64,6 +65,14 @@ def action(step: str, func: Callable[[settings.Settings], object],
 
     run_step.__name__ = f"{step}_step"
     return run_step
+
+
+def code_version(*modules: object) -> str:
+    """A digest of the modules implementing a step: changed code makes the step stale."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
 
 
 def remover(*paths: Path) -> Callable[[], None]:

@@ -9,7 +9,7 @@ from conftest import ROOT, doit
 def test_doit_list_reads_like_a_table_of_contents():
     out = doit("list").stdout
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    assert names[:5] == ["fetch", "patch", "config", "kernel", "build"]
+    assert names == ["fetch", "patch", "config", "kernel", "image", "build", "boot", "test"]
 
 
 def test_bad_setting_on_command_line_fails_cleanly(tmp_path):
