@@ -1,0 +1,239 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * inject_target: a kernel thread for the schedule injector to aim at.
+ *
+ * The thread alternates between inj_target_regcheck(), an assembly loop
+ * that keeps known values in every general-purpose register and checks
+ * them and the flags on each iteration, and one pass through critical
+ * sections of each kind (preempt_disable, spin_lock, rcu_read_lock,
+ * local_bh_disable, local_irq_disable, kernel_fpu_begin), each spinning in
+ * its own assembly function.  A voluntary context switch during a section
+ * can only be an injected sleep, so it is counted as an injection that
+ * landed inside.
+ *
+ * debugfs inject_target/: "pid" (the thread, for the injector's target),
+ * "ranges" (the loop's and each section's address range), "stats".
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/bottom_half.h>
+#include <linux/debugfs.h>
+#include <linux/err.h>
+#include <linux/irqflags.h>
+#include <linux/kallsyms.h>
+#include <linux/kthread.h>
+#include <linux/module.h>
+#include <linux/preempt.h>
+#include <linux/rcupdate.h>
+#include <linux/sched.h>
+#include <linux/seq_file.h>
+#include <linux/spinlock.h>
+#include <asm/fpu/api.h>
+
+#include "inject_target.h"
+
+static unsigned long spin_loops = 20000;
+module_param(spin_loops, ulong, 0644);
+MODULE_PARM_DESC(spin_loops, "iterations of each critical section's spin (default 20000)");
+
+static unsigned long loop_iterations = 200000;
+module_param(loop_iterations, ulong, 0644);
+MODULE_PARM_DESC(loop_iterations, "register-check iterations between section passes (default 200000)");
+
+struct inj_regcheck inj_regcheck;
+
+enum inj_section {
+	SECTION_PREEMPT,
+	SECTION_SPINLOCK,
+	SECTION_RCU,
+	SECTION_BH,
+	SECTION_IRQ,
+	SECTION_FPU,
+	SECTION_NR,
+};
+
+static const struct {
+	const char *name;
+	void (*spin)(unsigned long loops);
+} inj_sections[SECTION_NR] = {
+	[SECTION_PREEMPT] = { "preempt_disable", inj_target_spin_preempt },
+	[SECTION_SPINLOCK] = { "spin_lock", inj_target_spin_spinlock },
+	[SECTION_RCU] = { "rcu_read_lock", inj_target_spin_rcu },
+	[SECTION_BH] = { "local_bh_disable", inj_target_spin_bh },
+	[SECTION_IRQ] = { "local_irq_disable", inj_target_spin_irq },
+	[SECTION_FPU] = { "kernel_fpu_begin", inj_target_spin_fpu },
+};
+
+static struct {
+	u64 iterations;
+	u64 corruptions;
+	u64 last_failure;	/* RC_FAIL_* of the last corruption */
+	u64 last_failure_value;
+	u64 last_failure_iteration;
+	u64 entered[SECTION_NR];
+	u64 injected_inside[SECTION_NR];
+} inj_stats;
+
+static DEFINE_SPINLOCK(inj_section_lock);
+static struct task_struct *inj_thread;
+static struct dentry *inj_dir;
+
+/* Run one section; a voluntary switch meanwhile was an injected sleep. */
+static void inj_run_section(enum inj_section section)
+{
+	unsigned long loops = READ_ONCE(spin_loops) ?: 1;
+	unsigned long nvcsw = current->nvcsw;
+
+	switch (section) {
+	case SECTION_PREEMPT:
+		preempt_disable();
+		inj_target_spin_preempt(loops);
+		preempt_enable();
+		break;
+	case SECTION_SPINLOCK:
+		spin_lock(&inj_section_lock);
+		inj_target_spin_spinlock(loops);
+		spin_unlock(&inj_section_lock);
+		break;
+	case SECTION_RCU:
+		rcu_read_lock();
+		inj_target_spin_rcu(loops);
+		rcu_read_unlock();
+		break;
+	case SECTION_BH:
+		local_bh_disable();
+		inj_target_spin_bh(loops);
+		local_bh_enable();
+		break;
+	case SECTION_IRQ:
+		local_irq_disable();
+		inj_target_spin_irq(loops);
+		local_irq_enable();
+		break;
+	case SECTION_FPU:
+		kernel_fpu_begin();
+		inj_target_spin_fpu(loops);
+		kernel_fpu_end();
+		break;
+	default:
+		break;
+	}
+	WRITE_ONCE(inj_stats.entered[section], inj_stats.entered[section] + 1);
+	if (current->nvcsw != nvcsw)
+		WRITE_ONCE(inj_stats.injected_inside[section],
+			   inj_stats.injected_inside[section] + 1);
+}
+
+static int inj_target_fn(void *unused)
+{
+	unsigned long result;
+	int section;
+
+	while (!kthread_should_stop()) {
+		WRITE_ONCE(inj_regcheck.limit, READ_ONCE(loop_iterations) ?: 1);
+		result = inj_target_regcheck();
+		WRITE_ONCE(inj_stats.iterations, inj_stats.iterations + inj_regcheck.mirror);
+		if (result != RC_OK) {
+			WRITE_ONCE(inj_stats.corruptions, inj_stats.corruptions + 1);
+			WRITE_ONCE(inj_stats.last_failure, result);
+			WRITE_ONCE(inj_stats.last_failure_value, inj_regcheck.fail_value);
+			WRITE_ONCE(inj_stats.last_failure_iteration, inj_regcheck.fail_iteration);
+			pr_err("register check %lu failed at iteration %llu: value %llx\n",
+			       result, inj_regcheck.fail_iteration, inj_regcheck.fail_value);
+		}
+		for (section = 0; section < SECTION_NR; section++)
+			inj_run_section(section);
+		cond_resched();
+	}
+	return 0;
+}
+
+/* "name+0x0/0x40 [inject_target]" -> 0x40, the function's size. */
+static unsigned long inj_function_size(void *function)
+{
+	char symbol[KSYM_SYMBOL_LEN];
+	const char *slash;
+	unsigned long size;
+
+	sprint_symbol(symbol, (unsigned long)function);
+	slash = strchr(symbol, '/');
+	if (!slash || sscanf(slash + 1, "%lx", &size) != 1)
+		return 0;
+	return size;
+}
+
+static int inj_ranges_show(struct seq_file *m, void *v)
+{
+	int i;
+
+	seq_printf(m, "loop %lx %lx\n", (unsigned long)inj_target_loop_start,
+		   (unsigned long)inj_target_loop_end);
+	for (i = 0; i < SECTION_NR; i++) {
+		unsigned long start = (unsigned long)inj_sections[i].spin;
+
+		seq_printf(m, "%s %lx %lx\n", inj_sections[i].name, start,
+			   start + inj_function_size(inj_sections[i].spin));
+	}
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(inj_ranges);
+
+static int inj_stats_show(struct seq_file *m, void *v)
+{
+	int i;
+
+	seq_printf(m, "iterations %llu\n", READ_ONCE(inj_stats.iterations));
+	seq_printf(m, "corruptions %llu\n", READ_ONCE(inj_stats.corruptions));
+	seq_printf(m, "last_failure %llu\n", READ_ONCE(inj_stats.last_failure));
+	seq_printf(m, "last_failure_value %llx\n", READ_ONCE(inj_stats.last_failure_value));
+	seq_printf(m, "last_failure_iteration %llu\n",
+		   READ_ONCE(inj_stats.last_failure_iteration));
+	seq_printf(m, "voluntary_switches %lu\n", READ_ONCE(inj_thread->nvcsw));
+	for (i = 0; i < SECTION_NR; i++) {
+		seq_printf(m, "%s_entered %llu\n", inj_sections[i].name,
+			   READ_ONCE(inj_stats.entered[i]));
+		seq_printf(m, "%s_injected_inside %llu\n", inj_sections[i].name,
+			   READ_ONCE(inj_stats.injected_inside[i]));
+	}
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(inj_stats);
+
+static int inj_pid_show(struct seq_file *m, void *v)
+{
+	seq_printf(m, "%d\n", task_pid_nr(inj_thread));
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(inj_pid);
+
+static int __init inject_target_init(void)
+{
+	inj_thread = kthread_run(inj_target_fn, NULL, "inject_target");
+	if (IS_ERR(inj_thread)) {
+		pr_err("cannot start the thread: %ld\n", PTR_ERR(inj_thread));
+		return PTR_ERR(inj_thread);
+	}
+	get_task_struct(inj_thread);
+	inj_dir = debugfs_create_dir(KBUILD_MODNAME, NULL);
+	debugfs_create_file("pid", 0400, inj_dir, NULL, &inj_pid_fops);
+	debugfs_create_file("ranges", 0400, inj_dir, NULL, &inj_ranges_fops);
+	debugfs_create_file("stats", 0400, inj_dir, NULL, &inj_stats_fops);
+	pr_info("thread %d running\n", task_pid_nr(inj_thread));
+	return 0;
+}
+
+static void __exit inject_target_exit(void)
+{
+	debugfs_remove_recursive(inj_dir);
+	WRITE_ONCE(inj_regcheck.stop, 1);
+	kthread_stop(inj_thread);
+	put_task_struct(inj_thread);
+	pr_info("stopped after %llu iterations, %llu corruptions\n", inj_stats.iterations,
+		inj_stats.corruptions);
+}
+
+module_init(inject_target_init);
+module_exit(inject_target_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("A kernel thread with register-checking and critical-section loops to inject into");
