@@ -71,11 +71,24 @@ def task_kernel():
     }
 
 
+def task_kmod():
+    """Build kmod/ (sched_inject.ko, inject_target.ko) against the kernel, W=1, warning-free."""
+    return {
+        "actions": [tasks.action("kmod", kbuild.build_kmod, S)],
+        "file_dep": [kbuild.modules_manifest(S), *kbuild.kmod_sources(S)],
+        "uptodate": [config_changed(tasks.code_version(kbuild, kmake))],
+        "targets": [kbuild.kmod_manifest(S)],
+        "clean": [tasks.remover(S.build_dir / "kmod", S.artifacts_dir / "kmod",
+                                kbuild.kmod_manifest(S))],
+    }
+
+
 def task_image():
     """Bake the guest image in Docker (images/) into build/artifacts/rootfs.ext4."""
     return {
         "actions": [tasks.action("image", image.build_image, S)],
-        "file_dep": [kbuild.modules_manifest(S), *image.image_inputs(S)],
+        "file_dep": [kbuild.modules_manifest(S), kbuild.kmod_manifest(S),
+                     *image.image_inputs(S)],
         "uptodate": [config_changed(S.digest("image")), config_changed(tasks.code_version(image))],
         "targets": [S.artifacts_dir / "rootfs.ext4", S.artifacts_dir / "image.json"],
         "clean": [tasks.remover(S.image_dir, S.artifacts_dir / "rootfs.ext4",
@@ -84,15 +97,16 @@ def task_image():
 
 
 def task_build():
-    """Everything up to a bootable guest: fetch, patch, config, kernel, image."""
-    return {"actions": None, "task_dep": ["fetch", "patch", "config", "kernel", "image"]}
+    """Everything up to a bootable guest: fetch, patch, config, kernel, kmod, image."""
+    return {"actions": None,
+            "task_dep": ["fetch", "patch", "config", "kernel", "kmod", "image"]}
 
 
 def task_boot():
     """Boot the guest under QEMU and run the boot checks; results in build/results/."""
     return {
         "actions": [tasks.action("boot", boot.boot_checks, S)],
-        "task_dep": ["kernel", "image"],
+        "task_dep": ["kernel", "kmod", "image"],
         "verbosity": 2,
     }
 
@@ -101,6 +115,6 @@ def task_test():
     """Boot the guest and run the suite (boot.suite); JUnit, JSON, KTAP in build/results/."""
     return {
         "actions": [tasks.action("test", boot.test_suite, S)],
-        "task_dep": ["kernel", "image"],
+        "task_dep": ["kernel", "kmod", "image"],
         "verbosity": 2,
     }

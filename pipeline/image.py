@@ -214,9 +214,12 @@ def make_ext4(settings: Settings, tree: Path, dest: Path) -> None:
     commands.run(["debugfs", "-w", "-f", script, dest], env=fake_time)
 
 
-def build_image(settings: Settings, kmod_dir: Path | None = None) -> dict:
+def build_image(settings: Settings) -> dict:
     """The `image` task: base, docker build, export, ext4."""
     kernel = json.loads((settings.artifacts_dir / "kernel.json").read_text())
+    kmod_dir = settings.artifacts_dir / "kmod"
+    if not kmod_dir.is_dir():
+        kmod_dir = None
     release = kernel["release"]
     client = docker_client()
     started = time.monotonic()

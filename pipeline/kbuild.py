@@ -1,9 +1,10 @@
-"""Build the kernel and its modules, and publish them under build/artifacts/.
+"""Build the kernel, its modules and our out-of-tree modules; publish them.
 
-Artifacts: `bzImage`, `System.map`, `kernel.config`, `modules/` (the guest's
-/lib/modules/<release>), `kernel.json` (what went in: source, patches,
-config, tool versions, durations) and `reproducer.sh` (every command, in
-order, to redo the build by hand).
+Artifacts under build/artifacts/: `bzImage`, `System.map`, `kernel.config`,
+`modules/` (the guest's /lib/modules/<release>), `modules.sha256`,
+`kernel.json` (what went in: source, patches, config, tool versions,
+durations), `reproducer.sh` (every command, in order, to redo the build by
+hand), and `kmod/` (sched_inject.ko, inject_target.ko) with `kmod.sha256`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from .util import atomic_copy, atomic_write_text, file_sha256, remove_tree
 
 log = logging.getLogger("pipeline")
 
-REPRODUCER_STEPS = ("fetch", "patch", "config", "kernel")
+REPRODUCER_STEPS = ("fetch", "patch", "config", "kernel", "kmod")
+# A W=1 build must print none of these (compiler, modpost and objtool warnings).
+WARNING_MARKERS = ("warning:", "Warning:", "WARNING:")
 
 
 def _tool_version(argv: list[str]) -> str:
@@ -49,15 +52,63 @@ def modules_manifest(settings: Settings) -> Path:
     return settings.artifacts_dir / "modules.sha256"
 
 
-def write_manifest(modules: Path, dest: Path) -> None:
-    """sha256sum-style lines for every file of the modules tree (`sha256sum -c` reads it).
+def write_manifest(tree: Path, dest: Path) -> None:
+    """sha256sum-style lines for every file under `tree` (`sha256sum -c` reads it).
 
     Later steps depend on this instead of kernel.json, whose durations change
     on every build: a rebuild with identical modules changes nothing downstream.
     """
-    lines = [f"{file_sha256(path)}  modules/{path.relative_to(modules)}\n"
-             for path in sorted(modules.rglob("*")) if path.is_file()]
+    lines = [f"{file_sha256(path)}  {tree.name}/{path.relative_to(tree)}\n"
+             for path in sorted(tree.rglob("*")) if path.is_file()]
     atomic_write_text(dest, "".join(lines))
+
+
+def kmod_sources(settings: Settings) -> list[Path]:
+    return sorted(p for p in (settings.root / "kmod").iterdir() if p.is_file())
+
+
+def kmod_manifest(settings: Settings) -> Path:
+    return settings.artifacts_dir / "kmod.sha256"
+
+
+def build_kmod(settings: Settings) -> dict:
+    """The `kmod` task: our modules, out of tree, against this kernel, W=1 and warning-free."""
+    fetched = read_record(settings)
+    if fetched is None or not (settings.kbuild_dir / "Module.symvers").exists():
+        raise ConfigError("no built kernel: run `doit kernel` first")
+    env = make_env(settings, fetched["resolved"]["source_date_epoch"])
+    work = settings.build_dir / "kmod"
+    # A fresh copy each time: no object of a removed source survives.
+    remove_tree(work)
+    work.mkdir(parents=True)
+    for source in kmod_sources(settings):
+        atomic_copy(source, work / source.name)
+    logs = settings.build_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    try:
+        output = commands.run(make_argv(settings, f"M={work}", "W=1", "modules",
+                                        parallel=True),
+                              env=env, echo=True, log_file=logs / "kmod.log")
+    except commands.CommandError as exc:
+        raise BuildError(f"kmod/ did not build (full log: {logs / 'kmod.log'}):\n"
+                         f"{exc.output_tail}") from None
+    warnings = [line for line in output.splitlines()
+                if any(marker in line for marker in WARNING_MARKERS)]
+    if warnings:
+        raise BuildError("kmod/ must build warning-free with W=1 (and objtool silent):\n"
+                         + "\n".join(warnings[:20]))
+    staged = settings.artifacts_dir / f".kmod-staging-{uuid.uuid4().hex[:8]}"
+    staged.mkdir(parents=True)
+    try:
+        for ko in sorted(work.glob("*.ko")):
+            atomic_copy(ko, staged / ko.name)
+        _publish_dir(staged, settings.artifacts_dir / "kmod")
+    finally:
+        remove_tree(staged)
+    write_manifest(settings.artifacts_dir / "kmod", kmod_manifest(settings))
+    names = sorted(p.name for p in (settings.artifacts_dir / "kmod").glob("*.ko"))
+    log.info("built %s against Linux %s", ", ".join(names), fetched["kernel_version"])
+    return {"modules": names}
 
 
 def journal_path(settings: Settings, step: str) -> Path:
