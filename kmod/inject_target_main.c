@@ -12,7 +12,9 @@
  * landed inside.
  *
  * debugfs inject_target/: "pid" (the thread, for the injector's target),
- * "ranges" (the loop's and each section's address range), "stats".
+ * "ranges" (the loop's and each section's address range), "stats", and
+ * "warn": a write makes a real WARN, so the host's console classifier can
+ * be tested against the kernel's own output.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -206,6 +208,19 @@ static int inj_pid_show(struct seq_file *m, void *v)
 }
 DEFINE_SHOW_ATTRIBUTE(inj_pid);
 
+static ssize_t inj_warn_write(struct file *file, const char __user *ubuf, size_t count,
+			      loff_t *ppos)
+{
+	WARN(1, "WARN requested through debugfs\n");
+	return count;
+}
+
+static const struct file_operations inj_warn_fops = {
+	.owner = THIS_MODULE,
+	.write = inj_warn_write,
+	.llseek = noop_llseek,
+};
+
 static int __init inject_target_init(void)
 {
 	inj_thread = kthread_run(inj_target_fn, NULL, "inject_target");
@@ -218,6 +233,7 @@ static int __init inject_target_init(void)
 	debugfs_create_file("pid", 0400, inj_dir, NULL, &inj_pid_fops);
 	debugfs_create_file("ranges", 0400, inj_dir, NULL, &inj_ranges_fops);
 	debugfs_create_file("stats", 0400, inj_dir, NULL, &inj_stats_fops);
+	debugfs_create_file("warn", 0200, inj_dir, NULL, &inj_warn_fops);
 	pr_info("thread %d running\n", task_pid_nr(inj_thread));
 	return 0;
 }

@@ -55,3 +55,10 @@ def test_ordinary_lines_are_not_findings():
     assert console.classify(["[ 0.1] Linux version 6.12.117", "pipeline-init: running suite boot",
                              "[ 1.0] kvm_amd: Nested Virtualization enabled",
                              "WARNING: this is a userspace message without CPU/PID"]) == []
+
+
+def test_captured_warn():
+    """A real WARN (inject_target's debugfs hook) from our own guest."""
+    findings = findings_of("warn.console")
+    assert [f.kind for f in findings] == ["warning"]
+    assert "inj_warn_write" in findings[0].line

@@ -151,3 +151,11 @@ def test_qemu_that_cannot_start(kernel_build):
     proc = pipeline("boot", "boot.memory_mb=99999999")
     assert proc.returncode == Outcome.QEMU_FAILED.value, proc.stdout[-2000:]
     assert "qemu failed" in proc.stdout
+
+
+def test_guest_warn_is_console_badness(kernel_build):
+    proc = pipeline("boot", "boot.cmdline=pipeline.fault=warn")
+    assert proc.returncode == Outcome.CONSOLE_BADNESS.value, proc.stdout[-2000:]
+    data = results(kernel_build)
+    assert data["console_findings"][0]["kind"] == "warning"
+    assert "inj_warn_write" in data["console_findings"][0]["line"]

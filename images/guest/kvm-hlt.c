@@ -8,6 +8,7 @@
  */
 #include <err.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <linux/kvm.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -15,6 +16,17 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+static volatile sig_atomic_t exits;
+
+static void on_alarm(int sig)
+{
+	static const char msg[] = "no KVM exit for 30 s: KVM_RUN hung\n";
+
+	(void)sig;
+	write(STDOUT_FILENO, msg, sizeof(msg) - 1);
+	_exit(2);
+}
 
 static const uint8_t guest_code[] = {
 	0xba, 0xf8, 0x03,	/* mov $0x3f8, %dx */
@@ -34,7 +46,9 @@ int main(void)
 	char output = 0;
 	uint8_t *mem;
 
-	/* A stuck KVM_RUN returns -EINTR on the signal: a failure, not a hang. */
+	/* A stuck KVM_RUN is interrupted by the signal: a failure, not a hang. */
+	setvbuf(stdout, NULL, _IONBF, 0);
+	signal(SIGALRM, on_alarm);
 	alarm(30);
 	kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (kvm < 0)
@@ -75,6 +89,7 @@ int main(void)
 		err(1, "KVM_SET_REGS");
 
 	for (;;) {
+		printf("KVM_RUN %d\n", ++exits);
 		if (ioctl(vcpu, KVM_RUN, NULL) < 0)
 			err(1, "KVM_RUN");
 		printf("KVM exit reason %u\n", run->exit_reason);
