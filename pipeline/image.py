@@ -142,6 +142,7 @@ def assemble_context(settings: Settings, context: Path, dockerfile: str,
     remove_tree(context)
     shutil.copytree(images_root(settings), context, ignore=shutil.ignore_patterns("*.j2"))
     shutil.copytree(settings.artifacts_dir / "modules", context / "modules", symlinks=True)
+    shutil.copy(settings.artifacts_dir / "kernel.config", context / "kernel.config")
     if kmod_dir is not None:
         shutil.copytree(kmod_dir, context / "kmod")
     (context / "Dockerfile").write_text(dockerfile)
