@@ -8,8 +8,6 @@ Settings come from pipeline/default.toml, an optional pipeline.toml, and
 
 from pathlib import Path
 
-from doit.tools import config_changed
-
 from pipeline import boot, fetch, image, kbuild, kconfig, kmake, patch, tasks
 
 ROOT = Path(__file__).resolve().parent
@@ -29,7 +27,7 @@ def task_fetch():
     """Fetch the kernel tree into build/src/linux (source.kind: debian, tarball, local, git)."""
     return {
         "actions": [tasks.action("fetch", fetch.fetch_tree, S)],
-        "uptodate": [lambda: fetch.is_current(S), config_changed(tasks.code_version(fetch))],
+        "uptodate": [lambda: fetch.is_current(S), tasks.unchanged(None, fetch)],
         "targets": [fetch.record_path(S)],
         "clean": [tasks.remover(S.tree_dir, fetch.record_path(S))],
     }
@@ -40,7 +38,7 @@ def task_patch():
     return {
         "actions": [tasks.action("patch", patch.patch_tree, S)],
         "file_dep": [fetch.record_path(S), *patch.all_series_files(S)],
-        "uptodate": [config_changed(S.digest("patch")), config_changed(tasks.code_version(patch))],
+        "uptodate": [tasks.unchanged(S.digest("patch"), patch)],
         "targets": [patch.stamp_path(S)],
         "clean": True,
     }
@@ -51,9 +49,8 @@ def task_config():
     return {
         "actions": [tasks.action("config", kconfig.configure, S)],
         "file_dep": [patch.stamp_path(S), *kconfig.fragment_paths(S)],
-        "uptodate": [config_changed({"variant": S.kernel.variant,
-                                     "fragments": S.kernel.fragments}),
-                     config_changed(tasks.code_version(kconfig, kmake))],
+        "uptodate": [tasks.unchanged({"variant": S.kernel.variant,
+                                      "fragments": S.kernel.fragments}, kconfig, kmake)],
         "targets": [S.kbuild_dir / ".config"],
         "clean": True,
     }
@@ -64,7 +61,7 @@ def task_kernel():
     return {
         "actions": [tasks.action("kernel", kbuild.build_kernel, S)],
         "file_dep": [S.kbuild_dir / ".config", patch.stamp_path(S)],
-        "uptodate": [config_changed(tasks.code_version(kbuild, kmake))],
+        "uptodate": [tasks.unchanged(None, kbuild, kmake)],
         "targets": [S.artifacts_dir / "bzImage", S.artifacts_dir / "kernel.json",
                     kbuild.modules_manifest(S)],
         "clean": [tasks.remover(S.kbuild_dir, S.artifacts_dir)],
@@ -76,7 +73,7 @@ def task_kmod():
     return {
         "actions": [tasks.action("kmod", kbuild.build_kmod, S)],
         "file_dep": [kbuild.modules_manifest(S), *kbuild.kmod_sources(S)],
-        "uptodate": [config_changed(tasks.code_version(kbuild, kmake))],
+        "uptodate": [tasks.unchanged(None, kbuild, kmake)],
         "targets": [kbuild.kmod_manifest(S)],
         "clean": [tasks.remover(S.build_dir / "kmod", S.artifacts_dir / "kmod",
                                 kbuild.kmod_manifest(S))],
@@ -89,7 +86,7 @@ def task_image():
         "actions": [tasks.action("image", image.build_image, S)],
         "file_dep": [kbuild.modules_manifest(S), kbuild.kmod_manifest(S),
                      *image.image_inputs(S)],
-        "uptodate": [config_changed(S.digest("image")), config_changed(tasks.code_version(image))],
+        "uptodate": [tasks.unchanged(S.digest("image"), image)],
         "targets": [S.artifacts_dir / "rootfs.ext4", S.artifacts_dir / "image.json"],
         "clean": [tasks.remover(S.image_dir, S.artifacts_dir / "rootfs.ext4",
                                 S.artifacts_dir / "image.json")],

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from doit import doit_cmd
 from doit.exceptions import TaskFailed
+from doit.tools import config_changed
 
 from . import commands, settings
 from .errors import PipelineError
@@ -73,6 +74,15 @@ def code_version(*modules: object) -> str:
     for module in modules:
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
+
+
+def unchanged(settings_part: object, *modules: object) -> config_changed:
+    """doit uptodate: the step's settings and code are as at its last run.
+
+    One config_changed per task: doit keeps a single saved value for it, so
+    two in one task would overwrite each other and the task never settles.
+    """
+    return config_changed({"settings": settings_part, "code": code_version(*modules)})
 
 
 def remover(*paths: Path) -> Callable[[], None]:

@@ -73,3 +73,18 @@ def test_smoke_injections_into_the_target_loop(kernel_build):
     for key, value in stats.items():
         if key.endswith("_injected_inside"):
             assert value == "0", key
+
+
+def test_lifecycle_in_guest(kernel_build):
+    """Bad input refused, unload with injections in flight, CPU hotplug, target exit."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "test", "boot.suite=lifecycle",
+                           f"paths.build={E2E_BUILD}"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    results = json.loads((kernel_build.results_dir / "results.json").read_text())
+    assert results["counts"]["passed"] == 7 and results["console_findings"] == []
+    tree = ktap.parse((kernel_build.results_dir / "ktap.log").read_text().splitlines())
+    (suite,) = tree.subtests
+    unload = next(t for t in suite.subtests if t.name == "unload_with_injections_in_flight")
+    cycles = re.search(r"(\d+) load/unload cycles, (\d+) of them unloaded with an injection "
+                       r"in flight", " ".join(unload.diagnostics))
+    assert cycles and int(cycles[1]) == 50 and int(cycles[2]) >= 10
