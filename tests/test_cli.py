@@ -9,7 +9,8 @@ from conftest import ROOT, doit
 def test_doit_list_reads_like_a_table_of_contents():
     out = doit("list").stdout
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    assert names == ["fetch", "patch", "config", "kernel", "image", "build", "boot", "test"]
+    assert names == ["fetch", "patch", "config", "kernel", "kmod", "image", "build", "boot",
+                     "test"]
 
 
 def test_bad_setting_on_command_line_fails_cleanly(tmp_path):
@@ -53,3 +54,23 @@ def test_entry_point_exit_code_for_bad_source(tmp_path):
                         f"paths.cache={tmp_path}/c")
     assert proc.returncode == 2
     assert "not on the mirror" in proc.stdout + proc.stderr
+
+
+def test_clean_keeps_the_download_cache(tmp_path, http_server):
+    """`doit clean` removes what the tasks made; downloads stay for the next build."""
+    import hashlib
+
+    from conftest import FAKE_MAKEFILE, make_tarball
+    data = make_tarball({"Makefile": FAKE_MAKEFILE})
+    http_server.files["/linux.tar.gz"] = data
+    args = [f"paths.build={tmp_path}/b", f"paths.cache={tmp_path}/c", "source.kind=tarball",
+            f"source.url={http_server.url}/linux.tar.gz",
+            f"source.sha256={hashlib.sha256(data).hexdigest()}"]
+    doit("fetch", *args)
+    assert (tmp_path / "b/src/linux/Makefile").is_file()
+    cached = list((tmp_path / "c/tarballs").iterdir())
+    assert len(cached) == 1
+    doit("clean", "fetch", *args)
+    assert not (tmp_path / "b/src/linux").exists()
+    assert not (tmp_path / "b/src/fetch.json").exists()
+    assert list((tmp_path / "c/tarballs").iterdir()) == cached
