@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0
 # KTAP output helpers for suite scripts (Documentation/dev-tools/ktap.rst),
 # shaped like KUnit's output so the kernel's own tools (kunit.py parse) read
-# it: one top-level test per suite, the suite's cases indented beneath it.
+# it: init writes the top-level header and plan, each suite is one top-level
+# test (number KTAP_SUITE_NUMBER) with its cases indented beneath it.
 #
 #   . /usr/local/lib/pipeline/ktap.sh
 #   ktap_begin SUITE NUMBER_OF_CASES
@@ -14,8 +15,6 @@ ktap_failures=0
 
 ktap_begin() {
 	ktap_suite=$1
-	echo "KTAP version 1"
-	echo "1..1"
 	echo "    KTAP version 1"
 	echo "    # Subtest: $1"
 	echo "    1..$2"
@@ -43,9 +42,9 @@ ktap_skip() {
 
 ktap_end() {
 	if [ "$ktap_failures" -eq 0 ]; then
-		echo "ok 1 $ktap_suite"
+		echo "ok ${KTAP_SUITE_NUMBER:-1} $ktap_suite"
 	else
-		echo "not ok 1 $ktap_suite"
+		echo "not ok ${KTAP_SUITE_NUMBER:-1} $ktap_suite"
 	fi
 	[ "$ktap_failures" -eq 0 ]
 }
