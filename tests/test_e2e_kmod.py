@@ -73,6 +73,12 @@ def test_smoke_injections_into_the_target_loop(kernel_build):
     for key, value in stats.items():
         if key.endswith("_injected_inside"):
             assert value == "0", key
+    # The kernel's own KTAP tooling reads our stream too.
+    kunit = kernel_build.tree_dir / "tools" / "testing" / "kunit" / "kunit.py"
+    parsed = subprocess.run([sys.executable, str(kunit), "parse",
+                             str(kernel_build.results_dir / "ktap.log")],
+                            capture_output=True, text=True)
+    assert "Ran 6 tests: passed: 6" in parsed.stdout, parsed.stdout[-2000:]
 
 
 def test_lifecycle_in_guest(kernel_build):
