@@ -859,33 +859,6 @@ static const struct file_operations inj_knob_fops = {
 	.llseek = default_llseek,
 };
 
-static ssize_t inj_count_only_write(struct file *file, const char __user *ubuf, size_t count,
-				    loff_t *ppos)
-{
-	bool value;
-	int ret = kstrtobool_from_user(ubuf, count, &value);
-
-	if (ret)
-		return ret;
-	WRITE_ONCE(count_only, value);
-	return count;
-}
-
-static ssize_t inj_count_only_read(struct file *file, char __user *ubuf, size_t count,
-				   loff_t *ppos)
-{
-	char buf[3] = { READ_ONCE(count_only) ? '1' : '0', '\n' };
-
-	return simple_read_from_buffer(ubuf, count, ppos, buf, 2);
-}
-
-static const struct file_operations inj_count_only_fops = {
-	.owner = THIS_MODULE,
-	.read = inj_count_only_read,
-	.write = inj_count_only_write,
-	.llseek = default_llseek,
-};
-
 static int inj_ranges_show(struct seq_file *m, void *v)
 {
 	struct inj_range_set *set;
@@ -1061,7 +1034,7 @@ static int __init sched_inject_init(void)
 	debugfs_create_file("target", 0600, inj_dir, NULL, &inj_target_fops);
 	debugfs_create_file("period_us", 0600, inj_dir, &inj_knob_period, &inj_knob_fops);
 	debugfs_create_file("sleep_ms", 0600, inj_dir, &inj_knob_sleep, &inj_knob_fops);
-	debugfs_create_file("count_only", 0600, inj_dir, NULL, &inj_count_only_fops);
+	debugfs_create_bool("count_only", 0600, inj_dir, &count_only);
 	debugfs_create_file("ranges", 0600, inj_dir, NULL, &inj_ranges_fops);
 	debugfs_create_file("stats", 0600, inj_dir, NULL, &inj_stats_fops);
 	pr_info("loaded: period %u us, sleep %u ms%s\n", period_us, sleep_ms,

@@ -20,15 +20,17 @@ def diff(path: str, old: str, new: str) -> str:
                                         f"a/{path}", f"b/{path}"))
 
 
-@pytest.fixture
-def tree(tmp_path, fake_tree_files) -> Path:
-    root = tmp_path / "linux"
-    for name, text in fake_tree_files.items():
+def write_tree(root: Path, fake_tree_files: dict[str, str]) -> Path:
+    """The fake kernel tree plus a kvm_main.c for the second patch."""
+    for name, text in {**fake_tree_files, "virt/kvm/kvm_main.c": "a\nb\nc\n"}.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
-    (root / "virt/kvm").mkdir(parents=True)
-    (root / "virt/kvm/kvm_main.c").write_text("a\nb\nc\n")
     return root
+
+
+@pytest.fixture
+def tree(tmp_path, fake_tree_files) -> Path:
+    return write_tree(tmp_path / "linux", fake_tree_files)
 
 
 def snapshot(tree: Path) -> dict[str, str]:
@@ -119,12 +121,7 @@ def test_tree_edited_after_patching_is_reported(tree, good_series, tmp_path):
 def test_patch_inside_an_enclosing_git_repo(tmp_path, good_series, fake_tree_files):
     """build/src/linux lives inside the project's own repository."""
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    tree = tmp_path / "build/src/linux"
-    for name, text in fake_tree_files.items():
-        (tree / name).parent.mkdir(parents=True, exist_ok=True)
-        (tree / name).write_text(text)
-    (tree / "virt/kvm").mkdir(parents=True)
-    (tree / "virt/kvm/kvm_main.c").write_text("a\nb\nc\n")
+    tree = write_tree(tmp_path / "build/src/linux", fake_tree_files)
     patch.apply_series(tree, good_series)
     assert "patched five" in (tree / "arch/x86/kvm/x86.c").read_text()
 
