@@ -529,37 +529,34 @@ static int inj_probe_check(unsigned long addr)
 	return 0;
 }
 
-static int inj_validate_range(unsigned long start, unsigned long end, struct inj_range *range)
-{
-	char first_func[KSYM_NAME_LEN], last_func[KSYM_NAME_LEN];
+/* Symbol names of a range's ends: too big for the stack with KASAN's redzones. */
+struct inj_range_names {
+	char last_symbol[KSYM_SYMBOL_LEN];
+	char first_func[KSYM_NAME_LEN];
+	char last_func[KSYM_NAME_LEN];
 	char last_owner[MODULE_NAME_LEN];
-	char symbol[KSYM_SYMBOL_LEN];
-	int ret;
+};
 
-	if (start >= end || end - start > INJ_MAX_RANGE_BYTES) {
-		pr_err("range %lx-%lx: start must be below end and the range at most %lu bytes\n",
-		       start, end, INJ_MAX_RANGE_BYTES);
-		return -EINVAL;
-	}
+static int inj_check_range_names(unsigned long start, unsigned long end,
+				 struct inj_range *range, struct inj_range_names *names)
+{
 	sprint_symbol(range->symbol, start);
-	sprint_symbol(symbol, end - 1);
-	if (!strchr(range->symbol, '+') || !strchr(symbol, '+')) {
+	sprint_symbol(names->last_symbol, end - 1);
+	if (!strchr(range->symbol, '+') || !strchr(names->last_symbol, '+')) {
 		pr_err("range %lx-%lx: not inside known kernel or module text\n", start, end);
 		return -EINVAL;
 	}
 	inj_split_symbol(range->symbol, range->owner, sizeof(range->owner),
-			 first_func, sizeof(first_func));
-	inj_split_symbol(symbol, last_owner, sizeof(last_owner), last_func, sizeof(last_func));
-	if (strcmp(range->owner, last_owner)) {
-		pr_err("range %lx-%lx: spans %s and %s\n", start, end, range->owner, last_owner);
+			 names->first_func, sizeof(names->first_func));
+	inj_split_symbol(names->last_symbol, names->last_owner, sizeof(names->last_owner),
+			 names->last_func, sizeof(names->last_func));
+	if (strcmp(range->owner, names->last_owner)) {
+		pr_err("range %lx-%lx: spans %s and %s\n", start, end, range->owner,
+		       names->last_owner);
 		return -EINVAL;
 	}
 	if (!strcmp(range->owner, KBUILD_MODNAME)) {
 		pr_err("range %lx-%lx: the injector's own text is never allowed\n", start, end);
-		return -EINVAL;
-	}
-	if (in_lock_functions(start) || in_lock_functions(end - 1)) {
-		pr_err("range %lx-%lx: inside the spinlock implementation\n", start, end);
 		return -EINVAL;
 	}
 	/*
@@ -567,10 +564,34 @@ static int inj_validate_range(unsigned long start, unsigned long end, struct inj
 	 * preempt_count() at zero: only a range the user chose instruction by
 	 * instruction is safe there, not whole functions' worth of them.
 	 */
-	if (strcmp(first_func, last_func) && !IS_ENABLED(CONFIG_PREEMPT_COUNT) &&
+	if (strcmp(names->first_func, names->last_func) && !IS_ENABLED(CONFIG_PREEMPT_COUNT) &&
 	    !unsafe_wide_ranges) {
 		pr_err("range %lx-%lx: spans %s to %s; without CONFIG_PREEMPT_COUNT spinlock and RCU sections there are invisible, so ranges must stay inside one function (or load with unsafe_wide_ranges=1)\n",
-		       start, end, first_func, last_func);
+		       start, end, names->first_func, names->last_func);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int inj_validate_range(unsigned long start, unsigned long end, struct inj_range *range)
+{
+	struct inj_range_names *names;
+	int ret;
+
+	if (start >= end || end - start > INJ_MAX_RANGE_BYTES) {
+		pr_err("range %lx-%lx: start must be below end and the range at most %lu bytes\n",
+		       start, end, INJ_MAX_RANGE_BYTES);
+		return -EINVAL;
+	}
+	names = kmalloc(sizeof(*names), GFP_KERNEL);
+	if (!names)
+		return -ENOMEM;
+	ret = inj_check_range_names(start, end, range, names);
+	kfree(names);
+	if (ret)
+		return ret;
+	if (in_lock_functions(start) || in_lock_functions(end - 1)) {
+		pr_err("range %lx-%lx: inside the spinlock implementation\n", start, end);
 		return -EINVAL;
 	}
 	ret = inj_probe_check(start);
