@@ -261,15 +261,36 @@ def fetch_local(settings: Settings, dest: Path) -> dict:
     return {"tarball": str(path), "sha256": got}
 
 
-def debian_versions(package: str) -> list[str]:
-    """Versions of `package` in the apt lists, newest first."""
+APT_LISTS = Path("/var/lib/apt/lists")
+
+
+def debian_versions(package: str, cache: Path) -> list[str]:
+    """Versions of `package` in the apt lists, newest first.
+
+    `apt-cache madison` takes most of a second, and doit asks on every run
+    to know whether the tree is current; the answer can only change when
+    the lists do, so it is kept in `cache` keyed by their modification times.
+    """
+    stamp = str(max((p.stat().st_mtime_ns for p in APT_LISTS.glob("*_Packages*")), default=0))
+    try:
+        known = json.loads(cache.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        known = {}
+    if known.get("stamp") == stamp and package in known.get("versions", {}):
+        return known["versions"][package]
     out = commands.run(["apt-cache", "madison", package])
     versions = [line.split("|")[1].strip() for line in out.splitlines() if line.count("|") >= 2]
-    return list(dict.fromkeys(versions))
+    versions = list(dict.fromkeys(versions))
+    if known.get("stamp") != stamp:
+        known = {"stamp": stamp, "versions": {}}
+    known["versions"][package] = versions
+    atomic_write_text(cache, json.dumps(known, indent=2) + "\n")
+    return versions
 
 
-def _debian_version(src: SourceSettings) -> str:
-    versions = debian_versions(src.package)
+def _debian_version(settings: Settings) -> str:
+    src = settings.source
+    versions = debian_versions(src.package, settings.cache_dir / "apt-versions.json")
     if not versions:
         out = commands.run(["apt-cache", "search", "--names-only", "^linux-source-"])
         known = sorted(line.split(" - ")[0] for line in out.splitlines())
@@ -289,13 +310,12 @@ def _debian_version(src: SourceSettings) -> str:
 
 
 def identify_debian(settings: Settings) -> dict:
-    src = settings.source
-    return {"package": src.package, "version": _debian_version(src)}
+    return {"package": settings.source.package, "version": _debian_version(settings)}
 
 
 def fetch_debian(settings: Settings, dest: Path) -> dict:
     src = settings.source
-    version = _debian_version(src)
+    version = _debian_version(settings)
     cache = settings.cache_dir / "debian"
     safe_version = version.replace(":", "%3a")
     cached = cache / f"{src.package}_{safe_version}.tar.xz"
