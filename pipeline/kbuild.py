@@ -85,6 +85,7 @@ def build_kmod(settings: Settings) -> dict:
         atomic_copy(source, work / source.name)
     logs = settings.build_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    (logs / "kmod.log").write_text("")  # this run's log only
     try:
         output = commands.run(make_argv(settings, f"M={work}", "W=1", "modules",
                                         parallel=True),
@@ -139,6 +140,7 @@ def build_kernel(settings: Settings) -> dict:
     env = make_env(settings, fetched["resolved"]["source_date_epoch"])
     logs = settings.build_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    (logs / "kernel.log").write_text("")  # this run's log only
     started = time.monotonic()
     try:
         commands.run(make_argv(settings, "bzImage", "modules", parallel=True), env=env,
