@@ -78,7 +78,7 @@ def test_smoke_injections_into_the_target_loop(kernel_build):
     parsed = subprocess.run([sys.executable, str(kunit), "parse",
                              str(kernel_build.results_dir / "ktap.log")],
                             capture_output=True, text=True)
-    assert "Ran 6 tests: passed: 6" in parsed.stdout, parsed.stdout[-2000:]
+    assert "Ran 8 tests: passed: 8" in parsed.stdout, parsed.stdout[-2000:]
 
 
 def test_lifecycle_in_guest(kernel_build):
