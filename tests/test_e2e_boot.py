@@ -130,7 +130,7 @@ def test_base_image_from_a_registry(kernel_build, local_registry, tmp_path):
     # A build dir of its own, with the shared kernel's artifacts.
     build = tmp_path / "b"
     (build / "artifacts").mkdir(parents=True)
-    for name in ("kernel.json", "modules"):
+    for name in ("kernel.json", "kernel.config", "modules"):
         src = kernel_build.artifacts_dir / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, build / "artifacts" / name)
     s = settings.load(ROOT, {"paths.build": str(build), "image.base": pushed})

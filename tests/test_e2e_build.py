@@ -88,8 +88,8 @@ def test_patch_is_active_in_kvm_ko_and_absent_without_it(kernel_build):
 
     try:
         proc = doit("build", f"paths.build={E2E_BUILD}", "patch.enabled=false")
-        # kvm.ko changed, so the image holding it is rebaked.
-        assert tasks_run(proc) == ["patch", "config", "kernel", "image"]
+        # kvm.ko changed, so our modules are rebuilt and the image holding them rebaked.
+        assert tasks_run(proc) == ["patch", "config", "kernel", "kmod", "image"]
         # Reverting touched only KVM files, so only KVM objects were recompiled.
         compiled = re.findall(r"^\s+CC(?: \[M\])?\s+(\S+)", proc.stdout, re.M)
         assert compiled and all("kvm" in path for path in compiled), compiled
@@ -98,7 +98,7 @@ def test_patch_is_active_in_kvm_ko_and_absent_without_it(kernel_build):
         assert meta["patches"]["patches"] == []
     finally:
         proc = doit("build", f"paths.build={E2E_BUILD}")
-    assert tasks_run(proc) == ["patch", "config", "kernel", "image"]
+    assert tasks_run(proc) == ["patch", "config", "kernel", "kmod", "image"]
     assert preempt_count_updates(kvm, RUN_FUNCTION) == patched
 
 
