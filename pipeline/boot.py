@@ -80,8 +80,8 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
     started = time.monotonic()
     choice = qemu.choose_accelerator(settings, settings.artifacts_dir / "bzImage")
     log.info("accelerator: %s (%s)", choice.accel.name, choice.why)
-    command = qemu_command(settings, choice.accel, suite, extra_cmdline)
-    run = qemu.stream(command.argv(), results / "console.log",
+    argv = qemu_command(settings, choice.accel, suite, extra_cmdline).argv()
+    run = qemu.stream(argv, results / "console.log",
                       deadline=settings.boot.test_timeout, marker=INIT_MARKER,
                       marker_deadline=settings.boot.boot_timeout, on_line=_show)
 
@@ -95,7 +95,7 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
         why += ": " + " / ".join(run.lines[-3:])
     report = RunReport(
         suite=suite, outcome=outcome, why=why, accel=choice.accel.name, accel_why=choice.why,
-        guest_status=guest_status, findings=findings, qemu_argv=command.argv(),
+        guest_status=guest_status, findings=findings, qemu_argv=argv,
         seconds={"total": time.monotonic() - started, "qemu": run.seconds,
                  "to_init": run.first_marker_seconds or 0.0},
     )

@@ -63,6 +63,14 @@ def write_manifest(tree: Path, dest: Path) -> None:
     atomic_write_text(dest, "".join(lines))
 
 
+def fresh_log(settings: Settings, step: str) -> Path:
+    """build/logs/<step>.log, emptied: it holds this run's output only."""
+    log_file = settings.build_dir / "logs" / f"{step}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file.write_text("")
+    return log_file
+
+
 def kmod_sources(settings: Settings) -> list[Path]:
     return sorted(p for p in (settings.root / "kmod").iterdir() if p.is_file())
 
@@ -83,15 +91,13 @@ def build_kmod(settings: Settings) -> dict:
     work.mkdir(parents=True)
     for source in kmod_sources(settings):
         atomic_copy(source, work / source.name)
-    logs = settings.build_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    (logs / "kmod.log").write_text("")  # this run's log only
+    log_file = fresh_log(settings, "kmod")
     try:
         output = commands.run(make_argv(settings, f"M={work}", "W=1", "modules",
                                         parallel=True),
-                              env=env, echo=True, log_file=logs / "kmod.log")
+                              env=env, echo=True, log_file=log_file)
     except commands.CommandError as exc:
-        raise BuildError(f"kmod/ did not build (full log: {logs / 'kmod.log'}):\n"
+        raise BuildError(f"kmod/ did not build (full log: {log_file}):\n"
                          f"{exc.output_tail}") from None
     warnings = [line for line in output.splitlines()
                 if any(marker in line for marker in WARNING_MARKERS)]
@@ -138,16 +144,14 @@ def build_kernel(settings: Settings) -> dict:
     if fetched is None or not config.exists():
         raise ConfigError("no configured tree: run `doit config` first")
     env = make_env(settings, fetched["resolved"]["source_date_epoch"])
-    logs = settings.build_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    (logs / "kernel.log").write_text("")  # this run's log only
+    log_file = fresh_log(settings, "kernel")
     started = time.monotonic()
     try:
         commands.run(make_argv(settings, "bzImage", "modules", parallel=True), env=env,
-                     echo=True, log_file=logs / "kernel.log")
+                     echo=True, log_file=log_file)
     except commands.CommandError as exc:
         raise BuildError(
-            f"the kernel did not build (full log: {logs / 'kernel.log'}):\n{exc.output_tail}\n"
+            f"the kernel did not build (full log: {log_file}):\n{exc.output_tail}\n"
             f"command: {exc.argv_text}"
         ) from None
     build_seconds = time.monotonic() - started
@@ -158,7 +162,7 @@ def build_kernel(settings: Settings) -> dict:
     staging = artifacts / f".modules-staging-{uuid.uuid4().hex[:8]}"
     try:
         commands.run(make_argv(settings, "modules_install", f"INSTALL_MOD_PATH={staging}",
-                               "DEPMOD=/sbin/depmod"), env=env, log_file=logs / "kernel.log")
+                               "DEPMOD=/sbin/depmod"), env=env, log_file=log_file)
         modules = staging / "lib" / "modules" / release
         for link in ("build", "source"):
             # They point into this machine's build tree: meaningless in a guest.
