@@ -185,7 +185,18 @@ struct inj_pending {
 static struct inj_pending inj_pending[INJ_MAX_PENDING];
 static struct inj_range_set __rcu *inj_ranges;
 static struct inj_target __rcu *inj_target;
-static atomic64_t inj_range_hits[INJ_MAX_RANGES];
+
+/*
+ * Per range: samples of the target inside it that were eligible (injected,
+ * or counted in count-only mode) and those skipped, by reason, so a test
+ * can tell which function a sample landed in and why it was refused.
+ */
+struct inj_range_stats {
+	atomic64_t hits;
+	atomic64_t skips[INJ_SKIP_NR];
+};
+
+static struct inj_range_stats inj_range_stats[INJ_MAX_RANGES];
 
 /* Configuration; scalars are read with READ_ONCE() by the callbacks. */
 static DEFINE_MUTEX(inj_lock);
@@ -206,6 +217,8 @@ static atomic64_t inj_tramp_entries, inj_tramp_exits, inj_migrations;
 /* The last location injected into (or, counting only, that would have been). */
 static unsigned long inj_last_ip;
 static int inj_last_cpu;
+/* The last in-range location refused because preempt_count was raised. */
+static unsigned long inj_last_preempt_skip_ip;
 
 static struct dentry *inj_dir;
 
@@ -276,6 +289,10 @@ static enum inj_skip inj_check(struct pt_regs *regs, int *range)
 		return INJ_SKIP_NOT_TARGET;
 	if (current->flags & PF_EXITING)
 		return INJ_SKIP_EXITING;
+	/* First, so every later reason is counted against its range too. */
+	*range = inj_find_range(regs->ip);
+	if (*range < 0)
+		return INJ_SKIP_RIP_NOT_ALLOWED;
 	/* Inside this callback the hardirq adds exactly HARDIRQ_OFFSET. */
 	pc = preempt_count();
 	if (pc != HARDIRQ_OFFSET) {
@@ -302,9 +319,6 @@ static enum inj_skip inj_check(struct pt_regs *regs, int *range)
 		return INJ_SKIP_STACK;
 	if (!inj_fred_frame_ok(regs))
 		return INJ_SKIP_FRED_STACK_LEVEL;
-	*range = inj_find_range(regs->ip);
-	if (*range < 0)
-		return INJ_SKIP_RIP_NOT_ALLOWED;
 	if (READ_ONCE(inj_stopping))
 		return INJ_SKIP_STOPPING;
 	return INJ_SKIP_NR;
@@ -345,9 +359,13 @@ static void inj_consider(struct pt_regs *regs)
 		why = INJ_SKIP_ALREADY_PENDING;
 	if (why != INJ_SKIP_NR) {
 		this_cpu_inc(inj_stats.skips[why]);
+		if (range >= 0)
+			atomic64_inc(&inj_range_stats[range].skips[why]);
+		if (why == INJ_SKIP_PREEMPT_COUNT)
+			WRITE_ONCE(inj_last_preempt_skip_ip, regs->ip);
 		goto out;
 	}
-	atomic64_inc(&inj_range_hits[range]);
+	atomic64_inc(&inj_range_stats[range].hits);
 	WRITE_ONCE(inj_last_ip, regs->ip);
 	WRITE_ONCE(inj_last_cpu, smp_processor_id());
 	if (READ_ONCE(count_only)) {
@@ -605,15 +623,24 @@ static int inj_validate_range(unsigned long start, unsigned long end, struct inj
 	return 0;
 }
 
+static void inj_reset_range_stats(void)
+{
+	unsigned int i, why;
+
+	for (i = 0; i < INJ_MAX_RANGES; i++) {
+		atomic64_set(&inj_range_stats[i].hits, 0);
+		for (why = 0; why < INJ_SKIP_NR; why++)
+			atomic64_set(&inj_range_stats[i].skips[why], 0);
+	}
+}
+
 /* Replace the published set; the old one is freed after a grace period. */
 static void inj_publish_ranges(struct inj_range_set *set)
 {
 	struct inj_range_set *old;
-	unsigned int i;
 
 	old = rcu_replace_pointer(inj_ranges, set, lockdep_is_held(&inj_lock));
-	for (i = 0; i < INJ_MAX_RANGES; i++)
-		atomic64_set(&inj_range_hits[i], 0);
+	inj_reset_range_stats();
 	if (old)
 		kfree_rcu(old, rcu);
 }
@@ -883,14 +910,21 @@ static const struct file_operations inj_knob_fops = {
 static int inj_ranges_show(struct seq_file *m, void *v)
 {
 	struct inj_range_set *set;
-	unsigned int i;
+	unsigned int i, why;
 
 	rcu_read_lock();
 	set = rcu_dereference(inj_ranges);
-	for (i = 0; set && i < set->nr; i++)
-		seq_printf(m, "%u %lx %lx hits=%lld %s\n", i, set->ranges[i].start,
-			   set->ranges[i].end, atomic64_read(&inj_range_hits[i]),
-			   set->ranges[i].symbol);
+	for (i = 0; set && i < set->nr; i++) {
+		struct inj_range_stats *stats = &inj_range_stats[i];
+
+		seq_printf(m, "%u %lx %lx hits=%lld", i, set->ranges[i].start,
+			   set->ranges[i].end, atomic64_read(&stats->hits));
+		for (why = 0; why < INJ_SKIP_NR; why++)
+			if (atomic64_read(&stats->skips[why]))
+				seq_printf(m, " skip_%s=%lld", inj_skip_names[why],
+					   atomic64_read(&stats->skips[why]));
+		seq_printf(m, " %s\n", set->ranges[i].symbol);
+	}
 	rcu_read_unlock();
 	return 0;
 }
@@ -971,6 +1005,8 @@ static int inj_stats_show(struct seq_file *m, void *v)
 	spin_unlock(&inj_sleep_lock);
 	seq_printf(m, "last_cpu %d\n", READ_ONCE(inj_last_cpu));
 	seq_printf(m, "last_location %pS\n", (void *)READ_ONCE(inj_last_ip));
+	seq_printf(m, "last_preempt_count_location %pS\n",
+		   (void *)READ_ONCE(inj_last_preempt_skip_ip));
 	return 0;
 }
 
@@ -998,6 +1034,8 @@ static ssize_t inj_stats_write(struct file *file, const char __user *ubuf, size_
 	atomic64_set(&inj_tramp_exits, 0);
 	atomic64_set(&inj_migrations, 0);
 	WRITE_ONCE(inj_last_ip, 0);
+	WRITE_ONCE(inj_last_preempt_skip_ip, 0);
+	inj_reset_range_stats();
 	return count;
 }
 

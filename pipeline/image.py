@@ -225,8 +225,10 @@ def build_image(settings: Settings) -> dict:
     client = docker_client()
     started = time.monotonic()
     base_ref, base_digest = ensure_base(client, settings)
+    # The suites compare what they see with what KVM was built with.
+    kvm_patch = "applied" if kernel["patches"]["patches"] else "none"
     dockerfile = render_dockerfile(settings, base_image=base_ref, release=release,
-                                   with_kmod=kmod_dir is not None)
+                                   kvm_patch=kvm_patch, with_kmod=kmod_dir is not None)
     work = settings.image_dir
     work.mkdir(parents=True, exist_ok=True)
     context = work / "context"

@@ -14,11 +14,13 @@ def project_settings():
 def test_dockerfile_renders_strictly():
     s = project_settings()
     text = image.render_dockerfile(s, base_image="kvm-pipeline/base:abc", release="6.12.117",
-                                   with_kmod=True)
+                                   kvm_patch="applied", with_kmod=True)
     assert "FROM kvm-pipeline/base:abc AS builder" in text
     assert "COPY modules/ /lib/modules/6.12.117/" in text
     assert "COPY kmod/ /lib/modules/6.12.117/extra/" in text
-    without = image.render_dockerfile(s, base_image="b", release="r", with_kmod=False)
+    assert 'echo "applied" > /etc/pipeline/kvm-patch' in text
+    without = image.render_dockerfile(s, base_image="b", release="r", kvm_patch="none",
+                                      with_kmod=False)
     assert "kmod/" not in without.split("kmod: modprobe")[1]
 
 
