@@ -9,6 +9,8 @@ run ends within boot.test_timeout), teed to build/results/console.log.
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import logging
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from . import console, ktap, qemu
 from .errors import PipelineError, UserError
 from .results import Outcome, RunReport, classify_outcome, summary, write_json, write_junit
 from .settings import Settings
-from .util import remove_tree
+from .util import atomic_write_text, remove_tree
 
 log = logging.getLogger("pipeline")
 
@@ -37,12 +39,30 @@ class RunFailed(PipelineError):
 
 def kernel_cmdline(settings: Settings, suite: str, extra: tuple[str, ...] = ()) -> list[str]:
     return ["console=ttyS0", "root=/dev/vda", "rw", "panic=-1", f"init={INIT}",
-            f"pipeline.suite={suite}", *settings.boot.cmdline.split(), *extra]
+            f"pipeline.suite={suite}", *settings.test.guest_parameters(),
+            *settings.boot.cmdline.split(), *extra]
+
+
+def selected_suites(settings: Settings) -> str:
+    """The suites of boot.suite that test.cases selects, comma-separated."""
+    suites = [name for name in settings.boot.suite.split(",") if name]
+    patterns = [p for p in settings.test.cases.split(",") if p]
+    if not patterns:
+        return ",".join(suites)
+    for pattern in patterns:
+        suite_glob = pattern.split(".", 1)[0]
+        if not fnmatch.filter(suites, suite_glob):
+            raise UserError(
+                f"test.cases: {pattern!r} matches none of the suites in boot.suite "
+                f"({', '.join(suites)}); name one of them, e.g. {suites[0]}.CASE"
+            )
+    return ",".join(s for s in suites
+                    if any(fnmatch.fnmatchcase(s, p.split(".", 1)[0]) for p in patterns))
 
 
 def qemu_command(settings: Settings, accel: qemu.Accelerator, suite: str,
-                 extra: tuple[str, ...] = ()) -> qemu.QemuCommand:
-    results = settings.results_dir
+                 extra: tuple[str, ...] = (), results: Path | None = None) -> qemu.QemuCommand:
+    results = results or settings.results_dir
     return qemu.QemuCommand(
         accel=accel,
         kernel=settings.artifacts_dir / "bzImage",
@@ -67,12 +87,14 @@ def _show(line: str) -> None:
         print(f"  guest| {line}", flush=True)
 
 
-def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = ()) -> RunReport:
-    """Boot, run `suite`, write results; raise RunFailed unless it passed."""
+def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (),
+              results: Path | None = None) -> RunReport:
+    """Boot, run `suite`, write results (to `results`, by default
+    build/results/); raise RunFailed unless it passed."""
     for name in ("bzImage", "rootfs.ext4"):
         if not (settings.artifacts_dir / name).exists():
             raise UserError(f"{settings.artifacts_dir / name} is missing: run `doit build` first")
-    results = settings.results_dir
+    results = results or settings.results_dir
     results.mkdir(parents=True, exist_ok=True)
     for name in RESULT_FILES:
         remove_tree(results / name)  # no stale result may pass for this run's
@@ -80,7 +102,7 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
     started = time.monotonic()
     choice = qemu.choose_accelerator(settings, settings.artifacts_dir / "bzImage")
     log.info("accelerator: %s (%s)", choice.accel.name, choice.why)
-    argv = qemu_command(settings, choice.accel, suite, extra_cmdline).argv()
+    argv = qemu_command(settings, choice.accel, suite, extra_cmdline, results).argv()
     run = qemu.stream(argv, results / "console.log",
                       deadline=settings.boot.test_timeout, marker=INIT_MARKER,
                       marker_deadline=settings.boot.boot_timeout, on_line=_show)
@@ -90,7 +112,8 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
     guest_status = _guest_status(results / "status")
     started_kernel = any("Linux version" in line for line in run.lines)
     outcome, why = classify_outcome(kernel_started=started_kernel, timed_out=run.timed_out,
-                                    findings=findings, guest_status=guest_status, tree=tree)
+                                    findings=findings, guest_status=guest_status, tree=tree,
+                                    skips_allowed=choice.accel.name != "tcg")
     if outcome is Outcome.QEMU_FAILED and run.lines:
         why += ": " + " / ".join(run.lines[-3:])
     report = RunReport(
@@ -113,8 +136,52 @@ def boot_checks(settings: Settings) -> RunReport | None:
 
 
 def test_suite(settings: Settings) -> RunReport | None:
-    """The `test` task: the suite named by boot.suite."""
-    return run_or_print(settings, settings.boot.suite)
+    """The `test` task: the cases test.cases selects from boot.suite,
+    test.repeat times."""
+    suite = selected_suites(settings)
+    if settings.test.repeat == 1 or settings.boot.dry_run:
+        return run_or_print(settings, suite)
+    return repeat_suite(settings, suite, settings.test.repeat)
+
+
+def repeat_suite(settings: Settings, suite: str, times: int) -> RunReport:
+    """Run `suite` in `times` fresh guests; summarise each case's results.
+
+    Every run goes on after a failed one; the first failure is raised at
+    the end, so the exit code says how the first bad run went.
+    """
+    results = settings.results_dir
+    remove_tree(results)
+    runs: list[tuple[RunReport | None, RunFailed | None]] = []
+    for number in range(1, times + 1):
+        print(f"=== run {number} of {times}", flush=True)
+        try:
+            runs.append((run_suite(settings, suite, results=results / f"run-{number}"), None))
+        except RunFailed as failure:
+            runs.append((None, failure))
+    per_case: dict[str, dict[str, int]] = {}
+    for number in range(1, times + 1):
+        tree = ktap.parse(qemu.iter_lines(results / f"run-{number}" / "ktap.log"), name=suite)
+        for names, test in tree.walk():
+            if not test.subtests:
+                counts = per_case.setdefault(".".join(names), {})
+                counts[test.status.value] = counts.get(test.status.value, 0) + 1
+    outcomes = [report.outcome.label if report else failure.outcome.label
+                for report, failure in runs]
+    atomic_write_text(results / "repeat.json", json.dumps(
+        {"suite": suite, "runs": times, "outcomes": outcomes, "cases": per_case},
+        indent=2) + "\n")
+    width = max([len(name) for name in per_case] + [4])
+    print(f"{'case':<{width}}  passed/runs", flush=True)
+    for name, counts in per_case.items():
+        others = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "passed")
+        print(f"{name:<{width}}  {counts.get('passed', 0)}/{times}"
+              + (f"  ({others})" if others else ""))
+    print(f"runs: {', '.join(outcomes)} (results in {results}/run-N/)", flush=True)
+    failure = next((failure for _, failure in runs if failure), None)
+    if failure:
+        raise failure
+    return runs[-1][0]
 
 
 def run_or_print(settings: Settings, suite: str) -> RunReport | None:

@@ -43,8 +43,13 @@ class RunReport:
 
 
 def classify_outcome(*, kernel_started: bool, timed_out: str | None, findings: list[Finding],
-                     guest_status: int | None, tree: Test) -> tuple[Outcome, str]:
-    """One outcome for the run, the most fundamental problem first."""
+                     guest_status: int | None, tree: Test,
+                     skips_allowed: bool = True) -> tuple[Outcome, str]:
+    """One outcome for the run, the most fundamental problem first.
+
+    `skips_allowed` is false under TCG with -cpu max, which offers
+    everything a case needs (SVM included): a skip there is a failure.
+    """
     if not kernel_started and not timed_out:
         return Outcome.QEMU_FAILED, "QEMU exited before the kernel printed anything"
     panic = next((f for f in findings if f.kind == "panic"), None)
@@ -67,6 +72,12 @@ def classify_outcome(*, kernel_started: bool, timed_out: str | None, findings: l
                 f"{counts.failed} failed, {counts.crashed} crashed, KTAP {tree.status.value}")
     if guest_status != 0:
         return Outcome.TEST_FAILURES, f"the suite exited with status {guest_status}"
+    if counts.skipped and not skips_allowed:
+        skipped = [".".join(names) for names, test in tree.walk()
+                   if not test.subtests and test.status is Status.SKIPPED]
+        return (Outcome.TEST_FAILURES,
+                f"{counts.skipped} case(s) skipped under TCG with -cpu max, where every case "
+                f"must run: {', '.join(skipped)}")
     return Outcome.PASSED, f"{counts.passed} passed, {counts.skipped} skipped"
 
 

@@ -78,6 +78,24 @@ class BootSettings:
 
 
 @dataclass(frozen=True)
+class TestSettings:
+    cases: str
+    repeat: int
+    injection_seconds: int
+    section_seconds: int
+    kvm_seconds: int
+    lifecycle_cycles: int
+
+    def guest_parameters(self) -> list[str]:
+        """The kernel command-line words the suites read (as PIPELINE_NAME)."""
+        words = [f"pipeline.{name}={getattr(self, name)}" for name in
+                 ("injection_seconds", "section_seconds", "kvm_seconds", "lifecycle_cycles")]
+        if self.cases:
+            words.append(f"pipeline.cases={self.cases}")
+        return words
+
+
+@dataclass(frozen=True)
 class PathSettings:
     build: str
     cache: str
@@ -90,6 +108,7 @@ class Settings:
     kernel: KernelSettings
     image: ImageSettings
     boot: BootSettings
+    test: TestSettings
     paths: PathSettings
     root: Path  # the project directory; relative paths are resolved against it
 
@@ -144,6 +163,7 @@ SECTIONS = {
     "kernel": KernelSettings,
     "image": ImageSettings,
     "boot": BootSettings,
+    "test": TestSettings,
     "paths": PathSettings,
 }
 ALLOWED = {
@@ -166,7 +186,14 @@ MINIMUM = {
     ("boot", "smp"): 1,
     ("boot", "boot_timeout"): 1,
     ("boot", "test_timeout"): 1,
+    ("test", "repeat"): 1,
+    ("test", "injection_seconds"): 1,
+    ("test", "section_seconds"): 1,
+    ("test", "kvm_seconds"): 2,
+    ("test", "lifecycle_cycles"): 1,
 }
+# Case globs travel on the kernel command line: no blanks, quotes or '='.
+CASES_RE = re.compile(r"^[A-Za-z0-9_.*?\[\],-]*$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -300,6 +327,12 @@ def load(root: Path, overrides: dict[str, str] | None = None) -> Settings:
         raise SettingsError(
             f"image.uuid in {origins[('image', 'uuid')]} is {merged['image']['uuid']!r}: "
             "it must be a lower-case UUID such as uuidgen prints"
+        )
+    if not CASES_RE.match(merged["test"]["cases"]):
+        raise SettingsError(
+            f"test.cases in {origins[('test', 'cases')]} is {merged['test']['cases']!r}: it must "
+            "be comma-separated globs over SUITE or SUITE.CASE names, e.g. "
+            "'smoke,kvm.kvm_patch_effect' (no spaces, quotes or '=')"
         )
     if bool(source["signature_url"]) != bool(source["keyring"]):
         raise SettingsError(

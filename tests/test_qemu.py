@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import boot, qemu, settings
+from pipeline.errors import UserError
 from pipeline.qemu import ACCELERATORS
 
 
@@ -37,13 +38,34 @@ def test_argv_is_assembled_from_parts(make_settings):
 
 def test_settings_reach_the_argv(make_settings):
     s = make_settings(**{"boot.memory_mb": "2048", "boot.smp": "4",
-                         "boot.cmdline": "loglevel=8 pipeline.fault=hang"})
+                         "boot.cmdline": "loglevel=8 pipeline.fault=hang",
+                         "test.kvm_seconds": "7", "test.cases": "kvm.*effect"})
     argv = boot.qemu_command(s, ACCELERATORS["kvm"], "inject").argv()
     assert argv[argv.index("-m") + 1] == "2048"
     assert argv[argv.index("-smp") + 1] == "4"
     assert argv[argv.index("-cpu") + 1] == "host"
-    assert argv[argv.index("-append") + 1].endswith("pipeline.suite=inject loglevel=8 "
-                                                    "pipeline.fault=hang")
+    cmdline = argv[argv.index("-append") + 1]
+    assert cmdline.endswith("loglevel=8 pipeline.fault=hang")
+    words = cmdline.split()
+    assert {"pipeline.suite=inject", "pipeline.kvm_seconds=7", "pipeline.cases=kvm.*effect",
+            "pipeline.lifecycle_cycles=50"} <= set(words)
+
+
+def test_cases_select_suites(make_settings):
+    s = make_settings(**{"boot.suite": "smoke,lifecycle,kvm"})
+    assert boot.selected_suites(s) == "smoke,lifecycle,kvm"
+    s = make_settings(**{"boot.suite": "smoke,lifecycle,kvm",
+                         "test.cases": "kvm.kvm_patch_effect,smoke.*rate"})
+    assert boot.selected_suites(s) == "smoke,kvm"  # boot.suite's order
+    s = make_settings(**{"boot.suite": "smoke,lifecycle", "test.cases": "life*"})
+    assert boot.selected_suites(s) == "lifecycle"
+
+
+def test_cases_naming_no_suite_is_an_error(make_settings):
+    s = make_settings(**{"boot.suite": "smoke,lifecycle", "test.cases": "kvm.*"})
+    with pytest.raises(UserError, match=r"'kvm\.\*' matches none of the suites in "
+                                        r"boot.suite \(smoke, lifecycle\)"):
+        boot.selected_suites(s)
 
 
 def fake_qemu(tmp_path: Path, body: str) -> str:

@@ -41,6 +41,17 @@ def test_outcome_precedence(kw, expected):
     assert outcome(**kw) is expected
 
 
+def test_a_skip_fails_where_every_case_can_run():
+    tree = ktap.parse(["KTAP version 1", "1..1", "    KTAP version 1", "    1..2",
+                       "    ok 1 a", "    ok 2 b # SKIP no svm", "ok 1 kvm"])
+    assert classify_outcome(kernel_started=True, timed_out=None, findings=[], guest_status=0,
+                            tree=tree)[0] is Outcome.PASSED
+    result, why = classify_outcome(kernel_started=True, timed_out=None, findings=[],
+                                   guest_status=0, tree=tree, skips_allowed=False)
+    assert result is Outcome.TEST_FAILURES
+    assert "skipped under TCG with -cpu max" in why and "kvm.b" in why
+
+
 def test_exit_codes_are_distinct():
     codes = [o.value for o in Outcome]
     assert len(set(codes)) == len(codes)

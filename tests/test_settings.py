@@ -75,6 +75,9 @@ def test_bad_file_names_key_and_file(tmp_path, text, expected):
         ({"boot.smp": "0"}, r"boot\.smp in the command line is 0: it must be at least 1"),
         ({"boot.accel": "hvf"}, r"boot\.accel .* auto, kvm, tcg"),
         ({"image.uuid": "not-a-uuid"}, r"image\.uuid .* UUID"),
+        ({"test.repeat": "0"}, r"test\.repeat in the command line is 0: it must be at least 1"),
+        ({"test.cases": "smoke rate"}, r"test\.cases .* comma-separated globs"),
+        ({"test.cases": "a=b"}, r"test\.cases .*no spaces, quotes or '='"),
     ],
 )
 def test_bad_override_names_key(tmp_path, overrides, expected):
