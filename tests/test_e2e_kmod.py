@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import E2E_BUILD, ROOT
+from conftest import E2E_BUILD, ROOT, doit
 
 from pipeline import ktap
 
@@ -41,56 +41,123 @@ def test_built_with_w1_and_no_warnings(kernel_build):
         assert info.startswith(release + " ")
 
 
-def diagnostics_value(tree: ktap.Test, case: str, name: str) -> int:
-    (suite,) = tree.subtests
-    test = next(t for t in suite.subtests if t.name == case)
-    for line in test.diagnostics:
-        key, _, value = line.partition(" ")
-        if key == name:
-            return int(value)
-    raise AssertionError(f"{name} not in the diagnostics of {case}: {test.diagnostics}")
+def run_test(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", "test", f"paths.build={E2E_BUILD}",
+                           *overrides], cwd=ROOT, capture_output=True, text=True)
 
 
-def test_smoke_injections_into_the_target_loop(kernel_build):
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "test", "boot.suite=smoke",
-                           f"paths.build={E2E_BUILD}"], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+@pytest.fixture(scope="module")
+def default_suite(kernel_build) -> ktap.Test:
+    """`doit test` as a user runs it: every suite of the embedded default, once."""
+    proc = run_test()
+    assert proc.returncode == 0, proc.stdout[-4000:]
     results = json.loads((kernel_build.results_dir / "results.json").read_text())
     assert results["outcome"] == "passed" and results["console_findings"] == []
-    tree = ktap.parse((kernel_build.results_dir / "ktap.log").read_text().splitlines())
-    injections = diagnostics_value(tree, "inject_into_loop", "injections")
-    assert injections >= 100
-    assert diagnostics_value(tree, "inject_into_loop", "corruptions") == 0
-    assert diagnostics_value(tree, "inject_into_loop", "trampoline_exits") == injections
-    # Every timer fire counted exactly one outcome.
-    (suite,) = tree.subtests
-    stats = dict(line.split(" ", 1) for line in
-                 next(t for t in suite.subtests if t.name == "inject_into_loop").diagnostics
-                 if " " in line)
-    skips = sum(int(v) for k, v in stats.items() if k.startswith("skip_"))
-    assert int(stats["fires"]) == injections + int(stats["would_inject"]) + skips
-    # The target's sections never saw an injection: the range was the loop only.
-    for key, value in stats.items():
-        if key.endswith("_injected_inside"):
-            assert value == "0", key
-    # The kernel's own KTAP tooling reads our stream too.
+    assert results["counts"]["skipped"] == 0
+    return ktap.parse((kernel_build.results_dir / "ktap.log").read_text().splitlines())
+
+
+def case(tree: ktap.Test, dotted: str) -> ktap.Test:
+    return next(test for names, test in tree.walk() if ".".join(names) == dotted)
+
+
+def stats(test: ktap.Test) -> dict[str, str]:
+    """The `name value` lines (the injector's and target's counters) of a case."""
+    return dict(line.split(" ", 1) for line in test.diagnostics
+                if re.fullmatch(r"[a-z_]+ \S+", line))
+
+
+def number(test: ktap.Test, pattern: str) -> int:
+    match = re.search(pattern, "\n".join(test.diagnostics))
+    assert match, f"{pattern!r} not in {test.diagnostics}"
+    return int(match[1])
+
+
+def test_every_case_passes_and_kunit_reads_the_stream(kernel_build, default_suite):
+    leaves = [names for names, test in default_suite.walk() if not test.subtests]
+    assert len(leaves) == 15 and default_suite.counts().passed == 15
     kunit = kernel_build.tree_dir / "tools" / "testing" / "kunit" / "kunit.py"
     parsed = subprocess.run([sys.executable, str(kunit), "parse",
                              str(kernel_build.results_dir / "ktap.log")],
                             capture_output=True, text=True)
-    assert "Ran 8 tests: passed: 8" in parsed.stdout, parsed.stdout[-2000:]
+    assert "Ran 15 tests: passed: 15" in parsed.stdout, parsed.stdout[-2000:]
 
 
-def test_lifecycle_in_guest(kernel_build):
-    """Bad input refused, unload with injections in flight, CPU hotplug, target exit."""
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "test", "boot.suite=lifecycle",
-                           f"paths.build={E2E_BUILD}"], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    results = json.loads((kernel_build.results_dir / "results.json").read_text())
-    assert results["counts"]["passed"] == 7 and results["console_findings"] == []
-    tree = ktap.parse((kernel_build.results_dir / "ktap.log").read_text().splitlines())
-    (suite,) = tree.subtests
-    unload = next(t for t in suite.subtests if t.name == "unload_with_injections_in_flight")
+def test_injection_rate_and_counters(default_suite):
+    rate = case(default_suite, "smoke.injection_rate")
+    counters = stats(rate)
+    injections = int(counters["injections"])
+    assert injections >= number(rate, r"want (\d+)\.\.")
+    assert int(counters["sleep_ns_min"]) >= 2_000_000
+    skips = sum(int(v) for k, v in counters.items() if k.startswith("skip_"))
+    assert int(counters["fires"]) == injections + int(counters["would_inject"]) + skips
+    assert int(counters["trampoline_exits"]) == injections
+
+
+def test_a_thousand_injections_without_corruption(default_suite):
+    integrity = case(default_suite, "smoke.register_integrity")
+    assert int(stats(integrity)["injections"]) >= 1000
+    assert int(stats(integrity)["corruptions"]) == 0
+
+
+def test_never_inside_a_section(default_suite):
+    loop_only = stats(case(default_suite, "sections.loop_only"))
+    inside = {k: v for k, v in loop_only.items() if k.endswith("_injected_inside")}
+    assert len(inside) == 6 and set(inside.values()) == {"0"}
+    whole = case(default_suite, "sections.whole_module")
+    # The default kernel has no PREEMPT_COUNT: counting only, some samples
+    # land in the sections only ranges keep the injector out of.
+    assert number(whole, r"invisible sections: (\d+)") > 0
+    assert int(stats(whole)["injections"]) == 0
+
+
+def test_kvm_under_injection(default_suite):
+    kvm = case(default_suite, "kvm.kvm_under_injection")
+    assert "no PREEMPT_COUNT: ranges are KVM's instruction emulator functions" in kvm.diagnostics
+    assert number(kvm, r"injections in KVM code: (\d+)") >= 50
+    assert any("all values correct" in line and "voluntary_switches" in line
+               for line in kvm.diagnostics)
+
+
+def test_lifecycle(default_suite):
+    unload = case(default_suite, "lifecycle.unload_with_injections_in_flight")
     cycles = re.search(r"(\d+) load/unload cycles, (\d+) of them unloaded with an injection "
                        r"in flight", " ".join(unload.diagnostics))
     assert cycles and int(cycles[1]) == 50 and int(cycles[2]) >= 10
+
+
+def test_emulator_still_has_no_hidden_section(kernel_build):
+    """The kvm suite's narrow ranges rest on emulate.c taking no lock, RCU,
+    preempt or irq-off section (none would show in preempt_count here)."""
+    emulate = (kernel_build.tree_dir / "arch" / "x86" / "kvm" / "emulate.c").read_text()
+    hidden = re.findall(r"\b(?:raw_)?(?:spin_lock|read_lock|write_lock|rcu_read_lock|"
+                        r"preempt_disable|local_irq_disable|local_irq_save)\w*\s*\(|"
+                        r"\bget_cpu\s*\(", emulate)
+    assert hidden == []
+    suite = (ROOT / "images" / "suites" / "kvm").read_text()
+    functions = re.search(r'EMULATOR_FUNCTIONS="([^"]+)"', suite)[1].split()
+    for function in functions:
+        assert re.search(rf"^\S.*\b{function}\(", emulate, re.M), function
+
+
+def test_what_the_kvm_patch_buys(kernel_build, default_suite, capsys):
+    """Case 6: the patched kernel sees samples in KVM's preempt-disabled window;
+    a stock build of the same kernel cannot (they would be injected)."""
+    patched = case(default_suite, "kvm.kvm_patch_effect")
+    seen = number(patched, r"preempt-disabled sections: (\d+)")
+    assert seen > 0
+    try:
+        doit("image", f"paths.build={E2E_BUILD}", "patch.enabled=false")
+        proc = run_test("patch.enabled=false", "test.cases=kvm.kvm_patch_effect")
+        assert proc.returncode == 0, proc.stdout[-4000:]
+        tree = ktap.parse((kernel_build.results_dir / "ktap.log").read_text().splitlines())
+        stock = case(tree, "kvm.kvm_patch_effect")
+        assert any(line.startswith("stock KVM, no PREEMPT_COUNT") for line in stock.diagnostics)
+        assert number(stock, r"preempt-disabled sections: (\d+)") == 0
+        would = number(stock, r"would be injected: (\d+)")
+        assert would > 0
+        with capsys.disabled():
+            print(f"\nKVM patch: {seen} samples seen in preempt-disabled KVM code when patched;"
+                  f" stock: 0 seen, {would} would be injected")
+    finally:
+        doit("build", f"paths.build={E2E_BUILD}")
