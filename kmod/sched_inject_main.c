@@ -24,6 +24,7 @@
 #include <linux/delay.h>
 #include <linux/hardirq.h>
 #include <linux/hrtimer.h>
+#include <linux/jiffies.h>
 #include <linux/kallsyms.h>
 #include <linux/kprobes.h>
 #include <linux/ktime.h>
@@ -439,7 +440,12 @@ __visible void inj_tramp_body(unsigned long *ret_slot, unsigned long index)
 	atomic64_inc(&inj_tramp_entries);
 
 	start = ktime_get_ns();
-	msleep(READ_ONCE(sleep_ms));
+	/*
+	 * msleep(n) waits for msecs_to_jiffies(n) timer ticks, the first of
+	 * which may come at once (until 6.13 it adds no tick of its own): with
+	 * one tick more, every sleep lasts at least sleep_ms.
+	 */
+	msleep(READ_ONCE(sleep_ms) + jiffies_to_msecs(1));
 	inj_account_sleep(ktime_get_ns() - start, start - pending->fired_ns);
 	if (raw_smp_processor_id() != pending->cpu)
 		atomic64_inc(&inj_migrations);

@@ -7,12 +7,14 @@ thunks, IBT, objtool), 6.1 the compatibility probes.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 
 import pytest
 from conftest import ROOT, doit
 
-from pipeline import settings
+from pipeline import ktap, settings
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +29,12 @@ def build_kmod(name: str, *overrides: str) -> settings.Settings:
 @pytest.fixture(scope="session")
 def debug_build() -> settings.Settings:
     return build_kmod("debug", "kernel.variant=debug")
+
+
+@pytest.fixture(scope="session")
+def debug_image(debug_build) -> settings.Settings:
+    doit("image", "paths.build=build/test-debug", "kernel.variant=debug")
+    return debug_build
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +70,27 @@ def test_modules_build_against_linux_6_1(linux61_build):
     assert '"kernel_version": "6.1.' in meta
     for name in ("sched_inject.ko", "inject_target.ko"):
         assert (linux61_build.artifacts_dir / "kmod" / name).is_file()
+
+
+def test_debug_kernel_runs_every_case_clean(debug_image):
+    """Cases 1-7 on PREEMPT_COUNT + lockdep + KASAN + ORC + return thunks + IBT,
+    with no lockdep, KASAN or might_sleep report (or any other) on the console.
+    KASAN and lockdep under TCG are slow: the timeouts are the debug kernel's."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "test",
+                           "paths.build=build/test-debug", "kernel.variant=debug",
+                           "boot.boot_timeout=400", "boot.test_timeout=2400"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    results = json.loads((debug_image.results_dir / "results.json").read_text())
+    assert results["console_findings"] == []
+    assert results["counts"]["passed"] == 15 and results["counts"]["skipped"] == 0
+    tree = ktap.parse((debug_image.results_dir / "ktap.log").read_text().splitlines())
+    diagnostics = {".".join(names): "\n".join(test.diagnostics) for names, test in tree.walk()}
+    # The PREEMPT_COUNT side of every kernel-dependent case ran.
+    assert "a range over the whole target module is allowed" in \
+        diagnostics["lifecycle.bad_ranges_refused"]
+    assert "injecting over the whole module" in diagnostics["sections.whole_module"]
+    assert "ranges are all of kvm and kvm-amd's text" in \
+        diagnostics["kvm.kvm_under_injection"]
+    assert "PREEMPT_COUNT kernel: samples in kvm inside preempt-disabled sections" in \
+        diagnostics["kvm.kvm_patch_effect"]
