@@ -277,11 +277,14 @@ static int inj_find_range(unsigned long ip)
 	return -1;
 }
 
-/* Returns INJ_SKIP_NR when the interrupted context may sleep. */
-static enum inj_skip inj_check(struct pt_regs *regs, int *range)
+/*
+ * Returns INJ_SKIP_NR when the interrupted context may sleep.  @pc and
+ * @rcu_depth were read before the caller's rcu_read_lock(), which raises
+ * preempt_count() itself on PREEMPT_COUNT kernels with non-preemptible RCU.
+ */
+static enum inj_skip inj_check(struct pt_regs *regs, unsigned int pc, int rcu_depth,
+			       int *range)
 {
-	unsigned int pc;
-
 	if (!regs)
 		return INJ_SKIP_NO_REGS;
 	if (user_mode(regs))
@@ -295,14 +298,13 @@ static enum inj_skip inj_check(struct pt_regs *regs, int *range)
 	if (*range < 0)
 		return INJ_SKIP_RIP_NOT_ALLOWED;
 	/* Inside this callback the hardirq adds exactly HARDIRQ_OFFSET. */
-	pc = preempt_count();
 	if (pc != HARDIRQ_OFFSET) {
 		inj_count_preempt_field(pc);
 		return INJ_SKIP_PREEMPT_COUNT;
 	}
 	if (IS_ENABLED(CONFIG_PREEMPT_RT) && softirq_count())
 		return INJ_SKIP_RT_SOFTIRQ;
-	if (rcu_preempt_depth())
+	if (rcu_depth)
 		return INJ_SKIP_RCU_DEPTH;
 	if (!(regs->flags & X86_EFLAGS_IF))
 		return INJ_SKIP_IRQS_DISABLED;
@@ -349,13 +351,15 @@ static int inj_claim_pending(struct task_struct *task)
 
 static void inj_consider(struct pt_regs *regs)
 {
+	unsigned int pc = preempt_count();
+	int rcu_depth = rcu_preempt_depth();
 	struct inj_pending *pending;
 	enum inj_skip why;
 	int range = -1;
 	int index;
 
 	rcu_read_lock();
-	why = inj_check(regs, &range);
+	why = inj_check(regs, pc, rcu_depth, &range);
 	if (why == INJ_SKIP_NR && inj_is_pending(current))
 		why = INJ_SKIP_ALREADY_PENDING;
 	if (why != INJ_SKIP_NR) {
