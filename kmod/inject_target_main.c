@@ -81,47 +81,61 @@ static struct task_struct *inj_thread;
 static struct dentry *inj_dir;
 
 /* Run one section; a voluntary switch meanwhile was an injected sleep. */
+/*
+ * Spin inside a section; true if the thread slept meanwhile.  Read between
+ * the section's enter and leave: an interrupt held off by local_irq_disable()
+ * arrives right after local_irq_enable(), outside the section.
+ */
+static bool inj_spin_slept(void (*spin)(unsigned long loops), unsigned long loops)
+{
+	unsigned long nvcsw = current->nvcsw;
+
+	spin(loops);
+	return current->nvcsw != nvcsw;
+}
+
 static void inj_run_section(enum inj_section section)
 {
 	unsigned long loops = READ_ONCE(spin_loops) ?: 1;
-	unsigned long nvcsw = current->nvcsw;
+	void (*spin)(unsigned long loops) = inj_sections[section].spin;
+	bool slept = false;
 
 	switch (section) {
 	case SECTION_PREEMPT:
 		preempt_disable();
-		inj_target_spin_preempt(loops);
+		slept = inj_spin_slept(spin, loops);
 		preempt_enable();
 		break;
 	case SECTION_SPINLOCK:
 		spin_lock(&inj_section_lock);
-		inj_target_spin_spinlock(loops);
+		slept = inj_spin_slept(spin, loops);
 		spin_unlock(&inj_section_lock);
 		break;
 	case SECTION_RCU:
 		rcu_read_lock();
-		inj_target_spin_rcu(loops);
+		slept = inj_spin_slept(spin, loops);
 		rcu_read_unlock();
 		break;
 	case SECTION_BH:
 		local_bh_disable();
-		inj_target_spin_bh(loops);
+		slept = inj_spin_slept(spin, loops);
 		local_bh_enable();
 		break;
 	case SECTION_IRQ:
 		local_irq_disable();
-		inj_target_spin_irq(loops);
+		slept = inj_spin_slept(spin, loops);
 		local_irq_enable();
 		break;
 	case SECTION_FPU:
 		kernel_fpu_begin();
-		inj_target_spin_fpu(loops);
+		slept = inj_spin_slept(spin, loops);
 		kernel_fpu_end();
 		break;
 	default:
 		break;
 	}
 	WRITE_ONCE(inj_stats.entered[section], inj_stats.entered[section] + 1);
-	if (current->nvcsw != nvcsw)
+	if (slept)
 		WRITE_ONCE(inj_stats.injected_inside[section],
 			   inj_stats.injected_inside[section] + 1);
 }
