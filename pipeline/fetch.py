@@ -202,8 +202,11 @@ def verify_signature(tarball: Path, signature: Path, keyring: Path, suffix: str)
 
 
 def _extract(tarball: Path, dest: Path) -> None:
+    # xz decompresses an archive of many blocks (Debian's are) on every core;
+    # tar's own -J would use one.
+    compressor = ["-I", "xz -T0"] if tarball.name.endswith(".xz") else []
     # --no-same-owner: files belong to whoever builds, not to the uid in the tar.
-    commands.run(["tar", "-xf", tarball, "-C", dest, "--strip-components=1",
+    commands.run(["tar", *compressor, "-xf", tarball, "-C", dest, "--strip-components=1",
                   "--no-same-owner"])
 
 
