@@ -31,6 +31,9 @@ BENCH_BUILD = ROOT / "build" / "bench"
 
 
 def timed(argv: list[str], **kwargs) -> float:
+    # Each side starts with the page cache written back: otherwise the first
+    # one pays for flushing the warm-up's 1.5 GB tree while it extracts its own.
+    os.sync()
     print("$", " ".join(argv), flush=True)
     started = time.monotonic()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, **kwargs)

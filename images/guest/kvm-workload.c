@@ -258,27 +258,28 @@ static void setup_vm(struct vcpu *v)
 		err(1, "KVM_SET_USER_MEMORY_REGION");
 }
 
+/* The first line of /proc/self/task/TID/NAME into @line, "?" if unreadable. */
+static void read_task_file(pid_t tid, const char *name, char *line, int size)
+{
+	char path[64];
+	FILE *file;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/%s", tid, name);
+	file = fopen(path, "r");
+	if (!file || !fgets(line, size, file))
+		snprintf(line, size, "?");
+	if (file)
+		fclose(file);
+	line[strcspn(line, "\n")] = 0;
+}
+
 /* What a hung vCPU thread is doing, for the report. */
 static void describe_hang(struct vcpu *v)
 {
-	char path[64], wchan[64] = "?", stat[256] = "?";
-	FILE *file;
+	char wchan[64], stat[256];
 
-	snprintf(path, sizeof(path), "/proc/self/task/%d/wchan", v->tid);
-	file = fopen(path, "r");
-	if (file) {
-		if (!fgets(wchan, sizeof(wchan), file))
-			strcpy(wchan, "?");
-		fclose(file);
-	}
-	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", v->tid);
-	file = fopen(path, "r");
-	if (file) {
-		if (!fgets(stat, sizeof(stat), file))
-			strcpy(stat, "?");
-		fclose(file);
-	}
-	stat[strcspn(stat, "\n")] = 0;
+	read_task_file(v->tid, "wchan", wchan, sizeof(wchan));
+	read_task_file(v->tid, "stat", stat, sizeof(stat));
 	printf("kvm-workload: vcpu %d (thread %d) hung at step %d after %lu iterations, %lu exits: wchan %s, stat %s\n",
 	       v->id, v->tid, v->step, atomic_load(&v->iterations), v->exits, wchan, stat);
 }
