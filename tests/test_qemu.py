@@ -17,6 +17,7 @@ import pytest
 from pipeline import boot, qemu, settings
 from pipeline.errors import UserError
 from pipeline.qemu import ACCELERATORS
+from pipeline.results import Outcome, RunReport
 
 
 def test_argv_is_assembled_from_parts(make_settings):
@@ -166,3 +167,31 @@ def test_missing_qemu_is_an_environment_problem(tmp_path):
 
 def test_default_settings_use_auto(tmp_path):
     assert settings.load(tmp_path).boot.accel == "auto"
+
+
+def test_repeat_summarises_each_case_and_raises_the_first_failure(make_settings, monkeypatch,
+                                                                   capsys):
+    """test.repeat: every run goes on; per-case pass counts; the first failure's exit code."""
+    s = make_settings(**{"boot.suite": "smoke", "test.repeat": "3"})
+    verdicts = iter(["ok", "not ok", "ok"])
+
+    def fake_run(settings, suite, extra_cmdline=(), results=None):
+        verdict = next(verdicts)
+        results.mkdir(parents=True)
+        (results / "ktap.log").write_text(
+            "KTAP version 1\n1..1\n    KTAP version 1\n    1..2\n    ok 1 rate\n"
+            f"    {verdict} 2 integrity\n{verdict} 1 smoke\n")
+        if verdict != "ok":
+            raise boot.RunFailed(Outcome.TEST_FAILURES, "1 failed")
+        return RunReport(suite=suite, outcome=Outcome.PASSED, why="", accel="tcg",
+                         accel_why="", guest_status=0, seconds={})
+
+    monkeypatch.setattr(boot, "run_suite", fake_run)
+    with pytest.raises(boot.RunFailed) as failure:
+        boot.test_suite(s)
+    assert failure.value.exit_code == Outcome.TEST_FAILURES.value
+    summary = json.loads((s.results_dir / "repeat.json").read_text())
+    assert summary["outcomes"] == ["passed", "test failures", "passed"]
+    assert summary["cases"] == {"smoke.rate": {"passed": 3},
+                                "smoke.integrity": {"passed": 2, "failed": 1}}
+    assert "smoke.integrity  2/3  (failed 1)" in capsys.readouterr().out
