@@ -80,7 +80,6 @@ static DEFINE_SPINLOCK(inj_section_lock);
 static struct task_struct *inj_thread;
 static struct dentry *inj_dir;
 
-/* Run one section; a voluntary switch meanwhile was an injected sleep. */
 /*
  * Spin inside a section; true if the thread slept meanwhile.  Read between
  * the section's enter and leave: an interrupt held off by local_irq_disable()
@@ -94,6 +93,7 @@ static bool inj_spin_slept(void (*spin)(unsigned long loops), unsigned long loop
 	return current->nvcsw != nvcsw;
 }
 
+/* Run one section; a voluntary switch inside it was an injected sleep. */
 static void inj_run_section(enum inj_section section)
 {
 	unsigned long loops = READ_ONCE(spin_loops) ?: 1;

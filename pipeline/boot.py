@@ -13,6 +13,7 @@ import fnmatch
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 from . import console, ktap, qemu
@@ -49,15 +50,16 @@ def selected_suites(settings: Settings) -> str:
     patterns = [p for p in settings.test.cases.split(",") if p]
     if not patterns:
         return ",".join(suites)
-    for pattern in patterns:
-        suite_glob = pattern.split(".", 1)[0]
-        if not fnmatch.filter(suites, suite_glob):
+    # A pattern's part before the first dot names suites ("kvm.*" -> "kvm").
+    chosen = {pattern: [s for s in suites if fnmatch.fnmatchcase(s, pattern.split(".", 1)[0])]
+              for pattern in patterns}
+    for pattern, matched in chosen.items():
+        if not matched:
             raise UserError(
                 f"test.cases: {pattern!r} matches none of the suites in boot.suite "
                 f"({', '.join(suites)}); name one of them, e.g. {suites[0]}.CASE"
             )
-    return ",".join(s for s in suites
-                    if any(fnmatch.fnmatchcase(s, p.split(".", 1)[0]) for p in patterns))
+    return ",".join(s for s in suites if any(s in matched for matched in chosen.values()))
 
 
 def qemu_command(settings: Settings, accel: qemu.Accelerator, suite: str,
@@ -159,13 +161,12 @@ def repeat_suite(settings: Settings, suite: str, times: int) -> RunReport:
             runs.append((run_suite(settings, suite, results=results / f"run-{number}"), None))
         except RunFailed as failure:
             runs.append((None, failure))
-    per_case: dict[str, dict[str, int]] = {}
+    per_case: dict[str, Counter[str]] = {}
     for number in range(1, times + 1):
         tree = ktap.parse(qemu.iter_lines(results / f"run-{number}" / "ktap.log"), name=suite)
         for names, test in tree.walk():
             if not test.subtests:
-                counts = per_case.setdefault(".".join(names), {})
-                counts[test.status.value] = counts.get(test.status.value, 0) + 1
+                per_case.setdefault(".".join(names), Counter())[test.status.value] += 1
     outcomes = [report.outcome.label if report else failure.outcome.label
                 for report, failure in runs]
     atomic_write_text(results / "repeat.json", json.dumps(

@@ -30,7 +30,6 @@
  */
 #define _GNU_SOURCE
 #include <err.h>
-#include <fcntl.h>
 #include <linux/kvm.h>
 #include <pthread.h>
 #include <sched.h>
@@ -41,12 +40,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
-#define CODE_GPA	0x1000
+#include "kvm-guest.h"
+
 #define MMIO_WRITE_GPA	0x8000
 #define MMIO_READ_GPA	0x8002
 #define PORT_VALUE	0x10
@@ -74,7 +73,6 @@ enum step { STEP_OUT_VALUE, STEP_MMIO_WRITE, STEP_MMIO_READ, STEP_OUT_SUM, STEP_
 
 struct vcpu {
 	int id;
-	int vm_fd;
 	int fd;
 	pid_t tid;
 	struct kvm_run *run;
@@ -179,27 +177,12 @@ static int check_exit(struct vcpu *v)
 
 static void setup_vcpu(struct vcpu *v)
 {
-	struct kvm_sregs sregs;
 	struct kvm_regs regs;
 
-	v->fd = ioctl(v->vm_fd, KVM_CREATE_VCPU, 0UL);
-	if (v->fd < 0)
-		err(1, "KVM_CREATE_VCPU %d", v->id);
-	v->run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd, 0);
-	if (v->run == MAP_FAILED)
-		err(1, "mmap kvm_run of vcpu %d", v->id);
-	if (ioctl(v->fd, KVM_GET_SREGS, &sregs) < 0)
-		err(1, "KVM_GET_SREGS");
-	sregs.cs.base = 0;
-	sregs.cs.selector = 0;
-	sregs.ds.base = 0;
-	sregs.ds.selector = 0;
-	if (ioctl(v->fd, KVM_SET_SREGS, &sregs) < 0)
-		err(1, "KVM_SET_SREGS");
 	v->bx = (uint16_t)(v->id << 12);
 	regs = (struct kvm_regs) { .rip = CODE_GPA, .rbx = v->bx, .rflags = 0x2 };
-	if (ioctl(v->fd, KVM_SET_REGS, &regs) < 0)
-		err(1, "KVM_SET_REGS");
+	v->fd = kvm_real_mode_vcpu(kvm_vm_with_code(kvm_fd, guest_code, sizeof(guest_code)),
+				   run_size, &regs, &v->run);
 }
 
 static void *vcpu_thread(void *arg)
@@ -224,38 +207,6 @@ static void *vcpu_thread(void *arg)
 	getrusage(RUSAGE_THREAD, &usage);
 	v->voluntary_switches = usage.ru_nvcsw;
 	return NULL;
-}
-
-static void open_kvm(void)
-{
-	kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-	if (kvm_fd < 0)
-		err(1, "/dev/kvm");
-	if (ioctl(kvm_fd, KVM_GET_API_VERSION, NULL) != KVM_API_VERSION)
-		errx(1, "unexpected KVM API version");
-	run_size = ioctl(kvm_fd, KVM_GET_VCPU_MMAP_SIZE, NULL);
-	if (run_size <= 0)
-		err(1, "KVM_GET_VCPU_MMAP_SIZE");
-}
-
-static void setup_vm(struct vcpu *v)
-{
-	struct kvm_userspace_memory_region region;
-	uint8_t *mem;
-
-	v->vm_fd = ioctl(kvm_fd, KVM_CREATE_VM, 0UL);
-	if (v->vm_fd < 0)
-		err(1, "KVM_CREATE_VM");
-	mem = mmap(NULL, 0x1000, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (mem == MAP_FAILED)
-		err(1, "mmap guest memory");
-	memcpy(mem, guest_code, sizeof(guest_code));
-	region = (struct kvm_userspace_memory_region) {
-		.slot = 0, .guest_phys_addr = CODE_GPA, .memory_size = 0x1000,
-		.userspace_addr = (uintptr_t)mem,
-	};
-	if (ioctl(v->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
-		err(1, "KVM_SET_USER_MEMORY_REGION");
 }
 
 /* The first line of /proc/self/task/TID/NAME into @line, "?" if unreadable. */
@@ -323,10 +274,9 @@ int main(int argc, char **argv)
 	if (argc > 3 || seconds < 1 || nr < 1 || nr > MAX_VCPUS)
 		errx(1, "usage: kvm-workload [SECONDS [VCPUS (1..%d)]]", MAX_VCPUS);
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	open_kvm();
+	kvm_fd = kvm_open(&run_size);
 	for (i = 0; i < nr; i++) {
 		vcpus[i].id = i;
-		setup_vm(&vcpus[i]);
 		setup_vcpu(&vcpus[i]);
 	}
 	printf("kvm-workload: pid %d, %d vCPUs on CPU %d for %d s\n", getpid(), nr,

@@ -83,10 +83,12 @@ stat_of() {	# stat_of FILE NAME: the value of a "name value" line
 	awk -v name="$2" '$1 == name { print $2 }' "$1"
 }
 
-range_stat() {	# range_stat INDEX KEY: a key=value field of the injector's ranges line
-	awk -v index_="$1" -v key="$2" '$1 == index_ {
-		for (i = 4; i <= NF; i++) if (split($i, kv, "=") == 2 && kv[1] == key) value = kv[2]
-	} END { print value + 0 }' "$INJ/ranges"
+# range_sum INDEX KEYS: the key=value fields of the injector's ranges line
+# INDEX ("all": every line) whose key matches the regex KEYS, summed.
+range_sum() {
+	awk -v index_="$1" -v keys="^($2)$" '$1 == index_ || index_ == "all" {
+		for (i = 4; i <= NF; i++) if (split($i, kv, "=") == 2 && kv[1] ~ keys) sum += kv[2]
+	} END { print sum + 0 }' "$INJ/ranges"
 }
 
 target_range() {	# target_range NAME: "START END" of an inject_target range
