@@ -31,6 +31,12 @@ def journal():
         _journal = outer
 
 
+def note(comment: str) -> None:
+    """A comment for the journal: what a cached result stands for."""
+    if _journal is not None:
+        _journal.append(comment)
+
+
 def quote(argv: Sequence[str | os.PathLike]) -> str:
     return shlex.join(str(a) for a in argv)
 

@@ -30,7 +30,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from . import commands
+from . import commands, treecache
 from .errors import EnvironmentProblem, PipelineError, SourceError
 from .settings import Settings, SourceSettings
 from .util import atomic_write_text, file_sha256, remove_tree
@@ -201,13 +201,8 @@ def verify_signature(tarball: Path, signature: Path, keyring: Path, suffix: str)
 # ---------------------------------------------------------------- the kinds
 
 
-def _extract(tarball: Path, dest: Path) -> None:
-    # xz decompresses an archive of many blocks (Debian's are) on every core;
-    # tar's own -J would use one.
-    compressor = ["-I", "xz -T0"] if tarball.name.endswith(".xz") else []
-    # --no-same-owner: files belong to whoever builds, not to the uid in the tar.
-    commands.run(["tar", *compressor, "-xf", tarball, "-C", dest, "--strip-components=1",
-                  "--no-same-owner"])
+def _extract(settings: Settings, archive: Path, sha256: str, dest: Path) -> None:
+    treecache.populate(archive, sha256, dest, settings.cache_dir, check=kernel_version)
 
 
 def _tarball_cache_path(cache: Path, src: SourceSettings) -> Path:
@@ -239,7 +234,7 @@ def fetch_tarball(settings: Settings, dest: Path) -> dict:
         os.replace(part_dest, cached)
     else:
         download(session, src.url, cached, src.sha256)
-    _extract(cached, dest)
+    _extract(settings, cached, src.sha256, dest)
     return {"tarball": str(cached), "sha256": src.sha256,
             "signature_checked": bool(src.signature_url)}
 
@@ -260,7 +255,7 @@ def fetch_local(settings: Settings, dest: Path) -> dict:
             f"checksum mismatch for {path}: expected sha256 {src.sha256}, got {got}; "
             "fix source.sha256 or source.path"
         )
-    _extract(path, dest)
+    _extract(settings, path, got, dest)
     return {"tarball": str(path), "sha256": got}
 
 
@@ -334,9 +329,10 @@ def fetch_debian(settings: Settings, dest: Path) -> dict:
             if len(inner) != 1:
                 raise SourceError(f"{deb.name} holds no linux-source tarball under usr/src")
             os.replace(inner[0], cached)
-    _extract(cached, dest)
+    sha256 = file_sha256(cached)
+    _extract(settings, cached, sha256, dest)
     return {"package": src.package, "version": version, "tarball": str(cached),
-            "sha256": file_sha256(cached)}
+            "sha256": sha256}
 
 
 def _git(*args: str | Path, cwd: Path | None = None) -> str:
