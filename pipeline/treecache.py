@@ -14,7 +14,9 @@ writes a new one, and the kernel's make with O= writes nothing into the
 source tree.  An editor that saves in place (vim does for a file with several
 links) would change the cached file too; such a write leaves a file newer
 than the cache entry's fill stamp, so every use first checks with `find
--newer` (0.2 s) and extracts the archive again when anything changed.
+-newer` (0.2 s) and extracts the archive again when anything changed.  An
+archive with files dated in the future defeats that check, so it is extracted
+straight into the build dir instead.
 
 The cache keeps the `KEEP` most recently used trees; older ones are removed
 (build dirs keep their links, so nothing in use disappears).  When the cache
@@ -72,7 +74,8 @@ def _changed_file(entry: Path, stamp: Path) -> str | None:
     return newer or None
 
 
-def _fill(archive: Path, entry: Path, stamp: Path, check: Callable[[Path], object]) -> None:
+def _fill(archive: Path, entry: Path, stamp: Path, check: Callable[[Path], object]) -> Path:
+    """Extract `archive` into `entry`; returns the tree, elsewhere if it cannot be cached."""
     trees = entry.parent
     for leftover in trees.glob(".partial-*"):
         remove_tree(leftover)  # from an interrupted fill; we hold the lock
@@ -86,7 +89,14 @@ def _fill(archive: Path, entry: Path, stamp: Path, check: Callable[[Path], objec
     try:
         commands.run(extract_argv(archive, partial))
         check(partial)  # a tree that is no use must not become a cache entry
+        if future := _changed_file(partial, stamp):
+            log.warning("%s holds files dated in the future (%s), which would look like "
+                        "edits to the cached tree; extracting it without the cache",
+                        archive.name, future)
+            stamp.unlink()
+            return partial
         os.replace(partial, entry)
+        return entry
     except BaseException:
         remove_tree(partial)
         stamp.unlink(missing_ok=True)
@@ -124,7 +134,9 @@ def populate(archive: Path, sha256: str, dest: Path, cache_dir: Path,
                      "again", entry, changed)
             remove_tree(entry)
         if not entry.exists():
-            _fill(archive, entry, stamp, check)
+            if (tree := _fill(archive, entry, stamp, check)) != entry:
+                os.replace(tree, dest)  # dest is empty, so the rename replaces it
+                return
         else:
             log.info("tree of %s from the cache %s", archive.name, entry)
             commands.note(f"# {entry} holds: {commands.quote(extract_argv(archive, entry))}")

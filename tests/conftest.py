@@ -21,7 +21,8 @@ FAKE_MAKEFILE = "VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 3\nEXTRAVERSION =\n"
 FAKE_X86_C = "".join(f"line {i}\n" for i in range(1, 41))
 
 
-def make_tarball(files: dict[str, str], top: str = "linux-6.12.3") -> bytes:
+def make_tarball(files: dict[str, str], top: str = "linux-6.12.3",
+                 mtime: int = 1_700_000_000) -> bytes:
     """A .tar.gz holding `files` under one top-level directory, like kernel.org's."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -29,7 +30,7 @@ def make_tarball(files: dict[str, str], top: str = "linux-6.12.3") -> bytes:
             data = text.encode()
             info = tarfile.TarInfo(f"{top}/{name}")
             info.size = len(data)
-            info.mtime = 1_700_000_000
+            info.mtime = mtime
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,8 @@ X86_C = "arch/x86/kvm/x86.c"
 def local_source(tmp_path, make_settings, fake_tree_files):
     """Settings for a local tarball of the fake tree, one build dir per name."""
 
-    def settings_for(build: str, files: dict[str, str] | None = None):
-        data = make_tarball(files or fake_tree_files)
+    def settings_for(build: str, files: dict[str, str] | None = None, **tarball):
+        data = make_tarball(files or fake_tree_files, **tarball)
         digest = hashlib.sha256(data).hexdigest()
         path = tmp_path / f"linux-{digest[:8]}.tar.gz"
         path.write_bytes(data)
@@ -96,6 +97,18 @@ def test_a_tree_that_is_not_a_kernel_is_not_cached(local_source):
         fetch.fetch_tree(s)
     assert cached_entries(s) == []
     assert not list((s.cache_dir / "trees").glob("*.filled"))
+
+
+def test_an_archive_dated_in_the_future_is_extracted_without_the_cache(local_source):
+    # Its files would look newer than the fill stamp, i.e. edited, on every use.
+    ten_years_ahead = int(time.time()) + 10 * 365 * 86400
+    for build in ("build-a", "build-b"):
+        s = local_source(build, mtime=ten_years_ahead)
+        fetch.fetch_tree(s)
+        assert (s.tree_dir / X86_C).read_text() == FAKE_X86_C
+        assert cached_entries(s) == []
+        assert not list((s.cache_dir / "trees").glob(".partial-*"))
+        assert not list((s.cache_dir / "trees").glob("*.filled"))
 
 
 def test_least_recently_used_trees_are_evicted(local_source, fake_tree_files):
