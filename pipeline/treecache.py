@@ -74,13 +74,13 @@ def _changed_file(entry: Path, stamp: Path) -> str | None:
     return newer or None
 
 
-def _fill(archive: Path, entry: Path, stamp: Path, check: Callable[[Path], object]) -> Path:
-    """Extract `archive` into `entry`; returns the tree, elsewhere if it cannot be cached."""
-    trees = entry.parent
+def _extract_checked(archive: Path, trees: Path, stamp: Path,
+                     check: Callable[[Path], object]) -> Path:
+    """Extract `archive` into a new `.partial-*` directory of the cache and check it."""
     for leftover in trees.glob(".partial-*"):
         remove_tree(leftover)  # from an interrupted fill; we hold the lock
     log.info("extracting %s into the tree cache %s (once per archive; build dirs get hard "
-             "links to it)", archive.name, entry)
+             "links to it)", archive.name, trees)
     # Touched before extraction: every file tar writes keeps the archive's
     # time, so anything newer than the stamp was written afterwards.
     stamp.write_text(f"{archive}\n")
@@ -89,18 +89,11 @@ def _fill(archive: Path, entry: Path, stamp: Path, check: Callable[[Path], objec
     try:
         commands.run(extract_argv(archive, partial))
         check(partial)  # a tree that is no use must not become a cache entry
-        if future := _changed_file(partial, stamp):
-            log.warning("%s holds files dated in the future (%s), which would look like "
-                        "edits to the cached tree; extracting it without the cache",
-                        archive.name, future)
-            stamp.unlink()
-            return partial
-        os.replace(partial, entry)
-        return entry
     except BaseException:
         remove_tree(partial)
         stamp.unlink(missing_ok=True)
         raise
+    return partial
 
 
 def _evict(trees: Path, keep: Path) -> None:
@@ -134,9 +127,15 @@ def populate(archive: Path, sha256: str, dest: Path, cache_dir: Path,
                      "again", entry, changed)
             remove_tree(entry)
         if not entry.exists():
-            if (tree := _fill(archive, entry, stamp, check)) != entry:
+            tree = _extract_checked(archive, trees, stamp, check)
+            if future := _changed_file(tree, stamp):
+                log.warning("%s holds files dated in the future (%s), which would look like "
+                            "edits to the cached tree; extracting it without the cache",
+                            archive.name, future)
+                stamp.unlink()
                 os.replace(tree, dest)  # dest is empty, so the rename replaces it
                 return
+            os.replace(tree, entry)
         else:
             log.info("tree of %s from the cache %s", archive.name, entry)
             commands.note(f"# {entry} holds: {commands.quote(extract_argv(archive, entry))}")
