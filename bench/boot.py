@@ -53,7 +53,7 @@ def main() -> None:
     s = settings.load(ROOT, {"paths.build": args.build})
 
     via_pipeline = [sys.executable, "-m", "pipeline", "boot", f"paths.build={args.build}"]
-    accel = json.loads((s.cache_dir / "accel.json").read_text())["accel"]
+    accel = json.loads((s.layout.cache / "accel.json").read_text())["accel"]
     with tempfile.TemporaryDirectory() as tmp:
         bare_ktap = Path(tmp) / "ktap.log"
         command = boot.qemu_command(s, ACCELERATORS[accel], "boot")
@@ -61,7 +61,7 @@ def main() -> None:
         bare = command.argv()
         pipeline_times, bare_times = [], []
         for _ in range(args.runs):
-            pipeline_times.append(time_to_first_ktap(via_pipeline, s.results_dir / "ktap.log",
+            pipeline_times.append(time_to_first_ktap(via_pipeline, s.layout.results / "ktap.log",
                                                      cwd=ROOT))
             bare_times.append(time_to_first_ktap(bare, bare_ktap))
 

@@ -1,34 +1,66 @@
-"""`python -m pipeline TASK... [section.key=value...]`: doit with exit codes per outcome.
+"""`python -m pipeline TASK... [section.key=value...]`: the chain with an exit code per outcome.
 
 doit itself exits 0-3 whatever went wrong; scripts and `git bisect run`
-need to tell a bad input from a broken machine from a kernel that does not
-compile.  Exit codes:
-
-    0  success
-    1  a task failed for another reason (see its message)
-    2  bad input: settings, checksum, ref, a patch series that does not fit
-    3  the machine lacks something: a tool, a daemon, network
-    4  the kernel or a module failed to build
+need to tell bad settings from a broken machine from a kernel that does not
+compile.  This is the one place that turns an outcome into an exit code (the
+table is in `pipeline.errors` and the README).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+import textwrap
 from pathlib import Path
 
-from doit.doit_cmd import DoitMain
+from . import chain, settings, tasks
+from .errors import INTERRUPTED, PipelineError
 
-from . import tasks
+ROOT = Path(__file__).resolve().parent.parent
 
-DODO = Path(__file__).resolve().parent.parent / "dodo.py"
+
+def _epilog() -> str:
+    lines = ["tasks:"]
+    lines += [f"  {name}" for name in tasks.TASKS]
+    lines += ["", "settings (section.key=value; defaults from pipeline/default.toml):"]
+    for name, default, comment in settings.documented_keys():
+        lines.append(f"  {name} = {default}")
+        if comment:
+            lines += textwrap.wrap(comment, 76, initial_indent="      ",
+                                   subsequent_indent="      ")
+    lines += ["", "exit codes: 0 passed, 1 other failure, 2 bad settings or input, 3 the machine "
+              "lacks something, 4 the kernel or a module does not compile, 5 the tree cannot "
+              "be built as asked, 10-15 guest outcomes (test failures, kernel complaint, "
+              "panic, boot timeout, test timeout, QEMU failed), 130 interrupted"]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build, boot and test a KVM-patched kernel; exit code per outcome.",
+        epilog=_epilog())
+    parser.add_argument("words", nargs="*", metavar="TASK|section.key=value",
+                        help="tasks to run (default: build), and settings overrides")
+    args = parser.parse_args(argv)
+    overrides = tasks.overrides_from_argv(args.words)
+    words = [word for word in args.words if "=" not in word]
+    return words, overrides
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    status = DoitMain().run(["-f", str(DODO), *args])
-    if tasks.last_error is not None:
-        return tasks.last_error.exit_code
-    return 0 if status == 0 else 1
+    words, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    tasks.setup_logging()
+    try:
+        config = settings.load(ROOT, overrides)
+        outcome = chain.run(words, config)
+    except PipelineError as exc:
+        print(f"pipeline: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("pipeline: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    return outcome.code
 
 
 if __name__ == "__main__":

@@ -16,26 +16,6 @@ log = logging.getLogger("pipeline")
 
 TAIL_LINES = 40
 
-# While a step runs, the commands it ran, for the reproducer script.
-_journal: list[str] | None = None
-
-
-@contextlib.contextmanager
-def journal():
-    """Collect every command run inside the block; yields the list."""
-    global _journal
-    outer, _journal = _journal, []
-    try:
-        yield _journal
-    finally:
-        _journal = outer
-
-
-def note(comment: str) -> None:
-    """A comment for the journal: what a cached result stands for."""
-    if _journal is not None:
-        _journal.append(comment)
-
 
 def quote(argv: Sequence[str | os.PathLike]) -> str:
     return shlex.join(str(a) for a in argv)
@@ -69,8 +49,6 @@ def run(
     """
     text = describe(argv, cwd, env)
     log.info("$ %s", text)
-    if _journal is not None:
-        _journal.append(text)
     full_env = {**os.environ, **env} if env else None
     lines: list[str] = []
     try:

@@ -1,11 +1,31 @@
-"""One error hierarchy for the whole pipeline.
+"""One error hierarchy for the whole pipeline, and the exit codes it maps to.
 
-Library code raises these; only the command-line boundary (doit actions via
-`pipeline.tasks`, `python -m pipeline`) prints them and exits.  Each message
-names the problem and, where there is one, the fix.
+Library code raises these; only the entry points (`python -m pipeline` and
+doit's action wrapper in `pipeline.tasks`) print them.  Each message names
+the problem and, where there is one, the fix.  The classes keep apart what a
+script (and a bisection) must tell apart:
+
+    code  class                 meaning                                   bisect
+    0     -                     the chain did what was asked              good
+    1     PipelineError         anything else (a bug of ours: report it)  abort
+    2     UserError             your settings or input are wrong          abort
+    3     EnvironmentProblem    the machine lacks something: a tool,      abort
+                                dockerd, network, a mirror, disk space
+    4     BuildError            the kernel or a module does not compile   skip
+    5     TreeError             this tree cannot be built as asked: the   skip
+                                series does not apply, a requested
+                                option does not exist or survive, the
+                                image cannot be made from it
+    10-15 guest outcomes        see `pipeline.results.Outcome`            bad
+    130   -                     interrupted (Ctrl-C)                      abort
+
+A failed external command raises CommandError (code 1): the stage that ran
+it decides what the failure means and raises one of the errors above.
 """
 
 from __future__ import annotations
+
+INTERRUPTED = 130
 
 
 class PipelineError(Exception):
@@ -15,7 +35,7 @@ class PipelineError(Exception):
 
 
 class UserError(PipelineError):
-    """Bad input: settings, a checksum, a ref, a patch series that does not fit."""
+    """Bad input: settings, a checksum, a ref, a file named in the settings."""
 
     exit_code = 2
 
@@ -28,18 +48,11 @@ class SourceError(UserError):
     """The kernel source cannot be fetched as configured."""
 
 
-class PatchError(UserError):
-    """The KVM patch series does not fit the fetched tree."""
+class MissingStepError(UserError):
+    """A step's input is not there: an earlier task has not run in this build dir."""
 
-
-class ConfigError(UserError):
-    """The kernel configuration did not come out as requested."""
-
-
-class BuildError(PipelineError):
-    """The kernel or a module failed to compile: the tree, not the machine or the input."""
-
-    exit_code = 4
+    def __init__(self, what: str, task: str):
+        super().__init__(f"{what} is missing: run `doit {task}` first")
 
 
 class EnvironmentProblem(PipelineError):
@@ -48,8 +61,37 @@ class EnvironmentProblem(PipelineError):
     exit_code = 3
 
 
-class CommandError(EnvironmentProblem):
-    """An external command failed; carries the command and the tail of its output."""
+class BuildError(PipelineError):
+    """The kernel or a module failed to compile: the tree, not the machine or the input."""
+
+    exit_code = 4
+
+
+class TreeError(PipelineError):
+    """This tree cannot be built as asked (a bisection skips such a commit)."""
+
+    exit_code = 5
+
+
+class PatchError(TreeError):
+    """The KVM patch series does not fit the fetched tree."""
+
+
+class ConfigError(TreeError):
+    """The kernel configuration did not come out as requested."""
+
+
+class ImageError(TreeError):
+    """The guest image cannot be made from these artifacts."""
+
+
+class CommandError(PipelineError):
+    """An external command failed; carries the command and the tail of its output.
+
+    The stage that ran the command catches it and raises the error that says
+    what the failure means (a compile error, a series that does not apply, a
+    mirror that cannot be reached).  One that escapes a stage exits 1.
+    """
 
     def __init__(self, argv_text: str, returncode: int, output_tail: str, hint: str = ""):
         self.argv_text = argv_text

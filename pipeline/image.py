@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -27,9 +26,11 @@ import docker.errors
 import jinja2
 import requests
 
-from . import commands
-from .errors import EnvironmentProblem, UserError
-from .settings import Settings
+from . import commands, records
+from .errors import CommandError, EnvironmentProblem, ImageError, UserError
+from .layout import Layout
+from .records import ImageRecord, KernelRecord, KmodRecord
+from .settings import ImageSettings, Settings
 from .util import atomic_write_text, file_sha256, remove_tree
 
 log = logging.getLogger("pipeline")
@@ -39,22 +40,24 @@ GUEST_REPOSITORY = "kvm-pipeline/guest"
 # Files Docker writes into every container; the guest gets its own.
 DOCKER_INJECTED = (".dockerenv", "etc/hosts", "etc/hostname", "etc/resolv.conf")
 GUEST_HOSTNAME = "guest"
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+# What apt prints when the mirror cannot be reached from inside the build.
+NETWORK_MARKERS = ("Temporary failure resolving", "Could not resolve", "Failed to fetch",
+                   "Could not connect", "Connection failed", "Connection timed out",
+                   "Network is unreachable", "Unable to connect")
 
 
-class ImageError(UserError):
-    """The image could not be built from what was configured."""
-
-
-def images_root(settings: Settings) -> Path:
-    return settings.root / "images"
+class BaseImageError(UserError):
+    """image.base cannot be pulled: a wrong reference or an unreachable registry."""
 
 
 def image_inputs(settings: Settings) -> list[Path]:
     """Every file under images/, for doit's file_dep."""
-    return sorted(p for p in images_root(settings).rglob("*") if p.is_file())
+    return sorted(p for p in settings.layout.images_root.rglob("*") if p.is_file())
 
 
 def docker_client() -> docker.DockerClient:
+    address = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
     try:
         client = docker.from_env(timeout=600)
         client.ping()
@@ -62,20 +65,28 @@ def docker_client() -> docker.DockerClient:
     except (docker.errors.DockerException, requests.RequestException) as exc:
         text = str(exc)
         if "Permission denied" in text:
-            hint = ("this user may not use /var/run/docker.sock: run as root or join the "
-                    "docker group")
+            hint = (f"this user may not use {address}: run as root or join the docker group")
+        elif os.environ.get("DOCKER_HOST"):
+            hint = (f"nothing answers at DOCKER_HOST={address}: start a dockerd listening "
+                    "there, or unset DOCKER_HOST to use the local engine")
         else:
             hint = ("start it with `scripts/setup` (it starts dockerd), or by hand: "
                     "`dockerd >/var/log/dockerd.log 2>&1 &`")
-        raise EnvironmentProblem(f"cannot reach the Docker engine ({text}); {hint}") from None
+        raise EnvironmentProblem(
+            f"cannot reach the Docker engine at {address} ({text}); {hint}") from None
 
 
 # ------------------------------------------------------------------ base image
 
 
+def mmdebstrap_argv(image: ImageSettings, dest: Path) -> list[str | Path]:
+    return ["mmdebstrap", "--quiet", "--variant=minbase", "--format=tar", image.suite, dest,
+            image.mirror]
+
+
 def _mmdebstrap_tarball(settings: Settings) -> Path:
     image = settings.image
-    cache = settings.cache_dir / "base"
+    cache = settings.layout.base_tarballs
     name = f"{image.suite}-minbase-{image.source_date_epoch}.tar"
     tarball = cache / name
     if tarball.exists():
@@ -84,41 +95,47 @@ def _mmdebstrap_tarball(settings: Settings) -> Path:
     partial = cache / f".{name}.partial"
     partial.unlink(missing_ok=True)
     try:
-        commands.run(["mmdebstrap", "--quiet", "--variant=minbase", "--format=tar",
-                      image.suite, partial,
-                      image.mirror],
+        commands.run(mmdebstrap_argv(image, partial),
                      env={"SOURCE_DATE_EPOCH": str(image.source_date_epoch)})
         os.replace(partial, tarball)
+    except CommandError as exc:
+        raise EnvironmentProblem(
+            f"mmdebstrap could not make the base image from {image.mirror} "
+            f"(image.mirror):\n{exc.output_tail}") from None
     finally:
         partial.unlink(missing_ok=True)
     return tarball
 
 
-def ensure_base(client: docker.DockerClient, settings: Settings) -> tuple[str, str]:
-    """(image reference for FROM, content digest) of the base image."""
+def base_tag(digest: str) -> str:
+    return digest.removeprefix("sha256:")[:16]
+
+
+def ensure_base(client: docker.DockerClient, settings: Settings) -> tuple[str, str, Path | None]:
+    """(image reference for FROM, content digest, tarball if local) of the base image."""
     base = settings.image.base
     if base != "mmdebstrap":
         log.info("pulling base image %s", base)
         try:
             pulled = client.images.pull(base)
         except docker.errors.APIError as exc:
-            raise ImageError(
+            raise BaseImageError(
                 f"cannot pull image.base {base!r}: {exc.explanation or exc}. Check the "
                 "reference and that the registry is reachable, or use image.base=mmdebstrap"
             ) from None
         digests = pulled.attrs.get("RepoDigests") or [pulled.id]
-        return base, digests[0].split("@")[-1]
+        return base, digests[0].split("@")[-1], None
 
     tarball = _mmdebstrap_tarball(settings)
     digest = "sha256:" + file_sha256(tarball)
-    tag = digest.removeprefix("sha256:")[:16]
+    tag = base_tag(digest)
     reference = f"{BASE_REPOSITORY}:{tag}"
     try:
         client.images.get(reference)
     except docker.errors.ImageNotFound:
         log.info("importing %s as %s", tarball, reference)
         client.api.import_image_from_file(str(tarball), repository=BASE_REPOSITORY, tag=tag)
-    return reference, digest
+    return reference, digest, tarball
 
 
 # ------------------------------------------------------------------ the build
@@ -126,7 +143,7 @@ def ensure_base(client: docker.DockerClient, settings: Settings) -> tuple[str, s
 
 def render_dockerfile(settings: Settings, **values: object) -> str:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(images_root(settings)),
+        loader=jinja2.FileSystemLoader(settings.layout.images_root),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
@@ -136,16 +153,17 @@ def render_dockerfile(settings: Settings, **values: object) -> str:
         raise ImageError(f"images/Dockerfile.j2 uses an undefined value: {exc}") from None
 
 
-def assemble_context(settings: Settings, context: Path, dockerfile: str,
-                     kmod_dir: Path | None) -> None:
+def assemble_context(layout: Layout, dockerfile: str, with_kmod: bool) -> Path:
     """The build context: the Dockerfile, images/ sources and the kernel's modules."""
+    context = layout.image_context
     remove_tree(context)
-    shutil.copytree(images_root(settings), context, ignore=shutil.ignore_patterns("*.j2"))
-    shutil.copytree(settings.artifacts_dir / "modules", context / "modules", symlinks=True)
-    shutil.copy(settings.artifacts_dir / "kernel.config", context / "kernel.config")
-    if kmod_dir is not None:
-        shutil.copytree(kmod_dir, context / "kmod")
+    shutil.copytree(layout.images_root, context, ignore=shutil.ignore_patterns("*.j2"))
+    shutil.copytree(layout.modules, context / "modules", symlinks=True)
+    shutil.copy(layout.artifacts_config, context / "kernel.config")
+    if with_kmod:
+        shutil.copytree(layout.kmod, context / "kmod")
     (context / "Dockerfile").write_text(dockerfile)
+    return context
 
 
 def docker_build(client: docker.DockerClient, context: Path, tag: str, log_file: Path) -> str:
@@ -164,11 +182,21 @@ def docker_build(client: docker.DockerClient, context: Path, tag: str, log_file:
                 image_id = chunk["aux"]["ID"]
             if "error" in chunk:
                 out.write(chunk["error"])
-                raise ImageError(f"docker build failed: {chunk['error'].strip()} "
-                                 f"(full log: {log_file})")
+                out.flush()
+                _build_failed(chunk["error"].strip(), log_file)
     if image_id is None:
         image_id = client.images.get(tag).id
     return image_id
+
+
+def _build_failed(error: str, log_file: Path) -> None:
+    """Tell a mirror the build could not reach (the machine) from anything else."""
+    text = log_file.read_text(errors="replace")
+    if any(marker in text for marker in NETWORK_MARKERS):
+        raise EnvironmentProblem(
+            f"docker build could not reach the package mirror: {error} (full log: {log_file}). "
+            "Check that the containers' network reaches Debian's mirror")
+    raise ImageError(f"docker build failed: {error} (full log: {log_file})")
 
 
 def export_filesystem(client: docker.DockerClient, image_id: str, dest: Path) -> None:
@@ -194,14 +222,21 @@ def normalise_tree(root: Path, epoch: int) -> None:
     os.utime(root, (epoch, epoch))
 
 
+def mkfs_argv(image: ImageSettings, tree: Path, dest: Path) -> list[str | Path]:
+    return ["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-U", image.uuid,
+            "-E", f"hash_seed={image.uuid},root_owner=0:0", "-d", tree, dest,
+            f"{image.size_mb}M"]
+
+
 def make_ext4(settings: Settings, tree: Path, dest: Path) -> None:
     image = settings.image
     fake_time = {"E2FSPROGS_FAKE_TIME": str(image.source_date_epoch)}
-    commands.run(
-        ["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-U", image.uuid,
-         "-E", f"hash_seed={image.uuid},root_owner=0:0", "-d", tree, dest, f"{image.size_mb}M"],
-        env=fake_time, hint="if the tree does not fit, raise image.size_mb",
-    )
+    try:
+        commands.run(mkfs_argv(image, tree, dest), env=fake_time)
+    except CommandError as exc:
+        raise UserError(f"mkfs.ext4 could not make the root filesystem:\n{exc.output_tail}\n"
+                        f"If the tree does not fit, raise image.size_mb (now "
+                        f"{image.size_mb})") from None
     # mkfs -d copies each file's ctime, which no one can set (it is "now" after
     # extraction), and atime, which reading may bump: pin both with debugfs.
     script = dest.with_name("pin-times.debugfs")
@@ -212,32 +247,30 @@ def make_ext4(settings: Settings, tree: Path, dest: Path) -> None:
         for field in ("ctime", "atime"):
             lines.append(f'sif "/{path}" {field} @{image.source_date_epoch}\n')
     script.write_text("".join(lines))
-    commands.run(["debugfs", "-w", "-f", script, dest], env=fake_time)
+    try:
+        commands.run(["debugfs", "-w", "-f", script, dest], env=fake_time)
+    except CommandError as exc:
+        raise ImageError(f"debugfs could not pin the image's times:\n{exc.output_tail}") from None
 
 
-def build_image(settings: Settings) -> dict:
+def build_image(settings: Settings) -> ImageRecord:
     """The `image` task: base, docker build, export, ext4."""
-    kernel = json.loads((settings.artifacts_dir / "kernel.json").read_text())
-    kmod_dir = settings.artifacts_dir / "kmod"
-    if not kmod_dir.is_dir():
-        kmod_dir = None
-    release = kernel["release"]
+    layout = settings.layout
+    kernel = records.require(KernelRecord, layout)
+    with_kmod = records.load(KmodRecord, layout) is not None and layout.kmod.is_dir()
     client = docker_client()
     started = time.monotonic()
-    base_ref, base_digest = ensure_base(client, settings)
+    base_ref, base_digest, base_tarball = ensure_base(client, settings)
     # The suites compare what they see with what KVM was built with.
-    kvm_patch = "applied" if kernel["patches"]["patches"] else "none"
-    dockerfile = render_dockerfile(settings, base_image=base_ref, release=release,
-                                   kvm_patch=kvm_patch, with_kmod=kmod_dir is not None)
-    work = settings.image_dir
-    work.mkdir(parents=True, exist_ok=True)
-    context = work / "context"
-    assemble_context(settings, context, dockerfile, kmod_dir)
-    tag = f"{GUEST_REPOSITORY}:{release}"
-    image_id = docker_build(client, context, tag, work / "docker-build.log")
+    kvm_patch = "applied" if kernel.patches["patches"] else "none"
+    dockerfile = render_dockerfile(settings, base_image=base_ref, release=kernel.release,
+                                   kvm_patch=kvm_patch, with_kmod=with_kmod)
+    layout.image_work.mkdir(parents=True, exist_ok=True)
+    context = assemble_context(layout, dockerfile, with_kmod)
+    tag = f"{GUEST_REPOSITORY}:{kernel.release}"
+    image_id = docker_build(client, context, tag, layout.docker_log)
 
-    artifacts = settings.artifacts_dir
-    with tempfile.TemporaryDirectory(dir=work, prefix=".export-") as tmp:
+    with tempfile.TemporaryDirectory(dir=layout.image_work, prefix=".export-") as tmp:
         tar_path = Path(tmp) / "rootfs.tar"
         tree = Path(tmp) / "rootfs"
         tree.mkdir()
@@ -246,16 +279,21 @@ def build_image(settings: Settings) -> dict:
         normalise_tree(tree, settings.image.source_date_epoch)
         partial = Path(tmp) / "rootfs.ext4"
         make_ext4(settings, tree, partial)
-        os.replace(partial, artifacts / "rootfs.ext4")
-    record = {
-        "release": release,
-        "base": {"reference": settings.image.base, "digest": base_digest},
-        "image_id": image_id,
-        "rootfs_sha256": file_sha256(artifacts / "rootfs.ext4"),
-        "with_kmod": kmod_dir is not None,
-        "seconds": round(time.monotonic() - started, 1),
-    }
-    atomic_write_text(artifacts / "image.json", json.dumps(record, indent=2) + "\n")
-    atomic_write_text(work / "Dockerfile", dockerfile)
-    log.info("guest image: %s (base %s)", artifacts / "rootfs.ext4", base_digest)
+        os.replace(partial, layout.rootfs)
+    atomic_write_text(layout.dockerfile, dockerfile)
+    image = settings.image
+    record = ImageRecord(
+        release=kernel.release,
+        base={"reference": image.base, "digest": base_digest,
+              "tarball": base_tarball.name if base_tarball else None,
+              "suite": image.suite, "mirror": image.mirror},
+        ext4={"uuid": image.uuid, "size_mb": image.size_mb,
+              "source_date_epoch": image.source_date_epoch},
+        rootfs_sha256=file_sha256(layout.rootfs),
+        with_kmod=with_kmod,
+        image_id=image_id,
+        seconds=round(time.monotonic() - started, 1),
+    )
+    records.save(record, layout)
+    log.info("guest image: %s (base %s)", layout.rootfs, base_digest)
     return record

@@ -8,17 +8,16 @@ its root).  So every option a fragment asks for is checked in the final
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 
-from . import commands
-from .errors import ConfigError
-from .fetch import read_record
-from .kmake import kbuild_belongs_to, make_argv, make_env
+from . import commands, kmake, records
+from .errors import CommandError, ConfigError, SettingsError
+from .kmake import Make
+from .records import ConfigRecord, SourceRecord
 from .settings import Settings
-from .util import atomic_write_text, remove_tree
+from .util import file_sha256, remove_tree
 
 log = logging.getLogger("pipeline")
 
@@ -31,13 +30,10 @@ _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 
 
 def fragment_paths(settings: Settings) -> list[Path]:
-    paths = [settings.root / "kconfig" / name
+    """The variant's fragments, then kernel.fragments (checked to exist by settings)."""
+    paths = [settings.layout.fragments_dir / name
              for name in VARIANT_FRAGMENTS[settings.kernel.variant]]
-    paths += [settings.resolve(name) for name in settings.kernel.fragments]
-    for path in paths:
-        if not path.is_file():
-            raise ConfigError(f"config fragment {path} does not exist (kernel.fragments)")
-    return paths
+    return paths + [settings.resolve(name) for name in settings.kernel.fragments]
 
 
 def parse_config(text: str, origin: str = "", strict: bool = False) -> dict[str, str | None]:
@@ -50,7 +46,7 @@ def parse_config(text: str, origin: str = "", strict: bool = False) -> dict[str,
         elif match := _UNSET.match(line):
             values[match[1]] = None
         elif strict and line and not line.startswith("#"):
-            raise ConfigError(f"{origin}:{number}: not a CONFIG_ line: {raw!r}")
+            raise SettingsError(f"{origin}:{number}: not a CONFIG_ line: {raw!r}")
     return values
 
 
@@ -85,39 +81,56 @@ def verify(wanted: dict[str, tuple[str | None, Path]], final: dict[str, str | No
         )
 
 
-def configure(settings: Settings) -> dict:
+def config_commands(make: Make, fragments: list[Path]) -> list[list[str | Path]]:
+    """tinyconfig, the fragments merged in, olddefconfig (run from the tree)."""
+    layout = make.layout
+    return [make.argv("tinyconfig"),
+            [layout.tree / "scripts/kconfig/merge_config.sh", "-m", "-O", layout.kbuild,
+             layout.kernel_config, *fragments],
+            make.argv("olddefconfig")]
+
+
+def _project_name(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def configure(settings: Settings) -> ConfigRecord:
     """The `config` task: write and verify build/kbuild/.config."""
-    fetched = read_record(settings)
-    if fetched is None:
-        raise ConfigError("no fetched tree: run `doit fetch` first")
-    kbuild = settings.kbuild_dir
-    if kbuild.exists() and not kbuild_belongs_to(kbuild, fetched["tree_id"]):
+    layout = settings.layout
+    source = records.require(SourceRecord, layout)
+    kbuild = layout.kbuild
+    if kbuild.exists() and not kmake.kbuild_belongs_to(kbuild, source.tree_id):
         # Archives keep old file times, so make would trust objects of another tree.
         log.info("%s was built from another tree; starting it afresh", kbuild)
         remove_tree(kbuild)
     kbuild.mkdir(parents=True, exist_ok=True)
-    (kbuild / ".pipeline-tree-id").write_text(fetched["tree_id"] + "\n")
+    (kbuild / kmake.TREE_ID_MARKER).write_text(source.tree_id + "\n")
 
     fragments = fragment_paths(settings)
     wanted = requested_options(fragments)
-    env = make_env(settings, fetched["resolved"]["source_date_epoch"])
-    config = kbuild / ".config"
+    make = kmake.for_settings(settings, source.source_date_epoch)
+    config = layout.kernel_config
     try:
-        commands.run(make_argv(settings, "tinyconfig"), env=env)
-        commands.run([settings.tree_dir / "scripts/kconfig/merge_config.sh", "-m", "-O",
-                      kbuild, config, *fragments], cwd=settings.tree_dir, env=env)
-        commands.run(make_argv(settings, "olddefconfig"), env=env)
+        for argv in config_commands(make, fragments):
+            commands.run(argv, cwd=layout.tree, env=make.env())
         verify(wanted, parse_config(config.read_text()), settings.root)
+    except CommandError as exc:
+        config.unlink(missing_ok=True)
+        raise ConfigError(f"this tree cannot be configured as asked ({exc.argv_text}):\n"
+                          f"{exc.output_tail}") from None
     except BaseException:
         # A .config that failed verification must not look like a finished step.
         config.unlink(missing_ok=True)
         raise
-    record = {
-        "variant": settings.kernel.variant,
-        "fragments": [str(p) for p in fragments],
-        "checked_options": len(wanted),
-    }
-    atomic_write_text(settings.stamps_dir / "config.json", json.dumps(record, indent=2) + "\n")
+    record = ConfigRecord(
+        tree_id=source.tree_id,
+        variant=settings.kernel.variant,
+        fragments=tuple(_project_name(p, settings.root) for p in fragments),
+        fragment_sha256={_project_name(p, settings.root): file_sha256(p) for p in fragments},
+        checked_options=len(wanted),
+        config_sha256=file_sha256(config),
+    )
+    records.save(record, layout)
     log.info("configured %s kernel: %d requested options all present", settings.kernel.variant,
              len(wanted))
     return record

@@ -5,6 +5,11 @@ a `Status` each and rolled-up `Counts`.  It never raises: malformed lines
 become recorded errors, a stream that stops before its plan is complete
 marks the enclosing test CRASHED, and a missing plan is noted.  The same
 parser reads a saved log offline.
+
+A diagnostic line `# duration_ms: N` right before a result line, as our
+guest's ktap_run (images/lib/ktap.sh) prints for every case and suite, is
+that test's wall time: it becomes `Test.seconds` instead of a diagnostic.
+A malformed one stays a diagnostic and records no time.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ class Test:
     subtests: list[Test] = field(default_factory=list)
     expected_count: int | None = None  # from the plan line "1..N"
     errors: list[str] = field(default_factory=list)
+    seconds: float | None = None      # wall time, from a "# duration_ms: N" line
 
     def counts(self) -> Counts:
         """Leaf results below this test (itself, if it has no subtests)."""
@@ -80,6 +86,8 @@ _PLAN = re.compile(r"^1\.\.(\d+)(?:\s*#.*)?$")
 _RESULT = re.compile(r"^(ok|not ok)(?:\s+(\d+))?(?:\s+-)?\s*([^#]*?)\s*(?:#\s*(.*))?$")
 _SUBTEST = re.compile(r"^# Subtest: (.*)$")
 _DIRECTIVE = re.compile(r"^(SKIP|TODO|XFAIL)\b\s*(.*)$", re.IGNORECASE)
+# Bounded, so that float() of a match can neither fail nor overflow.
+_DURATION = re.compile(r"^duration_ms:\s*([0-9]{1,12}(?:\.[0-9]{1,6})?)$")
 INDENT = 4
 
 
@@ -126,11 +134,20 @@ class _Lines:
         return line
 
 
+def _take_duration(diagnostics: list[str]) -> float | None:
+    """Seconds from a `duration_ms: N` last diagnostic, which it removes; else None."""
+    if diagnostics and (match := _DURATION.match(diagnostics[-1])):
+        diagnostics.pop()
+        return float(match.group(1)) / 1000
+    return None
+
+
 def _result_test(match: re.Match, subtests: list[Test], diagnostics: list[str],
                  name_hint: str) -> Test:
     ok, number, name, comment = match.group(1), match.group(2), match.group(3), match.group(4)
+    seconds = _take_duration(diagnostics)
     test = Test(name=name or name_hint or "(unnamed)", number=int(number) if number else None,
-                diagnostics=diagnostics, subtests=subtests)
+                diagnostics=diagnostics, subtests=subtests, seconds=seconds)
     directive = _DIRECTIVE.match(comment or "")
     kind = directive.group(1).upper() if directive else ""
     if kind == "SKIP":

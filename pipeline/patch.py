@@ -16,20 +16,17 @@ import re
 import shutil
 from pathlib import Path
 
-from . import commands
-from .errors import PatchError
-from .fetch import kernel_version, read_record
+from . import commands, records
+from .errors import CommandError, PatchError
+from .records import SeriesRecord, SourceRecord
 from .settings import Settings
-from .util import atomic_write_text, remove_tree
+from .sources import kernel_version
+from .util import atomic_write_text, file_sha256, remove_tree
 
 log = logging.getLogger("pipeline")
 
 APPLIED_DIR = ".pipeline-patches"
 APPLIED_RECORD = "applied.json"
-
-
-def series_root(settings: Settings) -> Path:
-    return settings.root / "patches" / "kvm"
 
 
 def kernel_line(version: str) -> str:
@@ -74,14 +71,21 @@ def series_digest(patches: list[Path]) -> str:
 
 def all_series_files(settings: Settings) -> list[Path]:
     """Every file of every series, for doit's file_dep."""
-    return sorted(p for p in series_root(settings).glob("*/*") if p.is_file())
+    return sorted(p for p in settings.layout.series_root.glob("*/*") if p.is_file())
+
+
+def git_apply_argv(patches: list[Path], *flags: str) -> list[str | Path]:
+    return ["git", "apply", "-p1", *flags, *patches]
+
+
+def git_apply_env(tree: Path) -> dict[str, str]:
+    # GIT_CEILING_DIRECTORIES keeps git from mistaking an enclosing repository
+    # (e.g. this project's) for the tree's own, which would make it skip files.
+    return {"GIT_CEILING_DIRECTORIES": str(tree.parent)}
 
 
 def _git_apply(tree: Path, patches: list[Path], *flags: str) -> None:
-    # GIT_CEILING_DIRECTORIES keeps git from mistaking an enclosing repository
-    # (e.g. this project's) for the tree's own, which would make it skip files.
-    commands.run(["git", "apply", "-p1", *flags, *patches], cwd=tree,
-                 env={"GIT_CEILING_DIRECTORIES": str(tree.parent)})
+    commands.run(git_apply_argv(patches, *flags), cwd=tree, env=git_apply_env(tree))
 
 
 def _first_failing(tree: Path, patches: list[Path]) -> tuple[Path, str]:
@@ -89,7 +93,7 @@ def _first_failing(tree: Path, patches: list[Path]) -> tuple[Path, str]:
     for count in range(1, len(patches) + 1):
         try:
             _git_apply(tree, patches[:count], "--check")
-        except commands.CommandError as exc:
+        except CommandError as exc:
             failing = re.findall(r"error: (?:patch failed: )?([^\s:]+)", exc.output_tail)
             return patches[count - 1], (failing[0] if failing else exc.output_tail)
     raise AssertionError("the series failed as a whole but every prefix applies")
@@ -107,7 +111,7 @@ def revert_applied(tree: Path, applied: dict) -> None:
     log.info("reverting the previously applied series (%d patches)", len(copies))
     try:
         _git_apply(tree, list(reversed(copies)), "-R", "--check")
-    except commands.CommandError:
+    except CommandError:
         raise PatchError(
             f"the tree {tree} no longer matches the series applied to it before, so it "
             f"cannot be restored to pristine: remove {tree.parent} and run again"
@@ -129,7 +133,7 @@ def apply_series(tree: Path, patches: list[Path]) -> str:
         return digest
     try:
         _git_apply(tree, patches, "--check")
-    except commands.CommandError:
+    except CommandError:
         patch, where = _first_failing(tree, patches)
         raise PatchError(
             f"{patch.name} does not apply to {tree} (at {where}); nothing was applied. "
@@ -147,30 +151,26 @@ def apply_series(tree: Path, patches: list[Path]) -> str:
     return digest
 
 
-def patch_tree(settings: Settings) -> dict:
+def patch_tree(settings: Settings) -> SeriesRecord:
     """The `patch` task: bring the tree to exactly the configured series."""
-    fetched = read_record(settings)
-    if fetched is None:
-        raise PatchError("no fetched tree: run `doit fetch` first")
-    tree = settings.tree_dir
+    layout = settings.layout
+    source = records.require(SourceRecord, layout)
+    tree = layout.tree
     version = kernel_version(tree)
     if settings.patch.enabled:
-        series = select_series(series_root(settings), version)
+        series = select_series(layout.series_root, version)
         patches = read_series(series)
     else:
         series, patches = None, []
         log.info("patch.enabled is false: building stock KVM")
     digest = apply_series(tree, patches)
-    record = {
-        "tree_id": fetched["tree_id"],
-        "kernel_version": version,
-        "series": str(series.relative_to(settings.root)) if series else None,
-        "patches": [p.name for p in patches],
-        "digest": digest,
-    }
-    atomic_write_text(stamp_path(settings), json.dumps(record, indent=2) + "\n")
+    record = SeriesRecord(
+        tree_id=source.tree_id,
+        kernel_version=version,
+        series=str(series.relative_to(settings.root)) if series else None,
+        patches=tuple(p.name for p in patches),
+        patch_sha256={p.name: file_sha256(p) for p in patches},
+        digest=digest,
+    )
+    records.save(record, layout)
     return record
-
-
-def stamp_path(settings: Settings) -> Path:
-    return settings.stamps_dir / "patch.json"

@@ -18,13 +18,12 @@ import shlex
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import commands
 from .errors import EnvironmentProblem, PipelineError
-from .settings import Settings
 from .util import atomic_write_text
 
 log = logging.getLogger("pipeline")
@@ -191,13 +190,11 @@ def probe_kvm(kernel: Path, log_file: Path, seconds: float = PROBE_SECONDS,
     return False, f"a KVM probe boot failed: {last}"
 
 
-def choose_accelerator(settings: Settings, kernel: Path,
+def choose_accelerator(wanted: str, kernel: Path, cache: Path, probe_log: Path,
                        probe: Callable[[Path, Path], tuple[bool, str]] = probe_kvm) -> Choice:
-    """The accelerator to use, and why; `auto` probes once per host and caches it."""
-    wanted = settings.boot.accel
+    """The accelerator to use, and why; `auto` probes once per host, cached in `cache`."""
     if wanted != "auto":
         return Choice(ACCELERATORS[wanted], f"boot.accel = {wanted}")
-    cache = settings.cache_dir / "accel.json"
     key = _cache_key()
     try:
         cached = json.loads(cache.read_text())
@@ -205,18 +202,8 @@ def choose_accelerator(settings: Settings, kernel: Path,
             return Choice(ACCELERATORS[cached["accel"]], cached["why"] + " (cached verdict)")
     except (FileNotFoundError, KeyError, json.JSONDecodeError):
         pass
-    settings.results_dir.mkdir(parents=True, exist_ok=True)
-    usable, why = probe(kernel, settings.results_dir / "kvm-probe.log")
+    probe_log.parent.mkdir(parents=True, exist_ok=True)
+    usable, why = probe(kernel, probe_log)
     accel = "kvm" if usable else "tcg"
     atomic_write_text(cache, json.dumps({"key": key, "accel": accel, "why": why}, indent=2))
     return Choice(ACCELERATORS[accel], why)
-
-
-def iter_lines(path: Path) -> Iterator[str]:
-    """The lines of a virtio-serial port's host file (empty if it was never written)."""
-    try:
-        with open(path, errors="replace") as handle:
-            for line in handle:
-                yield line.rstrip("\r\n")
-    except FileNotFoundError:
-        return

@@ -81,10 +81,25 @@ def classify_outcome(*, kernel_started: bool, timed_out: str | None, findings: l
     return Outcome.PASSED, f"{counts.passed} passed, {counts.skipped} skipped"
 
 
+def _seconds(test: Test) -> float | None:
+    """The test's wall time: its own, else the sum of its leaves' when each has one."""
+    if test.seconds is not None or not test.subtests:
+        return test.seconds
+    leaves = [leaf for _, leaf in test.walk() if not leaf.subtests]
+    if any(leaf.seconds is None for leaf in leaves):
+        return None
+    return sum(leaf.seconds for leaf in leaves)
+
+
+def _junit_time(seconds: float) -> str:
+    return f"{seconds:.3f}"
+
+
 def _test_json(test: Test) -> dict:
     return {
         "name": test.name,
         "status": test.status.value,
+        "seconds": None if test.seconds is None else round(test.seconds, 3),
         "directive": test.directive,
         "diagnostics": test.diagnostics,
         "errors": test.errors,
@@ -110,7 +125,11 @@ def write_json(path: Path, report: RunReport, tree: Test) -> None:
 
 
 def write_junit(path: Path, report: RunReport, tree: Test) -> None:
-    """One <testsuite> per top-level KTAP test, its leaves as <testcase>s."""
+    """One <testsuite> per top-level KTAP test, its leaves as <testcase>s.
+
+    `time` is the guest's measure of each case (`Test.seconds`) and of each
+    suite (its own, else the sum of its cases'); left out where unknown.
+    """
     suites = ET.Element("testsuites", name=report.suite)
     for top in tree.subtests or [tree]:
         leaves = [(p, t) for p, t in top.walk() if not t.subtests] or [([top.name], top)]
@@ -118,8 +137,12 @@ def write_junit(path: Path, report: RunReport, tree: Test) -> None:
         suite = ET.SubElement(suites, "testsuite", name=top.name, tests=str(len(leaves)),
                               failures=str(counts.failed), errors=str(counts.crashed),
                               skipped=str(counts.skipped + counts.todo))
+        if (seconds := _seconds(top)) is not None:
+            suite.set("time", _junit_time(seconds))
         for names, leaf in leaves:
             case = ET.SubElement(suite, "testcase", classname=top.name, name=".".join(names))
+            if leaf.seconds is not None:
+                case.set("time", _junit_time(leaf.seconds))
             text = "\n".join(leaf.diagnostics)
             if leaf.status is Status.FAILED:
                 ET.SubElement(case, "failure", message="not ok").text = text
@@ -139,12 +162,12 @@ def write_junit(path: Path, report: RunReport, tree: Test) -> None:
 
 
 def summary(report: RunReport, tree: Test) -> str:
-    rows = [(".".join(names), test.status.value + (f" ({test.directive})" if test.directive
-                                                   else ""))
+    rows = [(".".join(names), "" if test.seconds is None else f"{test.seconds:.1f}",
+             test.status.value + (f" ({test.directive})" if test.directive else ""))
             for names, test in tree.walk() if not test.subtests]
-    width = max([len(name) for name, _ in rows] + [4])
-    lines = [f"{'test':<{width}}  result", f"{'-' * width}  ------"]
-    lines += [f"{name:<{width}}  {status}" for name, status in rows]
+    width = max([len(name) for name, _, _ in rows] + [4])
+    lines = [f"{'test':<{width}}  {'time/s':>7}  result", f"{'-' * width}  -------  ------"]
+    lines += [f"{name:<{width}}  {seconds:>7}  {status}" for name, seconds, status in rows]
     counts = tree.counts()
     lines.append("")
     lines.append(f"{report.suite}: {report.outcome.label} ({report.why})")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SettingsError
+from .layout import Layout
 
 USER_FILE = "pipeline.toml"
 SOURCE_KINDS = ("debian", "tarball", "local", "git")
@@ -112,41 +113,15 @@ class Settings:
     paths: PathSettings
     root: Path  # the project directory; relative paths are resolved against it
 
-    # Derived locations, so no task spells a path twice.
     @property
-    def build_dir(self) -> Path:
-        return self.root / self.paths.build
-
-    @property
-    def cache_dir(self) -> Path:
+    def layout(self) -> Layout:
+        """Every path under the build dir, the cache and the project."""
         if self.paths.cache:
-            return self.root / Path(self.paths.cache).expanduser()
-        xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        return Path(xdg) / "kvm-pipeline"
-
-    @property
-    def tree_dir(self) -> Path:
-        return self.build_dir / "src" / "linux"
-
-    @property
-    def kbuild_dir(self) -> Path:
-        return self.build_dir / "kbuild"
-
-    @property
-    def artifacts_dir(self) -> Path:
-        return self.build_dir / "artifacts"
-
-    @property
-    def stamps_dir(self) -> Path:
-        return self.build_dir / "stamps"
-
-    @property
-    def image_dir(self) -> Path:
-        return self.build_dir / "image"
-
-    @property
-    def results_dir(self) -> Path:
-        return self.build_dir / "results"
+            cache = self.resolve(self.paths.cache)
+        else:
+            xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+            cache = Path(xdg) / "kvm-pipeline"
+        return Layout(project=self.root, build=self.resolve(self.paths.build), cache=cache)
 
     def resolve(self, path: str) -> Path:
         return self.root / Path(path).expanduser()
@@ -334,6 +309,12 @@ def load(root: Path, overrides: dict[str, str] | None = None) -> Settings:
             "be comma-separated globs over SUITE or SUITE.CASE names, e.g. "
             "'smoke,kvm.kvm_patch_effect' (no spaces, quotes or '=')"
         )
+    for name in merged["kernel"]["fragments"]:
+        if not (root / Path(name).expanduser()).is_file():
+            raise SettingsError(
+                f"kernel.fragments in {origins[('kernel', 'fragments')]} names {name!r}, which "
+                f"is not a file (paths are relative to {root}); fix the name or drop it"
+            )
     if bool(source["signature_url"]) != bool(source["keyring"]):
         raise SettingsError(
             "source.signature_url and source.keyring go together: the signature is "
@@ -344,3 +325,26 @@ def load(root: Path, overrides: dict[str, str] | None = None) -> Settings:
         root=root,
         **{name: cls(**merged[name]) for name, cls in SECTIONS.items()},
     )
+
+
+def documented_keys() -> list[tuple[str, str, str]]:
+    """(section.key, default as TOML writes it, the comment above it) for every key.
+
+    default.toml documents each key in the comment lines just above it; a
+    comment shared by several keys is shown with the first of them.
+    """
+    text = resources.files("pipeline").joinpath("default.toml").read_text()
+    keys, section, comment = [], "", []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section, comment = stripped[1:-1], []
+        elif stripped.startswith("#"):
+            comment.append(stripped.lstrip("# "))
+        elif "=" in stripped and section:
+            key, _, value = stripped.partition("=")
+            keys.append((f"{section}.{key.strip()}", value.strip(), " ".join(comment)))
+            comment = []
+        else:
+            comment = []
+    return keys

@@ -1,9 +1,15 @@
-"""The boundary between doit and the pipeline: settings loading and task actions.
+"""doit glue: the chain's tasks, declared from one Settings value.
 
-dodo.py declares tasks; the actions it names are built here.  A step that
-raises a PipelineError fails its task with the one-paragraph message (no
-traceback), and the error is kept so `python -m pipeline` can turn it into
-an exit code.
+`declare(settings, run)` returns the task creators doit loads, as dodo.py's
+globals would hold them; `pipeline.chain` hands them to doit's API and plain
+`doit` reads them through dodo.py.  Each action is one stage function of
+`pipeline/` called with the settings; a stage that raises a PipelineError
+fails its task with the one-paragraph message (no traceback) and leaves the
+error in `run` (a RunState of this one run of the chain: nothing is kept in
+module globals, so the chain can run many times in one process).
+
+A task is stale when its inputs, its settings subset, the code of its stage,
+or its record changed; a record of another schema counts as missing.
 """
 
 from __future__ import annotations
@@ -12,21 +18,29 @@ import hashlib
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from doit import doit_cmd
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import commands, settings
+from . import guest, image, kbuild, kconfig, kmake, patch, records, reproducer, settings, sources
 from .errors import PipelineError
-from .kbuild import journal_path
-from .util import atomic_write_text, remove_tree
+from .records import ConfigRecord, ImageRecord, KernelRecord, KmodRecord, SeriesRecord, SourceRecord
+from .util import remove_tree
 
 log = logging.getLogger("pipeline")
 
-# The error that failed the last step, for the exit code of `python -m pipeline`.
-last_error: PipelineError | None = None
+# In the order `doit list` shows them: the table of contents.
+TASKS = ("fetch", "patch", "config", "kernel", "kmod", "image", "build", "boot", "test")
+BUILD_TASKS = ("fetch", "patch", "config", "kernel", "kmod", "image")
+
+
+@dataclass
+class RunState:
+    """What one run of the chain learnt: the error that failed a step, if any."""
+
+    error: PipelineError | None = None
 
 
 def setup_logging() -> None:
@@ -38,30 +52,22 @@ def setup_logging() -> None:
         log.propagate = False
 
 
-def load_settings(root: Path) -> settings.Settings:
-    """Settings from doit's command-line `key=value` variables; exits on bad input."""
-    # doit only offers get_var(name); the whole dict is needed to reject typos.
-    overrides = dict(doit_cmd._CMDLINE_VARS or {})
-    try:
-        return settings.load(root, overrides)
-    except PipelineError as exc:
-        print(f"pipeline: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+def overrides_from_argv(argv: list[str]) -> dict[str, str]:
+    """The `section.key=value` words of a doit command line (options start with '-')."""
+    words = [word for word in argv if "=" in word and not word.startswith("-")]
+    return dict(word.split("=", 1) for word in words)
 
 
-def action(step: str, func: Callable[[settings.Settings], object],
-           config: settings.Settings) -> Callable[[], TaskFailed | None]:
-    """A doit python-action running `func(config)` and journalling its commands."""
+def action(step: str, func: Callable[[settings.Settings], object], config: settings.Settings,
+           run: RunState) -> Callable[[], TaskFailed | None]:
+    """A doit python-action running `func(config)`, its error kept in `run`."""
 
     def run_step() -> TaskFailed | None:
-        global last_error
-        with commands.journal() as ran:
-            try:
-                func(config)
-            except PipelineError as exc:
-                last_error = exc
-                return TaskFailed(f"{step}: {exc}")
-        atomic_write_text(journal_path(config, step), "".join(f"{c}\n" for c in ran))
+        try:
+            func(config)
+        except PipelineError as exc:
+            run.error = exc
+            return TaskFailed(f"{step}: {exc}")
         return None
 
     run_step.__name__ = f"{step}_step"
@@ -85,6 +91,11 @@ def unchanged(settings_part: object, *modules: object) -> config_changed:
     return config_changed({"settings": settings_part, "code": code_version(*modules)})
 
 
+def has_record(cls: type, config: settings.Settings) -> Callable[[], bool]:
+    """doit uptodate: the step's record is there and of this schema."""
+    return lambda: records.load(cls, config.layout) is not None
+
+
 def remover(*paths: Path) -> Callable[[], None]:
     """A doit clean action removing files and directories a task made."""
 
@@ -95,3 +106,121 @@ def remover(*paths: Path) -> Callable[[], None]:
                 remove_tree(path)
 
     return clean
+
+
+def declare(config: settings.Settings, run: RunState | None = None) -> dict[str, object]:
+    """The task creators and DOIT_CONFIG of one chain, as a doit namespace."""
+    run = run if run is not None else RunState()
+    layout = config.layout
+
+    def record_of(cls: type) -> Path:
+        return records.path(cls, layout)
+
+    def task_fetch():
+        """Fetch the kernel tree into build/src/linux (source.kind: debian, tarball, local, git)."""
+        return {
+            "actions": [action("fetch", sources.fetch_tree, config, run)],
+            # Only the identity of the tree matters: refetching for a code change would
+            # throw away the kernel build for nothing.
+            "uptodate": [lambda: sources.is_current(config)],
+            "targets": [record_of(SourceRecord)],
+            "clean": [remover(layout.tree, record_of(SourceRecord))],
+        }
+
+    def task_patch():
+        """Apply the KVM preempt-count series from patches/kvm/ (all or nothing)."""
+        return {
+            "actions": [action("patch", patch.patch_tree, config, run)],
+            "file_dep": [record_of(SourceRecord), *patch.all_series_files(config)],
+            "uptodate": [unchanged(config.digest("patch"), patch, records),
+                         has_record(SeriesRecord, config)],
+            "targets": [record_of(SeriesRecord)],
+            "clean": True,
+        }
+
+    def task_config():
+        """Configure: tinyconfig + kconfig/ fragments for the variant, every option verified."""
+        return {
+            "actions": [action("config", kconfig.configure, config, run)],
+            "file_dep": [record_of(SeriesRecord), *kconfig.fragment_paths(config)],
+            "uptodate": [unchanged({"variant": config.kernel.variant,
+                                    "fragments": config.kernel.fragments},
+                                   kconfig, kmake, records),
+                         has_record(ConfigRecord, config)],
+            "targets": [layout.kernel_config, record_of(ConfigRecord)],
+            "clean": True,
+        }
+
+    def task_kernel():
+        """Build bzImage and modules; publish them in build/artifacts/."""
+        return {
+            "actions": [action("kernel", kbuild.build_kernel, config, run)],
+            "file_dep": [layout.kernel_config, record_of(SeriesRecord)],
+            "uptodate": [unchanged(None, kbuild, kmake, records),
+                         has_record(KernelRecord, config)],
+            "targets": [layout.bzimage, layout.kernel_json, layout.modules_sha256],
+            "clean": [remover(layout.kbuild, layout.artifacts)],
+        }
+
+    def task_kmod():
+        """Build kmod/ (sched_inject.ko, inject_target.ko) against the kernel, W=1, warning-free."""
+        return {
+            "actions": [action("kmod", kbuild.build_kmod, config, run)],
+            "file_dep": [layout.modules_sha256, *kbuild.kmod_sources(config)],
+            "uptodate": [unchanged(None, kbuild, kmake, records), has_record(KmodRecord, config)],
+            "targets": [layout.kmod_sha256, record_of(KmodRecord)],
+            "clean": [remover(layout.kmod_work, layout.kmod, layout.kmod_sha256,
+                              record_of(KmodRecord))],
+        }
+
+    def task_image():
+        """Bake the guest image in Docker (images/) into build/artifacts/rootfs.ext4."""
+        return {
+            "actions": [action("image", image.build_image, config, run)],
+            "file_dep": [layout.modules_sha256, layout.kmod_sha256, *image.image_inputs(config)],
+            "uptodate": [unchanged(config.digest("image"), image, records),
+                         has_record(ImageRecord, config)],
+            "targets": [layout.rootfs, layout.image_json, layout.dockerfile],
+            "clean": [remover(layout.image_work, layout.rootfs, layout.image_json,
+                              layout.dockerfile)],
+        }
+
+    def task_build():
+        """Everything up to a bootable guest, then reproducer.sh from the build's records."""
+        return {
+            "actions": [action("reproducer", reproducer.write, config, run)],
+            "task_dep": list(BUILD_TASKS),
+            "file_dep": [records.path(cls, layout) for cls in reproducer.RECORDS]
+                        + [layout.dockerfile],
+            "uptodate": [unchanged(None, reproducer)],
+            "targets": [layout.reproducer],
+            "clean": [remover(layout.reproducer)],
+        }
+
+    def task_boot():
+        """Boot the guest under QEMU and run the boot checks; results in build/results/."""
+        return {
+            "actions": [action("boot", guest.boot_checks, config, run)],
+            "task_dep": ["kernel", "kmod", "image"],
+            "verbosity": 2,
+        }
+
+    def task_test():
+        """Boot the guest and run the suite (boot.suite); JUnit, JSON, KTAP in build/results/."""
+        return {
+            "actions": [action("test", guest.test_suite, config, run)],
+            "task_dep": ["kernel", "kmod", "image"],
+            "verbosity": 2,
+        }
+
+    namespace: dict[str, object] = {
+        "DOIT_CONFIG": {
+            "default_tasks": ["build"],
+            "backend": "sqlite3",
+            "dep_file": str(layout.doit_db),
+            "verbosity": 2,
+        },
+    }
+    for name in TASKS:
+        namespace[f"task_{name}"] = locals()[f"task_{name}"]
+    return namespace

@@ -9,6 +9,18 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publishable(tmp: str) -> None:
+    # mkstemp makes 0600 files; results and records are read by CI jobs
+    # running as other users, so they get what a plain open() would give.
+    os.chmod(tmp, 0o666 & ~_umask())
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` so readers see the old or the new file, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -16,6 +28,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        _publishable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -23,6 +36,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_copy(src: Path, dest: Path) -> None:
+    """Copy `src` to `dest` (mode and times kept) so readers never see half a file."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
     os.close(fd)

@@ -29,11 +29,11 @@ def pipeline(*args: str) -> subprocess.CompletedProcess:
 
 
 def results(s: settings.Settings) -> dict:
-    return json.loads((s.results_dir / "results.json").read_text())
+    return json.loads((s.layout.results / "results.json").read_text())
 
 
 def qemu_running(s: settings.Settings) -> bool:
-    return subprocess.run(["pgrep", "-f", str(s.results_dir / "ktap.log")],
+    return subprocess.run(["pgrep", "-f", str(s.layout.results / "ktap.log")],
                           capture_output=True).returncode == 0
 
 
@@ -46,9 +46,9 @@ def test_boot_checks_pass(kernel_build):
     # Under TCG with -cpu max the guest has SVM: nothing may be skipped.
     assert data["counts"] == {"passed": 5, "failed": 0, "skipped": 0, "todo": 0,
                               "crashed": 0, "errors": 0}
-    suite = ET.parse(kernel_build.results_dir / "junit.xml").getroot().find("testsuite")
+    suite = ET.parse(kernel_build.layout.results / "junit.xml").getroot().find("testsuite")
     assert suite.get("tests") == "5" and suite.get("failures") == "0"
-    assert "ok 5 kvm_guest_hlt" in (kernel_build.results_dir / "ktap.log").read_text()
+    assert "ok 5 kvm_guest_hlt" in (kernel_build.layout.results / "ktap.log").read_text()
     assert "boot.kvm_guest_hlt" in proc.stdout  # the summary table
 
 
@@ -84,17 +84,17 @@ def test_dry_run_prints_the_command(kernel_build):
 
 def test_image_conversion_is_deterministic(kernel_build):
     """Rebuilding the image (engine cache warm) gives the identical rootfs.ext4."""
-    first = json.loads((kernel_build.artifacts_dir / "image.json").read_text())
+    first = json.loads((kernel_build.layout.artifacts / "image.json").read_text())
     subprocess.run([sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"), "forget",
                     "image", f"paths.build={E2E_BUILD}"], cwd=ROOT, check=True,
                    capture_output=True)
     proc = subprocess.run([sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"), "image",
                            f"paths.build={E2E_BUILD}"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:]
-    second = json.loads((kernel_build.artifacts_dir / "image.json").read_text())
+    second = json.loads((kernel_build.layout.artifacts / "image.json").read_text())
     assert second["rootfs_sha256"] == first["rootfs_sha256"]
     assert second["base"]["digest"].startswith("sha256:")
-    fsck = subprocess.run(["e2fsck", "-fn", str(kernel_build.artifacts_dir / "rootfs.ext4")],
+    fsck = subprocess.run(["e2fsck", "-fn", str(kernel_build.layout.artifacts / "rootfs.ext4")],
                           capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout
 
@@ -131,7 +131,7 @@ def test_base_image_from_a_registry(kernel_build, local_registry, tmp_path):
     build = tmp_path / "b"
     (build / "artifacts").mkdir(parents=True)
     for name in ("kernel.json", "kernel.config", "modules"):
-        src = kernel_build.artifacts_dir / name
+        src = kernel_build.layout.artifacts / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, build / "artifacts" / name)
     s = settings.load(ROOT, {"paths.build": str(build), "image.base": pushed})
     record = image.build_image(s)
@@ -143,7 +143,7 @@ def test_base_image_from_a_registry(kernel_build, local_registry, tmp_path):
 def test_missing_registry_image_is_a_clear_error(kernel_build, local_registry):
     s = settings.load(ROOT, {"paths.build": E2E_BUILD,
                              "image.base": f"{local_registry}/nothing:here"})
-    with pytest.raises(image.ImageError, match=r"cannot pull image\.base"):
+    with pytest.raises(image.BaseImageError, match=r"cannot pull image\.base"):
         image.ensure_base(docker.from_env(), s)
 
 

@@ -44,11 +44,11 @@ def preempt_count_updates(ko, function: str) -> dict[str, int]:
 
 
 def kvm_module(s: settings.Settings, name: str):
-    return s.artifacts_dir / "modules" / "kernel" / "arch" / "x86" / "kvm" / name
+    return s.layout.artifacts / "modules" / "kernel" / "arch" / "x86" / "kvm" / name
 
 
 def test_artifacts(kernel_build):
-    art = kernel_build.artifacts_dir
+    art = kernel_build.layout.artifacts
     assert (art / "bzImage").stat().st_size > 500_000
     meta = json.loads((art / "kernel.json").read_text())
     assert meta["source"]["identity"]["package"] == "linux-source-6.12"
@@ -66,7 +66,7 @@ def test_artifacts(kernel_build):
 
 
 def test_default_config_has_no_preempt_count(kernel_build):
-    final = kconfig.parse_config((kernel_build.artifacts_dir / "kernel.config").read_text())
+    final = kconfig.parse_config((kernel_build.layout.artifacts / "kernel.config").read_text())
     assert final.get("CONFIG_PREEMPT_NONE") == "y"
     assert final.get("CONFIG_PREEMPT_COUNT") is None
     assert final.get("CONFIG_PREEMPT_DYNAMIC") is None
@@ -95,7 +95,7 @@ def test_patch_is_active_in_kvm_ko_and_absent_without_it(kernel_build):
         compiled = re.findall(r"^\s+CC(?: \[M\])?\s+(\S+)", proc.stdout, re.M)
         assert compiled and all("kvm" in path for path in compiled), compiled
         assert preempt_count_updates(kvm, RUN_FUNCTION) == {}
-        meta = json.loads((kernel_build.artifacts_dir / "kernel.json").read_text())
+        meta = json.loads((kernel_build.layout.artifacts / "kernel.json").read_text())
         assert meta["patches"]["patches"] == []
     finally:
         proc = doit("build", f"paths.build={E2E_BUILD}")
@@ -106,7 +106,7 @@ def test_patch_is_active_in_kvm_ko_and_absent_without_it(kernel_build):
 def test_fragment_change_reconfigures_and_rebuilds(kernel_build, tmp_path):
     extra = tmp_path / "extra.config"
     extra.write_text("CONFIG_MAGIC_SYSRQ=y\n")
-    config = kernel_build.artifacts_dir / "kernel.config"
+    config = kernel_build.layout.artifacts / "kernel.config"
     try:
         proc = doit("kernel", f"paths.build={E2E_BUILD}", f"kernel.fragments={extra}")
         assert tasks_run(proc) == ["config", "kernel"]
@@ -128,10 +128,10 @@ def test_virtio_pci_without_virtio_menu_is_caught(kernel_build, tmp_path):
     build = tmp_path / "b"
     build.mkdir()
     # Borrow the shared fetched tree; configure writes only into its own kbuild dir.
-    (build / "src").symlink_to(kernel_build.tree_dir.parent)
+    (build / "src").symlink_to(kernel_build.layout.tree.parent)
     s = settings.load(ROOT, {"paths.build": str(build), "kernel.fragments": str(frag)})
     with pytest.raises(ConfigError) as err:
         kconfig.configure(s)
     assert "CONFIG_VIRTIO_PCI=y (from kconfig/guest.config) came out as CONFIG_VIRTIO_PCI unset" \
         in str(err.value)
-    assert not (s.kbuild_dir / ".config").exists()  # no half-made step left behind
+    assert not (s.layout.kbuild / ".config").exists()  # no half-made step left behind

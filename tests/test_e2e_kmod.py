@@ -23,21 +23,21 @@ KMOD_SOURCES = sorted(p for p in (ROOT / "kmod").iterdir()
 
 @pytest.mark.parametrize("source", KMOD_SOURCES, ids=lambda p: p.name)
 def test_checkpatch_strict_clean(kernel_build, source):
-    checkpatch = kernel_build.tree_dir / "scripts" / "checkpatch.pl"
+    checkpatch = kernel_build.layout.tree / "scripts" / "checkpatch.pl"
     proc = subprocess.run(["perl", str(checkpatch), "--strict", "--no-tree", "-f", str(source)],
                           capture_output=True, text=True)
     assert "total: 0 errors, 0 warnings, 0 checks" in proc.stdout, proc.stdout
 
 
 def test_built_with_w1_and_no_warnings(kernel_build):
-    log = (kernel_build.build_dir / "logs" / "kmod.log").read_text()
+    log = (kernel_build.layout.build / "logs" / "kmod.log").read_text()
     assert re.search(r"^\$ .* W=1 modules", log, re.M)
     assert "warning:" not in log.lower()
     for name in ("sched_inject.ko", "inject_target.ko"):
-        ko = kernel_build.artifacts_dir / "kmod" / name
+        ko = kernel_build.layout.artifacts / "kmod" / name
         info = subprocess.run(["modinfo", "-F", "vermagic", str(ko)], capture_output=True,
                               text=True, check=True).stdout
-        release = json.loads((kernel_build.artifacts_dir / "kernel.json").read_text())["release"]
+        release = json.loads((kernel_build.layout.artifacts / "kernel.json").read_text())["release"]
         assert info.startswith(release + " ")
 
 
@@ -51,10 +51,10 @@ def default_suite(kernel_build) -> ktap.Test:
     """`doit test` as a user runs it: every suite of the embedded default, once."""
     proc = run_test()
     assert proc.returncode == 0, proc.stdout[-4000:]
-    results = json.loads((kernel_build.results_dir / "results.json").read_text())
+    results = json.loads((kernel_build.layout.results / "results.json").read_text())
     assert results["outcome"] == "passed" and results["console_findings"] == []
     assert results["counts"]["skipped"] == 0
-    return ktap.parse((kernel_build.results_dir / "ktap.log").read_text().splitlines())
+    return ktap.parse((kernel_build.layout.results / "ktap.log").read_text().splitlines())
 
 
 def case(tree: ktap.Test, dotted: str) -> ktap.Test:
@@ -76,9 +76,9 @@ def number(test: ktap.Test, pattern: str) -> int:
 def test_every_case_passes_and_kunit_reads_the_stream(kernel_build, default_suite):
     leaves = [names for names, test in default_suite.walk() if not test.subtests]
     assert len(leaves) == 15 and default_suite.counts().passed == 15
-    kunit = kernel_build.tree_dir / "tools" / "testing" / "kunit" / "kunit.py"
+    kunit = kernel_build.layout.tree / "tools" / "testing" / "kunit" / "kunit.py"
     parsed = subprocess.run([sys.executable, str(kunit), "parse",
-                             str(kernel_build.results_dir / "ktap.log")],
+                             str(kernel_build.layout.results / "ktap.log")],
                             capture_output=True, text=True)
     assert "Ran 15 tests: passed: 15" in parsed.stdout, parsed.stdout[-2000:]
 
@@ -129,7 +129,7 @@ def test_lifecycle(default_suite):
 def test_emulator_still_has_no_hidden_section(kernel_build):
     """The kvm suite's narrow ranges rest on emulate.c taking no lock, RCU,
     preempt or irq-off section (none would show in preempt_count here)."""
-    emulate = (kernel_build.tree_dir / "arch" / "x86" / "kvm" / "emulate.c").read_text()
+    emulate = (kernel_build.layout.tree / "arch" / "x86" / "kvm" / "emulate.c").read_text()
     hidden = re.findall(r"\b(?:raw_)?(?:spin_lock|read_lock|write_lock|rcu_read_lock|"
                         r"preempt_disable|local_irq_disable|local_irq_save)\w*\s*\(|"
                         r"\bget_cpu\s*\(", emulate)
@@ -150,7 +150,7 @@ def test_what_the_kvm_patch_buys(kernel_build, default_suite, capsys):
         doit("image", f"paths.build={E2E_BUILD}", "patch.enabled=false")
         proc = run_test("patch.enabled=false", "test.cases=kvm.kvm_patch_effect")
         assert proc.returncode == 0, proc.stdout[-4000:]
-        tree = ktap.parse((kernel_build.results_dir / "ktap.log").read_text().splitlines())
+        tree = ktap.parse((kernel_build.layout.results / "ktap.log").read_text().splitlines())
         stock = case(tree, "kvm.kvm_patch_effect")
         assert any(line.startswith("stock KVM, no PREEMPT_COUNT") for line in stock.diagnostics)
         assert number(stock, r"preempt-disabled sections: (\d+)") == 0

@@ -49,7 +49,7 @@ def sections(ko) -> set[str]:
 
 
 def test_debug_kernel_config(debug_build):
-    config = (debug_build.artifacts_dir / "kernel.config").read_text()
+    config = (debug_build.layout.artifacts / "kernel.config").read_text()
     for option in ("CONFIG_PREEMPT_COUNT=y", "CONFIG_PROVE_LOCKING=y", "CONFIG_KASAN=y",
                    "CONFIG_UNWINDER_ORC=y", "CONFIG_MITIGATION_RETHUNK=y",
                    "CONFIG_X86_KERNEL_IBT=y"):
@@ -58,18 +58,18 @@ def test_debug_kernel_config(debug_build):
 
 def test_debug_modules_carry_orc_and_return_sites(debug_build):
     """objtool ran silent (the kmod task fails on any warning) and annotated the modules."""
-    log = (debug_build.build_dir / "logs" / "kmod.log").read_text()
+    log = (debug_build.layout.build / "logs" / "kmod.log").read_text()
     assert "warning" not in log.lower()
-    ko = debug_build.artifacts_dir / "kmod" / "sched_inject.ko"
+    ko = debug_build.layout.artifacts / "kmod" / "sched_inject.ko"
     found = sections(ko)
     assert {".orc_unwind", ".orc_unwind_ip", ".return_sites"} <= found, sorted(found)
 
 
 def test_modules_build_against_linux_6_1(linux61_build):
-    meta = (linux61_build.artifacts_dir / "kernel.json").read_text()
+    meta = (linux61_build.layout.artifacts / "kernel.json").read_text()
     assert '"kernel_version": "6.1.' in meta
     for name in ("sched_inject.ko", "inject_target.ko"):
-        assert (linux61_build.artifacts_dir / "kmod" / name).is_file()
+        assert (linux61_build.layout.artifacts / "kmod" / name).is_file()
 
 
 def test_debug_kernel_runs_every_case_clean(debug_image):
@@ -81,10 +81,10 @@ def test_debug_kernel_runs_every_case_clean(debug_image):
                            "boot.boot_timeout=400", "boot.test_timeout=2400"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:]
-    results = json.loads((debug_image.results_dir / "results.json").read_text())
+    results = json.loads((debug_image.layout.results / "results.json").read_text())
     assert results["console_findings"] == []
     assert results["counts"]["passed"] == 15 and results["counts"]["skipped"] == 0
-    tree = ktap.parse((debug_image.results_dir / "ktap.log").read_text().splitlines())
+    tree = ktap.parse((debug_image.layout.results / "ktap.log").read_text().splitlines())
     diagnostics = {".".join(names): "\n".join(test.diagnostics) for names, test in tree.walk()}
     # The PREEMPT_COUNT side of every kernel-dependent case ran.
     assert "a range over the whole target module is allowed" in \

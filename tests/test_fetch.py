@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import make_tarball
 
-from pipeline import fetch
+from pipeline import records, sources
 from pipeline.errors import SourceError
+from pipeline.records import SourceRecord
+from pipeline.sources import archive
 
 
 def sha(data: bytes) -> str:
@@ -21,10 +23,10 @@ def sha(data: bytes) -> str:
 
 def assert_nothing_left(s):
     """A failed fetch leaves no tree, no staging directory and no cache entry."""
-    assert not s.tree_dir.exists()
-    assert not fetch.record_path(s).exists()
-    assert not list(s.tree_dir.parent.glob(".fetch-*")) if s.tree_dir.parent.exists() else True
-    tarballs = s.cache_dir / "tarballs"
+    assert not s.layout.tree.exists()
+    assert not records.path(SourceRecord, s.layout).exists()
+    assert not list(s.layout.tree.parent.glob(".fetch-*")) if s.layout.tree.parent.exists() else True
+    tarballs = s.layout.cache / "tarballs"
     assert not [p for p in tarballs.glob("*") if not p.name.endswith(".part")] \
         if tarballs.exists() else True
 
@@ -42,16 +44,16 @@ def tarball_settings(make_settings, server, data: bytes, path="/linux-6.12.3.tar
 def test_tarball_fetch_extracts_and_records(make_settings, http_server, tarball):
     http_server.files["/linux-6.12.3.tar.gz"] = tarball
     s = tarball_settings(make_settings, http_server, tarball)
-    assert not fetch.is_current(s)
-    record = fetch.fetch_tree(s)
-    assert record["kernel_version"] == "6.12.3"
-    assert (s.tree_dir / "arch/x86/kvm/x86.c").is_file()
-    assert record["resolved"]["source_date_epoch"] == 1_700_000_000
-    assert json.loads(fetch.record_path(s).read_text())["tree_id"] == record["tree_id"]
-    assert fetch.is_current(s)
+    assert not sources.is_current(s)
+    record = sources.fetch_tree(s)
+    assert record.kernel_version == "6.12.3"
+    assert (s.layout.tree / "arch/x86/kvm/x86.c").is_file()
+    assert record.source_date_epoch == 1_700_000_000
+    assert json.loads(records.path(SourceRecord, s.layout).read_text())["tree_id"] == record.tree_id
+    assert sources.is_current(s)
     # Cached by checksum: a second fetch downloads nothing.
     http_server.requests.clear()
-    fetch.fetch_tree(s)
+    sources.fetch_tree(s)
     assert http_server.requests == []
 
 
@@ -61,21 +63,21 @@ def test_cut_download_resumes_with_range(make_settings, http_server, fake_tree_f
     http_server.files["/linux-6.12.3.tar.gz"] = tarball
     http_server.cut_once.add("/linux-6.12.3.tar.gz")
     s = tarball_settings(make_settings, http_server, tarball)
-    fetch.fetch_tree(s)
+    sources.fetch_tree(s)
     assert len(http_server.requests) == 2
     assert http_server.requests[0][1] is None
     resumed_at = int(http_server.requests[1][1].removeprefix("bytes=").rstrip("-"))
     assert 0 < resumed_at <= len(tarball) // 2
-    assert (s.tree_dir / "Makefile").is_file()
+    assert (s.layout.tree / "Makefile").is_file()
 
 
 def test_partial_file_from_an_earlier_run_is_resumed(make_settings, http_server, tarball):
     http_server.files["/linux-6.12.3.tar.gz"] = tarball
     s = tarball_settings(make_settings, http_server, tarball)
-    cached = fetch._tarball_cache_path(s.cache_dir, s.source)
+    cached = archive.tarball_cache_path(s)
     cached.parent.mkdir(parents=True)
     cached.with_name(cached.name + ".part").write_bytes(tarball[:100])
-    fetch.fetch_tree(s)
+    sources.fetch_tree(s)
     assert http_server.requests == [("/linux-6.12.3.tar.gz", "bytes=100-")]
 
 
@@ -83,15 +85,15 @@ def test_checksum_mismatch_leaves_nothing(make_settings, http_server, tarball):
     http_server.files["/linux-6.12.3.tar.gz"] = tarball[:-10] + b"corrupted!"
     s = tarball_settings(make_settings, http_server, tarball)
     with pytest.raises(SourceError, match=r"checksum mismatch .* expected sha256 .*source\.sha256"):
-        fetch.fetch_tree(s)
+        sources.fetch_tree(s)
     assert_nothing_left(s)
-    assert not list((s.cache_dir / "tarballs").glob("*"))
+    assert not list((s.layout.cache / "tarballs").glob("*"))
 
 
 def test_missing_tarball_is_a_clear_error(make_settings, http_server, tarball):
     s = tarball_settings(make_settings, http_server, tarball)
     with pytest.raises(SourceError, match=r"answered 404 .*source\.url"):
-        fetch.fetch_tree(s)
+        sources.fetch_tree(s)
     assert_nothing_left(s)
 
 
@@ -100,21 +102,21 @@ def test_not_a_kernel_tree_leaves_nothing(make_settings, http_server):
     http_server.files["/linux-6.12.3.tar.gz"] = data
     s = tarball_settings(make_settings, http_server, data)
     with pytest.raises(SourceError, match="not a kernel tree"):
-        fetch.fetch_tree(s)
-    assert not s.tree_dir.exists()
-    assert not list(s.tree_dir.parent.glob(".fetch-*"))
+        sources.fetch_tree(s)
+    assert not s.layout.tree.exists()
+    assert not list(s.layout.tree.parent.glob(".fetch-*"))
 
 
 def test_failed_refetch_keeps_the_previous_tree(make_settings, http_server, tarball):
     http_server.files["/linux-6.12.3.tar.gz"] = tarball
     s = tarball_settings(make_settings, http_server, tarball)
-    first = fetch.fetch_tree(s)
+    first = sources.fetch_tree(s)
     bad = make_settings(**{"source.kind": "tarball", "source.url": http_server.url + "/gone.tgz",
                            "source.sha256": "0" * 64})
     with pytest.raises(SourceError):
-        fetch.fetch_tree(bad)
-    assert (s.tree_dir / "Makefile").is_file()
-    assert json.loads(fetch.record_path(s).read_text())["tree_id"] == first["tree_id"]
+        sources.fetch_tree(bad)
+    assert (s.layout.tree / "Makefile").is_file()
+    assert json.loads(records.path(SourceRecord, s.layout).read_text())["tree_id"] == first.tree_id
 
 
 @pytest.fixture
@@ -144,8 +146,8 @@ def test_signature_checked_on_uncompressed_tar(make_settings, http_server, gpg_k
     s = tarball_settings(make_settings, http_server, data,
                          **{"source.signature_url": http_server.url + "/linux-6.12.3.tar.sign",
                             "source.keyring": str(keyring)})
-    record = fetch.fetch_tree(s)
-    assert record["resolved"]["signature_checked"] is True
+    record = sources.fetch_tree(s)
+    assert record.resolved["signature_checked"] is True
 
 
 def test_bad_signature_leaves_nothing(make_settings, http_server, gpg_key, fake_tree_files):
@@ -157,9 +159,9 @@ def test_bad_signature_leaves_nothing(make_settings, http_server, gpg_key, fake_
                          **{"source.signature_url": http_server.url + "/linux-6.12.3.tar.sign",
                             "source.keyring": str(keyring)})
     with pytest.raises(SourceError, match="PGP signature check failed"):
-        fetch.fetch_tree(s)
+        sources.fetch_tree(s)
     assert_nothing_left(s)
-    assert not list((s.cache_dir / "tarballs").glob("*"))
+    assert not list((s.layout.cache / "tarballs").glob("*"))
 
 
 def test_local_tarball(make_settings, tmp_path, tarball):
@@ -167,7 +169,7 @@ def test_local_tarball(make_settings, tmp_path, tarball):
     path.write_bytes(tarball)
     s = make_settings(**{"source.kind": "local", "source.path": str(path),
                          "source.sha256": sha(tarball)})
-    assert fetch.fetch_tree(s)["kernel_version"] == "6.12.3"
+    assert sources.fetch_tree(s).kernel_version == "6.12.3"
 
 
 def test_local_tarball_checksum_and_missing(make_settings, tmp_path, tarball):
@@ -176,12 +178,12 @@ def test_local_tarball_checksum_and_missing(make_settings, tmp_path, tarball):
     s = make_settings(**{"source.kind": "local", "source.path": str(path),
                          "source.sha256": "1" * 64})
     with pytest.raises(SourceError, match="checksum mismatch"):
-        fetch.fetch_tree(s)
+        sources.fetch_tree(s)
     assert_nothing_left(s)
     s = make_settings(**{"source.kind": "local", "source.path": str(tmp_path / "nope.tgz"),
                          "source.sha256": sha(tarball)})
     with pytest.raises(SourceError, match="does not exist"):
-        fetch.fetch_tree(s)
+        sources.fetch_tree(s)
 
 
 @pytest.fixture
@@ -218,45 +220,45 @@ def git_repo(tmp_path, fake_tree_files) -> tuple[Path, list[str]]:
 def test_git_ref_resolves_and_records_commit(make_settings, git_repo, ref, index, version):
     repo, commits = git_repo
     s = make_settings(**{"source.kind": "git", "source.repo": str(repo), "source.ref": ref})
-    record = fetch.fetch_tree(s)
-    assert record["resolved"]["commit"] == commits[index]
-    assert record["kernel_version"] == version
-    assert record["resolved"]["source_date_epoch"] == 1_700_000_000
-    assert not (s.tree_dir / ".git").exists()
+    record = sources.fetch_tree(s)
+    assert record.resolved["commit"] == commits[index]
+    assert record.kernel_version == version
+    assert record.source_date_epoch == 1_700_000_000
+    assert not (s.layout.tree / ".git").exists()
 
 
 def test_git_fetch_by_full_commit_id(make_settings, git_repo):
     repo, commits = git_repo
     s = make_settings(**{"source.kind": "git", "source.repo": str(repo), "source.ref": commits[0]})
-    assert fetch.fetch_tree(s)["kernel_version"] == "6.12.3"
+    assert sources.fetch_tree(s).kernel_version == "6.12.3"
 
 
 def test_git_moving_ref_makes_the_tree_stale(make_settings, git_repo):
     """Bisect moves HEAD under an unchanged setting: the tree must be fetched again."""
     repo, commits = git_repo
     s = make_settings(**{"source.kind": "git", "source.repo": str(repo), "source.ref": "HEAD"})
-    fetch.fetch_tree(s)
-    assert fetch.is_current(s)
+    sources.fetch_tree(s)
+    assert sources.is_current(s)
     subprocess.run(["git", "-C", str(repo), "checkout", "-q", commits[0]], check=True)
-    assert not fetch.is_current(s)
+    assert not sources.is_current(s)
 
 
 def test_git_missing_ref(make_settings, git_repo):
     repo, _ = git_repo
     s = make_settings(**{"source.kind": "git", "source.repo": str(repo), "source.ref": "v9.9"})
     with pytest.raises(SourceError, match=r"ref 'v9\.9' \(source\.ref\) is not a commit"):
-        fetch.fetch_tree(s)
+        sources.fetch_tree(s)
     assert_nothing_left(s)
 
 
 def test_debian_unknown_version_lists_what_exists(make_settings):
     s = make_settings(**{"source.version": "6.12.0-0-nope"})
     with pytest.raises(SourceError, match=r"version '6\.12\.0-0-nope' .* available: 6\.12\."):
-        fetch.fetch_tree(s)
+        sources.fetch_tree(s)
     assert_nothing_left(s)
 
 
 def test_debian_unknown_package_lists_linux_sources(make_settings):
     s = make_settings(**{"source.package": "linux-source-0.1"})
     with pytest.raises(SourceError, match=r"no package 'linux-source-0\.1' .*linux-source-6\.1"):
-        fetch.fetch_tree(s)
+        sources.fetch_tree(s)

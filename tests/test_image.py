@@ -29,7 +29,12 @@ def test_dockerfile_missing_value_is_an_error():
         image.render_dockerfile(project_settings(), base_image="b", with_kmod=False)
 
 
-def test_unreachable_engine_says_how_to_start_it(monkeypatch):
-    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-    with pytest.raises(EnvironmentProblem, match=r"cannot reach the Docker engine .*scripts/setup"):
+@pytest.mark.parametrize("address", ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:9"])
+def test_docker_host_where_nothing_listens_is_named(monkeypatch, address):
+    """The message names the address tried and does not suggest starting the local dockerd."""
+    monkeypatch.setenv("DOCKER_HOST", address)
+    with pytest.raises(EnvironmentProblem) as failure:
         image.docker_client()
+    message = str(failure.value)
+    assert f"cannot reach the Docker engine at {address}" in message
+    assert "unset DOCKER_HOST" in message and "scripts/setup" not in message

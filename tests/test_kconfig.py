@@ -6,7 +6,7 @@ import pytest
 from conftest import ROOT
 
 from pipeline import kconfig, settings
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, SettingsError
 
 FINAL = """\
 CONFIG_64BIT=y
@@ -33,7 +33,7 @@ def test_parse_config_values_and_unset():
 
 def test_fragment_with_garbage_names_file_and_line(tmp_path):
     bad = fragment(tmp_path, "bad.config", "CONFIG_A=y\nKVM=m\n")
-    with pytest.raises(ConfigError, match=r"bad\.config:2: not a CONFIG_ line"):
+    with pytest.raises(SettingsError, match=r"bad\.config:2: not a CONFIG_ line"):
         kconfig.requested_options([bad])
 
 
@@ -75,10 +75,10 @@ def test_module_requested_but_built_in(tmp_path):
         kconfig.verify(kconfig.requested_options([frag]), {"CONFIG_KVM": "y"}, tmp_path)
 
 
-def test_missing_user_fragment_is_named():
-    s = settings.load(ROOT, {"kernel.fragments": "kconfig/nope.config"})
-    with pytest.raises(ConfigError, match=r"nope\.config does not exist \(kernel\.fragments\)"):
-        kconfig.fragment_paths(s)
+def test_missing_user_fragment_is_a_settings_error():
+    with pytest.raises(SettingsError, match=r"kernel\.fragments .* names 'kconfig/nope\.config', "
+                                            r"which is not a file"):
+        settings.load(ROOT, {"kernel.fragments": "kconfig/nope.config"})
 
 
 @pytest.mark.parametrize("variant", ["default", "debug"])

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, make_tarball
 
-from pipeline import fetch, patch
+from pipeline import patch, records, sources
 from pipeline.errors import PatchError
+from pipeline.records import SeriesRecord
 
 
 def diff(path: str, old: str, new: str) -> str:
@@ -131,17 +131,17 @@ def test_patch_tree_task_records_series(make_settings, tmp_path, fake_tree_files
     (tmp_path / "k.tgz").write_bytes(data)
     s = make_settings(**{"source.kind": "local", "source.path": "k.tgz",
                          "source.sha256": hashlib.sha256(data).hexdigest()})
-    fetch.fetch_tree(s)
+    sources.fetch_tree(s)
     series_dir = tmp_path / "patches/kvm/6.12"
     write_series(series_dir, {p.name: p.read_text() for p in good_series})
     record = patch.patch_tree(s)
-    assert record["series"] == "patches/kvm/6.12/series"
-    assert record["patches"] == ["0001-x86.patch", "0002-main.patch"]
-    assert json.loads(patch.stamp_path(s).read_text()) == record
+    assert record.series == "patches/kvm/6.12/series"
+    assert record.patches == ("0001-x86.patch", "0002-main.patch")
+    assert records.load(SeriesRecord, s.layout) == record
     s_off = make_settings(**{"source.kind": "local", "source.path": "k.tgz",
                              "source.sha256": s.source.sha256, "patch.enabled": "false"})
-    assert patch.patch_tree(s_off)["patches"] == []
-    assert (s.tree_dir / "arch/x86/kvm/x86.c").read_text() == fake_tree_files["arch/x86/kvm/x86.c"]
+    assert patch.patch_tree(s_off).patches == ()
+    assert (s.layout.tree / "arch/x86/kvm/x86.c").read_text() == fake_tree_files["arch/x86/kvm/x86.c"]
 
 
 def test_shipped_series_are_well_formed():

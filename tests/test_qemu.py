@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import boot, qemu, settings
+from pipeline import guest, qemu, settings
 from pipeline.errors import UserError
 from pipeline.qemu import ACCELERATORS
 from pipeline.results import Outcome, RunReport
@@ -22,7 +22,7 @@ from pipeline.results import Outcome, RunReport
 
 def test_argv_is_assembled_from_parts(make_settings):
     s = make_settings()
-    argv = boot.qemu_command(s, ACCELERATORS["tcg"], "boot").argv()
+    argv = guest.qemu_command(s, ACCELERATORS["tcg"], "boot").argv()
     assert argv[0] == "qemu-system-x86_64"
     assert "-no-reboot" in argv
     assert argv[argv.index("-accel") + 1] == "tcg"
@@ -34,14 +34,14 @@ def test_argv_is_assembled_from_parts(make_settings):
     ports = [a for a in argv if a.startswith("virtserialport")]
     assert ports == ["virtserialport,chardev=ktap,name=ktap",
                      "virtserialport,chardev=status,name=status"]
-    assert f"file,id=ktap,path={s.results_dir / 'ktap.log'}" in argv
+    assert f"file,id=ktap,path={s.layout.results / 'ktap.log'}" in argv
 
 
 def test_settings_reach_the_argv(make_settings):
     s = make_settings(**{"boot.memory_mb": "2048", "boot.smp": "4",
                          "boot.cmdline": "loglevel=8 pipeline.fault=hang",
                          "test.kvm_seconds": "7", "test.cases": "kvm.*effect"})
-    argv = boot.qemu_command(s, ACCELERATORS["kvm"], "inject").argv()
+    argv = guest.qemu_command(s, ACCELERATORS["kvm"], "inject").argv()
     assert argv[argv.index("-m") + 1] == "2048"
     assert argv[argv.index("-smp") + 1] == "4"
     assert argv[argv.index("-cpu") + 1] == "host"
@@ -54,19 +54,19 @@ def test_settings_reach_the_argv(make_settings):
 
 def test_cases_select_suites(make_settings):
     s = make_settings(**{"boot.suite": "smoke,lifecycle,kvm"})
-    assert boot.selected_suites(s) == "smoke,lifecycle,kvm"
+    assert guest.selected_suites(s) == "smoke,lifecycle,kvm"
     s = make_settings(**{"boot.suite": "smoke,lifecycle,kvm",
                          "test.cases": "kvm.kvm_patch_effect,smoke.*rate"})
-    assert boot.selected_suites(s) == "smoke,kvm"  # boot.suite's order
+    assert guest.selected_suites(s) == "smoke,kvm"  # boot.suite's order
     s = make_settings(**{"boot.suite": "smoke,lifecycle", "test.cases": "life*"})
-    assert boot.selected_suites(s) == "lifecycle"
+    assert guest.selected_suites(s) == "lifecycle"
 
 
 def test_cases_naming_no_suite_is_an_error(make_settings):
     s = make_settings(**{"boot.suite": "smoke,lifecycle", "test.cases": "kvm.*"})
     with pytest.raises(UserError, match=r"'kvm\.\*' matches none of the suites in "
                                         r"boot.suite \(smoke, lifecycle\)"):
-        boot.selected_suites(s)
+        guest.selected_suites(s)
 
 
 def fake_qemu(tmp_path: Path, body: str) -> str:
@@ -118,18 +118,20 @@ def test_auto_choice_is_cached_per_host(make_settings):
         calls.append(kernel)
         return False, "probe said no"
 
-    first = qemu.choose_accelerator(s, Path("bzImage"), probe=probe)
-    second = qemu.choose_accelerator(s, Path("bzImage"), probe=probe)
+    cache, probe_log = s.layout.accel_verdict, s.layout.results / "kvm-probe.log"
+    first = qemu.choose_accelerator("auto", Path("bzImage"), cache, probe_log, probe=probe)
+    second = qemu.choose_accelerator("auto", Path("bzImage"), cache, probe_log, probe=probe)
     assert first.accel.name == second.accel.name == "tcg"
     assert len(calls) == 1
     assert second.why == "probe said no (cached verdict)"
-    cached = json.loads((s.cache_dir / "accel.json").read_text())
+    cached = json.loads((s.layout.cache / "accel.json").read_text())
     assert cached["accel"] == "tcg"
 
 
 def test_forced_accelerator_skips_probe(make_settings):
     s = make_settings(**{"boot.accel": "kvm"})
-    choice = qemu.choose_accelerator(s, Path("bzImage"), probe=pytest.fail)
+    choice = qemu.choose_accelerator(s.boot.accel, Path("bzImage"), s.layout.accel_verdict,
+                                     s.layout.results / "kvm-probe.log", probe=pytest.fail)
     assert choice.accel.name == "kvm" and choice.why == "boot.accel = kvm"
 
 
@@ -182,15 +184,15 @@ def test_repeat_summarises_each_case_and_raises_the_first_failure(make_settings,
             "KTAP version 1\n1..1\n    KTAP version 1\n    1..2\n    ok 1 rate\n"
             f"    {verdict} 2 integrity\n{verdict} 1 smoke\n")
         if verdict != "ok":
-            raise boot.RunFailed(Outcome.TEST_FAILURES, "1 failed")
+            raise guest.RunFailed(Outcome.TEST_FAILURES, "1 failed")
         return RunReport(suite=suite, outcome=Outcome.PASSED, why="", accel="tcg",
                          accel_why="", guest_status=0, seconds={})
 
-    monkeypatch.setattr(boot, "run_suite", fake_run)
-    with pytest.raises(boot.RunFailed) as failure:
-        boot.test_suite(s)
+    monkeypatch.setattr(guest, "run_suite", fake_run)
+    with pytest.raises(guest.RunFailed) as failure:
+        guest.test_suite(s)
     assert failure.value.exit_code == Outcome.TEST_FAILURES.value
-    summary = json.loads((s.results_dir / "repeat.json").read_text())
+    summary = json.loads((s.layout.results / "repeat.json").read_text())
     assert summary["outcomes"] == ["passed", "test failures", "passed"]
     assert summary["cases"] == {"smoke.rate": {"passed": 3},
                                 "smoke.integrity": {"passed": 2, "failed": 1}}

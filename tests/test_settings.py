@@ -12,7 +12,7 @@ def test_embedded_default_needs_no_file(tmp_path):
     assert s.source.package == "linux-source-6.12"
     assert s.kernel.variant == "default"
     assert s.patch.enabled is True
-    assert s.build_dir == tmp_path / "build"
+    assert s.layout.build == tmp_path / "build"
 
 
 def test_settings_are_frozen(tmp_path):
@@ -31,11 +31,14 @@ def test_user_file_then_command_line_win(tmp_path):
 
 def test_named_settings_file(tmp_path):
     (tmp_path / "other.toml").write_text('[kernel]\nfragments = ["a.config"]\n')
+    (tmp_path / "a.config").write_text("CONFIG_A=y\n")
     s = settings.load(tmp_path, {"settings": "other.toml"})
     assert s.kernel.fragments == ("a.config",)
 
 
 def test_list_override_is_comma_separated(tmp_path):
+    for name in ("x.config", "y.config"):
+        (tmp_path / name).write_text("CONFIG_A=y\n")
     s = settings.load(tmp_path, {"kernel.fragments": "x.config,y.config"})
     assert s.kernel.fragments == ("x.config", "y.config")
 

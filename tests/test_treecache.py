@@ -11,8 +11,9 @@ import pytest
 from conftest import FAKE_X86_C, make_tarball
 from test_patch import write_series, x86_patch
 
-from pipeline import fetch, patch, treecache
+from pipeline import patch, sources
 from pipeline.errors import SourceError
+from pipeline.sources import treecache
 from pipeline.util import remove_tree
 
 X86_C = "arch/x86/kvm/x86.c"
@@ -34,69 +35,69 @@ def local_source(tmp_path, make_settings, fake_tree_files):
 
 
 def cached_entries(s) -> list[Path]:
-    trees = s.cache_dir / "trees"
+    trees = s.layout.cache / "trees"
     return sorted(p for p in trees.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def test_build_dirs_share_one_extraction(local_source):
     first, second = local_source("build-a"), local_source("build-b")
-    fetch.fetch_tree(first)
-    fetch.fetch_tree(second)
+    sources.fetch_tree(first)
+    sources.fetch_tree(second)
     [entry] = cached_entries(first)
     assert entry.name == first.source.sha256
-    inodes = {(s.tree_dir / X86_C).stat().st_ino for s in (first, second)}
+    inodes = {(s.layout.tree / X86_C).stat().st_ino for s in (first, second)}
     assert inodes == {(entry / X86_C).stat().st_ino}
-    assert (second.tree_dir / X86_C).read_text() == FAKE_X86_C
+    assert (second.layout.tree / X86_C).read_text() == FAKE_X86_C
 
 
 def test_patching_a_linked_tree_leaves_the_cache_pristine(local_source, tmp_path):
     s = local_source("build")
-    fetch.fetch_tree(s)
+    sources.fetch_tree(s)
     [entry] = cached_entries(s)
     one = write_series(tmp_path / "one", {"0001.patch": x86_patch(5, "patched five")})
     two = write_series(tmp_path / "two", {"0001.patch": x86_patch(7, "patched seven")})
-    patch.apply_series(s.tree_dir, one)
-    assert "patched five" in (s.tree_dir / X86_C).read_text()
+    patch.apply_series(s.layout.tree, one)
+    assert "patched five" in (s.layout.tree / X86_C).read_text()
     # A changed series reverts the old one first: both directions replace files.
-    patch.apply_series(s.tree_dir, two)
-    assert "patched seven" in (s.tree_dir / X86_C).read_text()
+    patch.apply_series(s.layout.tree, two)
+    assert "patched seven" in (s.layout.tree / X86_C).read_text()
     assert (entry / X86_C).read_text() == FAKE_X86_C
 
 
 def test_a_write_in_place_is_noticed_and_the_tree_extracted_again(local_source):
     first, second = local_source("build-a"), local_source("build-b")
-    fetch.fetch_tree(first)
+    sources.fetch_tree(first)
     [entry] = cached_entries(first)
     # What vim does to a file with several links: it writes into it.
-    with open(first.tree_dir / X86_C, "r+") as handle:
+    with open(first.layout.tree / X86_C, "r+") as handle:
         handle.write("edited in place\n")
     assert (entry / X86_C).read_text().startswith("edited in place")
-    fetch.fetch_tree(second)
-    assert (second.tree_dir / X86_C).read_text() == FAKE_X86_C
+    sources.fetch_tree(second)
+    assert (second.layout.tree / X86_C).read_text() == FAKE_X86_C
     assert (entry / X86_C).read_text() == FAKE_X86_C
     # The first build dir keeps its edited file; it is no longer the cache's.
-    assert (first.tree_dir / X86_C).read_text().startswith("edited in place")
+    assert (first.layout.tree / X86_C).read_text().startswith("edited in place")
 
 
 def test_an_interrupted_fill_is_cleaned_up(local_source):
     s = local_source("build")
-    trees = s.cache_dir / "trees"
+    trees = s.layout.cache / "trees"
     # What Ctrl-C during a fill can leave: a half-extracted partial directory,
     # or (between the rename and nothing else) an entry whose stamp is gone.
     (trees / ".partial-x1" / "arch").mkdir(parents=True)
     (trees / s.source.sha256 / "arch").mkdir(parents=True)
-    fetch.fetch_tree(s)
+    sources.fetch_tree(s)
     assert not list(trees.glob(".partial-*"))
     assert (trees / s.source.sha256 / X86_C).read_text() == FAKE_X86_C
-    assert (s.tree_dir / X86_C).read_text() == FAKE_X86_C
+    assert (s.layout.tree / X86_C).read_text() == FAKE_X86_C
 
 
 def test_a_tree_that_is_not_a_kernel_is_not_cached(local_source):
     s = local_source("build", {"README": "not a kernel\n"})
     with pytest.raises(SourceError, match="no top-level Makefile"):
-        fetch.fetch_tree(s)
+        sources.fetch_tree(s)
     assert cached_entries(s) == []
-    assert not list((s.cache_dir / "trees").glob("*.filled"))
+    assert not list((s.layout.cache / "trees").glob("*.filled"))
 
 
 def test_an_archive_dated_in_the_future_is_extracted_without_the_cache(local_source):
@@ -104,37 +105,37 @@ def test_an_archive_dated_in_the_future_is_extracted_without_the_cache(local_sou
     ten_years_ahead = int(time.time()) + 10 * 365 * 86400
     for build in ("build-a", "build-b"):
         s = local_source(build, mtime=ten_years_ahead)
-        fetch.fetch_tree(s)
-        assert (s.tree_dir / X86_C).read_text() == FAKE_X86_C
+        sources.fetch_tree(s)
+        assert (s.layout.tree / X86_C).read_text() == FAKE_X86_C
         assert cached_entries(s) == []
-        assert not list((s.cache_dir / "trees").glob(".partial-*"))
-        assert not list((s.cache_dir / "trees").glob("*.filled"))
+        assert not list((s.layout.cache / "trees").glob(".partial-*"))
+        assert not list((s.layout.cache / "trees").glob("*.filled"))
 
 
 def test_least_recently_used_trees_are_evicted(local_source, fake_tree_files):
     builds = [local_source(f"build-{n}", {**fake_tree_files, "n": str(n)})
               for n in range(treecache.KEEP + 1)]
     for age, s in enumerate(builds):
-        fetch.fetch_tree(s)
-        os.utime(s.cache_dir / "trees" / s.source.sha256, (age, age))  # used in this order
+        sources.fetch_tree(s)
+        os.utime(s.layout.cache / "trees" / s.source.sha256, (age, age))  # used in this order
     kept = {p.name for p in cached_entries(builds[0])}
     assert kept == {s.source.sha256 for s in builds[1:]}
     # A build dir whose tree was evicted keeps its files.
-    assert (builds[0].tree_dir / X86_C).read_text() == FAKE_X86_C
+    assert (builds[0].layout.tree / X86_C).read_text() == FAKE_X86_C
 
 
 def test_another_filesystem_gets_a_plain_extraction(local_source, make_settings):
     shm = Path("/dev/shm")
     s = local_source("build")
-    s.build_dir.mkdir(parents=True)
-    if not shm.is_dir() or shm.stat().st_dev == s.build_dir.stat().st_dev:
+    s.layout.build.mkdir(parents=True)
+    if not shm.is_dir() or shm.stat().st_dev == s.layout.build.stat().st_dev:
         pytest.skip("needs /dev/shm on a filesystem other than the build dir's")
     cache = shm / f"pipeline-test-{os.getpid()}"
     try:
         s = make_settings(**{"source.kind": "local", "source.path": s.source.path,
                              "source.sha256": s.source.sha256, "paths.cache": str(cache)})
-        fetch.fetch_tree(s)
-        assert (s.tree_dir / X86_C).read_text() == FAKE_X86_C
+        sources.fetch_tree(s)
+        assert (s.layout.tree / X86_C).read_text() == FAKE_X86_C
         assert cached_entries(s) == []
     finally:
         remove_tree(cache)

@@ -1,4 +1,5 @@
-"""Boot the guest, run a suite in it, bring the results back (tasks `boot`, `test`).
+"""The guest run (tasks `boot`, `test`): kernel command line, case selection, the
+run itself and the repeat summary.  QEMU's process handling is in `qemu`.
 
 The guest's init runs the suite named on the kernel command line; KTAP comes
 back on the "ktap" virtio-serial port and the suite's exit status on the
@@ -14,10 +15,11 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import console, ktap, qemu
-from .errors import PipelineError, UserError
+from .errors import MissingStepError, PipelineError, UserError
 from .results import Outcome, RunReport, classify_outcome, summary, write_json, write_junit
 from .settings import Settings
 from .util import atomic_write_text, remove_tree
@@ -64,16 +66,33 @@ def selected_suites(settings: Settings) -> str:
 
 def qemu_command(settings: Settings, accel: qemu.Accelerator, suite: str,
                  extra: tuple[str, ...] = (), results: Path | None = None) -> qemu.QemuCommand:
-    results = results or settings.results_dir
+    layout = settings.layout
+    results = results or layout.results
     return qemu.QemuCommand(
         accel=accel,
-        kernel=settings.artifacts_dir / "bzImage",
+        kernel=layout.bzimage,
         cmdline=kernel_cmdline(settings, suite, extra),
         memory_mb=settings.boot.memory_mb,
         smp=settings.boot.smp,
-        root_disk=settings.artifacts_dir / "rootfs.ext4",
+        root_disk=layout.rootfs,
         ports={"ktap": results / "ktap.log", "status": results / "status"},
     )
+
+
+def port_lines(path: Path) -> Iterator[str]:
+    """The lines of a virtio-serial port's host file (empty if it was never written)."""
+    try:
+        with open(path, errors="replace") as handle:
+            for line in handle:
+                yield line.rstrip("\r\n")
+    except FileNotFoundError:
+        return
+
+
+def accelerator(settings: Settings) -> qemu.Choice:
+    layout = settings.layout
+    return qemu.choose_accelerator(settings.boot.accel, layout.bzimage, layout.accel_verdict,
+                                   layout.results / "kvm-probe.log")
 
 
 def _guest_status(path: Path) -> int | None:
@@ -93,16 +112,17 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
               results: Path | None = None) -> RunReport:
     """Boot, run `suite`, write results (to `results`, by default
     build/results/); raise RunFailed unless it passed."""
-    for name in ("bzImage", "rootfs.ext4"):
-        if not (settings.artifacts_dir / name).exists():
-            raise UserError(f"{settings.artifacts_dir / name} is missing: run `doit build` first")
-    results = results or settings.results_dir
+    layout = settings.layout
+    for artifact in (layout.bzimage, layout.rootfs):
+        if not artifact.exists():
+            raise MissingStepError(str(artifact), "build")
+    results = results or layout.results
     results.mkdir(parents=True, exist_ok=True)
     for name in RESULT_FILES:
         remove_tree(results / name)  # no stale result may pass for this run's
 
     started = time.monotonic()
-    choice = qemu.choose_accelerator(settings, settings.artifacts_dir / "bzImage")
+    choice = accelerator(settings)
     log.info("accelerator: %s (%s)", choice.accel.name, choice.why)
     argv = qemu_command(settings, choice.accel, suite, extra_cmdline, results).argv()
     run = qemu.stream(argv, results / "console.log",
@@ -110,7 +130,7 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
                       marker_deadline=settings.boot.boot_timeout, on_line=_show)
 
     findings = console.classify(run.lines)
-    tree = ktap.parse(qemu.iter_lines(results / "ktap.log"), name=suite)
+    tree = ktap.parse(port_lines(results / "ktap.log"), name=suite)
     guest_status = _guest_status(results / "status")
     started_kernel = any("Linux version" in line for line in run.lines)
     outcome, why = classify_outcome(kernel_started=started_kernel, timed_out=run.timed_out,
@@ -152,7 +172,7 @@ def repeat_suite(settings: Settings, suite: str, times: int) -> RunReport:
     Every run goes on after a failed one; the first failure is raised at
     the end, so the exit code says how the first bad run went.
     """
-    results = settings.results_dir
+    results = settings.layout.results
     remove_tree(results)
     runs: list[tuple[RunReport | None, RunFailed | None]] = []
     for number in range(1, times + 1):
@@ -163,7 +183,7 @@ def repeat_suite(settings: Settings, suite: str, times: int) -> RunReport:
             runs.append((None, failure))
     per_case: dict[str, Counter[str]] = {}
     for number in range(1, times + 1):
-        tree = ktap.parse(qemu.iter_lines(results / f"run-{number}" / "ktap.log"), name=suite)
+        tree = ktap.parse(port_lines(results / f"run-{number}" / "ktap.log"), name=suite)
         for names, test in tree.walk():
             if not test.subtests:
                 per_case.setdefault(".".join(names), Counter())[test.status.value] += 1
@@ -189,7 +209,7 @@ def run_or_print(settings: Settings, suite: str) -> RunReport | None:
     if not settings.boot.dry_run:
         return run_suite(settings, suite)
     # A dry run: the command line a human can read or paste.
-    choice = qemu.choose_accelerator(settings, settings.artifacts_dir / "bzImage")
+    choice = accelerator(settings)
     print(f"# accelerator {choice.accel.name}: {choice.why}")
     print(qemu_command(settings, choice.accel, suite).shell())
     return None

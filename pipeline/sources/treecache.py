@@ -34,8 +34,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from . import commands
-from .util import remove_tree
+from .. import commands
+from ..errors import CommandError, SourceError
+from ..util import remove_tree
+from .version import kernel_version
 
 log = logging.getLogger("pipeline")
 
@@ -87,7 +89,7 @@ def _extract_checked(archive: Path, trees: Path, stamp: Path,
     partial = Path(tempfile.mkdtemp(dir=trees, prefix=".partial-"))
     partial.chmod(0o755)  # not mkdtemp's 0700: `cp -a` gives each src/linux this mode
     try:
-        commands.run(extract_argv(archive, partial))
+        extract(archive, partial)
         check(partial)  # a tree that is no use must not become a cache entry
     except BaseException:
         remove_tree(partial)
@@ -106,18 +108,25 @@ def _evict(trees: Path, keep: Path) -> None:
             old.with_suffix(".filled").unlink(missing_ok=True)
 
 
-def populate(archive: Path, sha256: str, dest: Path, cache_dir: Path,
-             check: Callable[[Path], object]) -> None:
+def extract(archive: Path, dest: Path) -> None:
+    try:
+        commands.run(extract_argv(archive, dest))
+    except CommandError as exc:
+        raise SourceError(f"{archive} cannot be extracted (a corrupt or not a tar "
+                          f"archive?):\n{exc.output_tail}") from None
+
+
+def populate(archive: Path, sha256: str, dest: Path, trees: Path,
+             check: Callable[[Path], object] = kernel_version) -> None:
     """Fill the empty directory `dest` with the tree in `archive`, whose sha256 is known.
 
-    `check(tree)` raises for a tree that must not be cached.
+    `trees` is the cache; `check(tree)` raises for a tree that must not be cached.
     """
-    trees = cache_dir / "trees"
     trees.mkdir(parents=True, exist_ok=True)
     if os.stat(trees).st_dev != os.stat(dest).st_dev:
         log.info("%s and %s are on different filesystems, so the tree cannot be hard-linked "
                  "from the cache; extracting it", trees, dest)
-        commands.run(extract_argv(archive, dest))
+        extract(archive, dest)
         return
     entry = trees / sha256
     stamp = entry.with_suffix(".filled")
@@ -138,7 +147,6 @@ def populate(archive: Path, sha256: str, dest: Path, cache_dir: Path,
             os.replace(tree, entry)
         else:
             log.info("tree of %s from the cache %s", archive.name, entry)
-            commands.note(f"# {entry} holds: {commands.quote(extract_argv(archive, entry))}")
         commands.run(["cp", "-al", f"{entry}/.", dest])
         os.utime(entry)  # most recently used
         _evict(trees, entry)

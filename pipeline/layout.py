@@ -1,0 +1,198 @@
+"""Where every file lives: the build dir, the download cache, the project's inputs.
+
+This is the only module that joins path pieces for them; a stage asks its
+Layout.  The build dir:
+
+    src/linux/          the kernel tree (hard links into the tree cache)
+    kbuild/             make O=: objects, .config
+    kmod/               a fresh copy of the project's kmod/, built with M=
+    records/            each stage's record (source, series, config, kmod)
+    logs/               one log per long step, holding its latest run
+    image/              the Docker build context and its log
+    artifacts/          what a user takes away (see `artifacts_*` below)
+    results/            the latest guest run
+    .doit.db            doit's dependency database
+
+`src/linux` and `kmod` must stay where they are relative to `kbuild`: the
+kernel writes source paths relative to its output directory into the objects
+(kvm.ko holds `../src/linux/virt/kvm/kvm_main.c`, inject_target.ko
+`../kmod/inject_target_main.c`), so moving either changes the artifacts'
+bytes.  The reproducer script uses this same layout under its own directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    project: Path  # the checkout: patches/, kconfig/, kmod/, images/
+    build: Path
+    cache: Path
+
+    # ---------------------------------------------------------- the build dir
+
+    @property
+    def src(self) -> Path:
+        return self.build / "src"
+
+    @property
+    def tree(self) -> Path:
+        return self.src / "linux"
+
+    @property
+    def kbuild(self) -> Path:
+        return self.build / "kbuild"
+
+    @property
+    def kernel_config(self) -> Path:
+        """The .config make uses (artifacts_config is its published copy)."""
+        return self.kbuild / ".config"
+
+    @property
+    def kernel_image(self) -> Path:
+        return self.kbuild / "arch" / "x86" / "boot" / "bzImage"
+
+    @property
+    def kmod_work(self) -> Path:
+        return self.build / "kmod"
+
+    @property
+    def records(self) -> Path:
+        return self.build / "records"
+
+    def record(self, stage: str) -> Path:
+        return self.records / f"{stage}.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.build / "logs"
+
+    def log(self, step: str) -> Path:
+        return self.logs / f"{step}.log"
+
+    @property
+    def image_work(self) -> Path:
+        return self.build / "image"
+
+    @property
+    def image_context(self) -> Path:
+        return self.image_work / "context"
+
+    @property
+    def docker_log(self) -> Path:
+        return self.image_work / "docker-build.log"
+
+    @property
+    def results(self) -> Path:
+        return self.build / "results"
+
+    @property
+    def doit_db(self) -> Path:
+        return self.build / ".doit.db"
+
+    # ---------------------------------------------------------- artifacts
+
+    @property
+    def artifacts(self) -> Path:
+        return self.build / "artifacts"
+
+    @property
+    def bzimage(self) -> Path:
+        return self.artifacts / "bzImage"
+
+    @property
+    def system_map(self) -> Path:
+        return self.artifacts / "System.map"
+
+    @property
+    def artifacts_config(self) -> Path:
+        return self.artifacts / "kernel.config"
+
+    @property
+    def modules(self) -> Path:
+        """The guest's /lib/modules/<release>."""
+        return self.artifacts / "modules"
+
+    @property
+    def modules_sha256(self) -> Path:
+        return self.artifacts / "modules.sha256"
+
+    @property
+    def kmod(self) -> Path:
+        return self.artifacts / "kmod"
+
+    @property
+    def kmod_sha256(self) -> Path:
+        return self.artifacts / "kmod.sha256"
+
+    @property
+    def kernel_json(self) -> Path:
+        return self.artifacts / "kernel.json"
+
+    @property
+    def image_json(self) -> Path:
+        return self.artifacts / "image.json"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.artifacts / "rootfs.ext4"
+
+    @property
+    def dockerfile(self) -> Path:
+        """The rendered Dockerfile, kept beside the reproducer that uses it."""
+        return self.artifacts / "Dockerfile"
+
+    @property
+    def reproducer(self) -> Path:
+        return self.artifacts / "reproducer.sh"
+
+    # ---------------------------------------------------------- the cache
+
+    @property
+    def downloads(self) -> Path:
+        return self.cache / "tarballs"
+
+    @property
+    def debian_downloads(self) -> Path:
+        return self.cache / "debian"
+
+    @property
+    def apt_versions(self) -> Path:
+        return self.cache / "apt-versions.json"
+
+    @property
+    def trees(self) -> Path:
+        return self.cache / "trees"
+
+    @property
+    def base_tarballs(self) -> Path:
+        return self.cache / "base"
+
+    @property
+    def ccache(self) -> Path:
+        return self.cache / "ccache"
+
+    @property
+    def accel_verdict(self) -> Path:
+        return self.cache / "accel.json"
+
+    # ---------------------------------------------------------- the project
+
+    @property
+    def series_root(self) -> Path:
+        return self.project / "patches" / "kvm"
+
+    @property
+    def fragments_dir(self) -> Path:
+        return self.project / "kconfig"
+
+    @property
+    def kmod_sources(self) -> Path:
+        return self.project / "kmod"
+
+    @property
+    def images_root(self) -> Path:
+        return self.project / "images"
