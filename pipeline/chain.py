@@ -8,6 +8,7 @@ its own RunState and its own doit dependency file.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from doit.cmd_base import NamespaceTaskLoader
@@ -54,7 +55,11 @@ def run(words: list[str], config: Settings) -> Outcome:
     check_words(words)
     state = tasks.RunState()
     config.layout.build.mkdir(parents=True, exist_ok=True)
-    status = DoitMain(_Loader(tasks.declare(config, state))).run(list(words))
+    namespace = tasks.declare(config, state)
+    # doit's default output stream is the sys.stdout of when doit was imported;
+    # the caller's current one is where a nested or captured run must report.
+    namespace["DOIT_CONFIG"]["outfile"] = sys.stdout
+    status = DoitMain(_Loader(namespace)).run(list(words))
     if state.error is not None:
         return Outcome(state.error.exit_code, state.error)
     # doit: 0 done, 1 a task failed, 2 a task errored, 3 an error before tasks ran.

@@ -66,6 +66,8 @@ def run(
         raise EnvironmentProblem(
             f"{argv[0]} is not installed (needed for: {text}); run scripts/setup"
         ) from exc
+    except OSError as exc:  # e.g. not executable
+        raise EnvironmentProblem(f"cannot run {argv[0]}: {exc.strerror} (for: {text})") from exc
     with contextlib.ExitStack() as stack:
         log_handle = stack.enter_context(open(log_file, "a")) if log_file else None
         if log_handle:

@@ -275,7 +275,11 @@ def build_image(settings: Settings) -> ImageRecord:
         tree = Path(tmp) / "rootfs"
         tree.mkdir()
         export_filesystem(client, image_id, tar_path)
-        commands.run(["tar", "-xf", tar_path, "-C", tree, "--numeric-owner"])
+        try:
+            commands.run(["tar", "-xf", tar_path, "-C", tree, "--numeric-owner"])
+        except CommandError as exc:
+            raise EnvironmentProblem(f"cannot unpack the exported image in {tmp} (disk "
+                                     f"full?):\n{exc.output_tail}") from None
         normalise_tree(tree, settings.image.source_date_epoch)
         partial = Path(tmp) / "rootfs.ext4"
         make_ext4(settings, tree, partial)

@@ -140,7 +140,11 @@ def apply_series(tree: Path, patches: list[Path]) -> str:
             f"Refresh it against this kernel in {patch.parent}/"
         ) from None
     # git apply is atomic over all the patches it is given: all land or none.
-    _git_apply(tree, patches)
+    try:
+        _git_apply(tree, patches)
+    except CommandError as exc:
+        raise PatchError(f"the series passed `git apply --check` but did not apply to {tree}; "
+                         f"nothing was applied:\n{exc.output_tail}") from None
     keep = tree / APPLIED_DIR
     keep.mkdir()
     for patch in patches:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .. import commands
-from ..errors import CommandError, SourceError
+from ..errors import CommandError, EnvironmentProblem, SourceError
 from ..util import remove_tree
 from .version import kernel_version
 
@@ -147,6 +147,10 @@ def populate(archive: Path, sha256: str, dest: Path, trees: Path,
             os.replace(tree, entry)
         else:
             log.info("tree of %s from the cache %s", archive.name, entry)
-        commands.run(["cp", "-al", f"{entry}/.", dest])
+        try:
+            commands.run(["cp", "-al", f"{entry}/.", dest])
+        except CommandError as exc:
+            raise EnvironmentProblem(f"cannot link the cached tree into {dest} (disk full?):\n"
+                                     f"{exc.output_tail}") from None
         os.utime(entry)  # most recently used
         _evict(trees, entry)
