@@ -221,6 +221,7 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
             "verbosity": 2,
         },
     }
-    for name in TASKS:
-        namespace[f"task_{name}"] = locals()[f"task_{name}"]
+    creators = (task_fetch, task_patch, task_config, task_kernel, task_kmod, task_image,
+                task_build, task_boot, task_test)
+    namespace.update((creator.__name__, creator) for creator in creators)
     return namespace
