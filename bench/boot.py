@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline import boot, settings  # noqa: E402 - after the path set-up
+from pipeline import guest, settings  # noqa: E402 - after the path set-up
 from pipeline.qemu import ACCELERATORS  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def main() -> None:
     accel = json.loads((s.layout.cache / "accel.json").read_text())["accel"]
     with tempfile.TemporaryDirectory() as tmp:
         bare_ktap = Path(tmp) / "ktap.log"
-        command = boot.qemu_command(s, ACCELERATORS[accel], "boot")
+        command = guest.qemu_command(s, ACCELERATORS[accel], "boot")
         command.ports = {"ktap": bare_ktap, "status": Path(tmp) / "status"}
         bare = command.argv()
         pipeline_times, bare_times = [], []

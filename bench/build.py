@@ -32,7 +32,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from pipeline import treecache  # noqa: E402
+from pipeline import records, settings  # noqa: E402
+from pipeline.records import SourceRecord  # noqa: E402
+from pipeline.sources import treecache  # noqa: E402
 
 BENCH_BUILD = ROOT / "build" / "bench"
 # Where the download cache is warmed: kept until the end, because on a
@@ -67,16 +69,16 @@ def main() -> None:
     cold = timed([*doit, "kernel", *bench_settings], cwd=ROOT)
     noop = timed([*doit, "kernel", *bench_settings], cwd=ROOT)
 
+    layout = settings.load(ROOT, {"paths.build": str(BENCH_BUILD)}).layout
     bare = BENCH_BUILD / "bare"
     bare.mkdir()
-    shutil.copy(BENCH_BUILD / "kbuild" / ".config", bare / ".config")
-    make = ["make", "-C", str(BENCH_BUILD / "src" / "linux"), f"O={bare}", "ARCH=x86_64",
+    shutil.copy(layout.kernel_config, bare / ".config")
+    make = ["make", "-C", str(layout.tree), f"O={bare}", "ARCH=x86_64",
             f"-j{os.cpu_count()}", "bzImage", "modules"]
     bare_seconds = timed(make)
 
     # Last, so the 1.5 GB it writes and deletes cannot slow the other sides.
-    archive = Path(json.loads((BENCH_BUILD / "src" / "fetch.json").read_text())
-                   ["resolved"]["tarball"])
+    archive = Path(records.require(SourceRecord, layout).resolved["tarball"])
     extracted = BENCH_BUILD / "first-extraction"
     extracted.mkdir()
     first_extraction = timed(treecache.extract_argv(archive, extracted))
