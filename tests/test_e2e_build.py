@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 
 import pytest
 from conftest import E2E_BUILD, ROOT, doit, tasks_run
 
-from pipeline import kconfig, settings
+from pipeline import kconfig, records, settings
 from pipeline.errors import ConfigError
+from pipeline.records import SourceRecord
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +101,8 @@ def test_patch_is_active_in_kvm_ko_and_absent_without_it(kernel_build):
         assert meta["patches"]["patches"] == []
     finally:
         proc = doit("build", f"paths.build={E2E_BUILD}")
-    assert tasks_run(proc) == ["patch", "config", "kernel"]
+    # kmod and image stay up to date; the reproducer is rewritten from the new records.
+    assert tasks_run(proc) == ["patch", "config", "kernel", "build"]
     assert preempt_count_updates(kvm, RUN_FUNCTION) == patched
 
 
@@ -127,8 +130,11 @@ def test_virtio_pci_without_virtio_menu_is_caught(kernel_build, tmp_path):
     frag.write_text("# CONFIG_VIRTIO_MENU is not set\n")
     build = tmp_path / "b"
     build.mkdir()
-    # Borrow the shared fetched tree; configure writes only into its own kbuild dir.
+    # Borrow the shared fetched tree and its record; configure writes only into its
+    # own kbuild dir.
     (build / "src").symlink_to(kernel_build.layout.tree.parent)
+    (build / "records").mkdir()
+    shutil.copy(records.path(SourceRecord, kernel_build.layout), build / "records")
     s = settings.load(ROOT, {"paths.build": str(build), "kernel.fragments": str(frag)})
     with pytest.raises(ConfigError) as err:
         kconfig.configure(s)
