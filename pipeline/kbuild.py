@@ -162,7 +162,7 @@ def build_kernel(settings: Settings) -> KernelRecord:
             f"the kernel did not build (full log: {log_file}):\n{exc.output_tail}\n"
             f"command: {exc.argv_text}"
         ) from None
-    write_sha256_list(layout.modules, layout.modules_sha256)
+    module_sha256 = write_sha256_list(layout.modules, layout.modules_sha256)
     atomic_copy(layout.kernel_image, layout.bzimage)
     atomic_copy(layout.kbuild / "System.map", layout.system_map)
     atomic_copy(layout.kernel_config, layout.artifacts_config)
@@ -176,6 +176,7 @@ def build_kernel(settings: Settings) -> KernelRecord:
                  "digest": series.digest},
         config_sha256=config.config_sha256,
         bzImage_sha256=file_sha256(layout.bzimage),
+        module_sha256=module_sha256,
         make_env=make.env(),
         ccache=make.ccache,
         jobs=make.jobs,

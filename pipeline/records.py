@@ -77,6 +77,7 @@ class KernelRecord:
     patches: dict[str, Any]
     config_sha256: str
     bzImage_sha256: str
+    module_sha256: dict[str, str]  # modules/<path> -> sha256, as in modules.sha256
     make_env: dict[str, str]
     ccache: bool
     jobs: int

@@ -226,7 +226,7 @@ def _image(image: ImageRecord, layout: Layout) -> list[str]:
     lines += [
         "step 'image: docker build of the rendered Dockerfile kept beside this script'",
         line(["mkdir", "-p", context]),
-        line(["cp", "-a", PROJECT / "images" / ".", context]),
+        line(["cp", "-a", f"{PROJECT / 'images'}/.", context]),
         line(["find", context, "-name", "*.j2", "-delete"]),
         line(["cp", "-a", layout.modules, context / "modules"]),
         line(["cp", layout.artifacts_config, context / "kernel.config"]),
@@ -252,7 +252,8 @@ def _image(image: ImageRecord, layout: Layout) -> list[str]:
         " |",
         f"\twhile IFS= read -r p; do printf 'sif \"/%s\" ctime @{epoch}\\nsif \"/%s\" atime "
         f"@{epoch}\\n' \"$p\" \"$p\"; done >{word(pin)}",
-        line(["debugfs", "-w", "-f", pin, layout.rootfs], env={"E2FSPROGS_FAKE_TIME": epoch}),
+        line(["debugfs", "-w", "-f", pin, layout.rootfs], env={"E2FSPROGS_FAKE_TIME": epoch})
+        + " >/dev/null",
     ]
     return lines
 
@@ -261,8 +262,9 @@ def _compare(layout: Layout, kernel: KernelRecord, kmod: KmodRecord,
              image: ImageRecord) -> list[str]:
     lines = ["step 'compare with the recorded artifacts'",
              line(["compare", kernel.bzImage_sha256, layout.bzimage])]
+    digests = {**kernel.module_sha256, **kmod.sha256}
     lines += [line(["compare", digest, layout.artifacts / name])
-              for name, digest in sorted(kmod.sha256.items())]
+              for name, digest in sorted(digests.items())]
     lines.append(line(["compare", image.rootfs_sha256, layout.rootfs]))
     lines.append('if [ "$differ" -ne 0 ]; then echo "some artifacts differ" >&2; exit 1; fi')
     return [*lines, 'echo "every artifact is identical to the recorded build"']
