@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * sched_inject: the trampoline's C half, inj_tramp_body(), run by the
+ * injected task itself in process context (sched_inject_tramp.S calls it):
+ * the msleep(), the statistics of the sleeps, and the release of the
+ * pending record the timer callback claimed.
+ */
+#include <linux/atomic.h>
+#include <linux/compiler.h>
+#include <linux/delay.h>
+#include <linux/jiffies.h>
+#include <linux/kprobes.h>
+#include <linux/ktime.h>
+#include <linux/objtool.h>
+#include <linux/smp.h>
+#include <linux/spinlock.h>
+#include <linux/wait.h>
+
+#include "sched_inject.h"
+#include "sched_inject_tramp.h"
+
+static void inj_account_sleep(u64 slept_ns, u64 dispatch_ns)
+{
+	spin_lock(&inj_sleep_lock);
+	if (!inj_sleep_count || slept_ns < inj_sleep_ns_min)
+		inj_sleep_ns_min = slept_ns;
+	if (slept_ns > inj_sleep_ns_max)
+		inj_sleep_ns_max = slept_ns;
+	if (dispatch_ns > inj_dispatch_ns_max)
+		inj_dispatch_ns_max = dispatch_ns;
+	inj_sleep_ns_sum += slept_ns;
+	inj_sleep_count++;
+	spin_unlock(&inj_sleep_lock);
+}
+
+/*
+ * Called by inj_trampoline, on the injected task, with interrupts on and
+ * nothing held.  @index is the number of the entry stub the task came
+ * through, so the record the callback claimed for it.  @ret_slot is the
+ * trampoline's return slot: it gets the interrupted address before the
+ * sleep, so a stack trace of the sleeping task shows where it was.
+ */
+__visible void inj_tramp_body(unsigned long *ret_slot, unsigned long index)
+{
+	struct inj_pending *pending = &inj_pending[index];
+	u64 start;
+
+	*ret_slot = pending->orig_ip;
+	atomic64_inc(&inj_tramp_entries);
+
+	start = ktime_get_ns();
+	/*
+	 * msleep(n) waits for msecs_to_jiffies(n) timer ticks, the first of
+	 * which may come at once (until 6.13 it adds no tick of its own): with
+	 * one tick more, every sleep lasts at least sleep_ms.
+	 */
+	msleep(READ_ONCE(inj_sleep_ms) + jiffies_to_msecs(1));
+	inj_account_sleep(ktime_get_ns() - start, start - pending->fired_ns);
+	if (raw_smp_processor_id() != pending->cpu)
+		atomic64_inc(&inj_migrations);
+	atomic64_inc(&inj_tramp_exits);
+
+	/* Our reads of the record happen before another callback may claim it. */
+	smp_store_release(&pending->task, NULL);
+	/* Last: once inflight drops to zero the module may start unloading. */
+	if (atomic_dec_and_test(&inj_inflight))
+		wake_up(&inj_inflight_wq);
+}
+
+NOKPROBE_SYMBOL(inj_tramp_body);
+
+/* Its frame is not a normal call frame; the frame-pointer unwinder must not try. */
+STACK_FRAME_NON_STANDARD_FP(inj_trampoline);
