@@ -177,7 +177,7 @@ def build_kernel(settings: Settings) -> KernelRecord:
         config_sha256=config.config_sha256,
         bzImage_sha256=file_sha256(layout.bzimage),
         module_sha256=module_sha256,
-        make_env=make.env(),
+        make_env=make.reproducible_env(),
         ccache=make.ccache,
         jobs=make.jobs,
         environment={

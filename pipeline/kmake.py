@@ -31,9 +31,9 @@ class Make:
             argv += ["CC=ccache gcc", "HOSTCC=ccache gcc"]
         return argv + list(targets)
 
-    def env(self) -> dict[str, str]:
+    def reproducible_env(self) -> dict[str, str]:
         """Variables that make the build independent of when, where and by whom it ran."""
-        env = {
+        return {
             "KBUILD_BUILD_TIMESTAMP": time.strftime(
                 "%a %b %d %H:%M:%S UTC %Y", time.gmtime(self.source_date_epoch)),
             "KBUILD_BUILD_USER": "kvm-pipeline",
@@ -42,6 +42,10 @@ class Make:
             "SOURCE_DATE_EPOCH": str(self.source_date_epoch),
             "LC_ALL": "C",
         }
+
+    def env(self) -> dict[str, str]:
+        """The variables every make of the pipeline adds to the environment."""
+        env = self.reproducible_env()
         if self.ccache:
             # Shared by every build dir and kept by `doit clean`; BASEDIR (the build
             # dir holds the tree, kbuild/ and kmod/) makes hits independent of where

@@ -78,9 +78,9 @@ class KernelRecord:
     config_sha256: str
     bzImage_sha256: str
     module_sha256: dict[str, str]  # modules/<path> -> sha256, as in modules.sha256
-    make_env: dict[str, str]
-    ccache: bool
-    jobs: int
+    make_env: dict[str, str]  # the reproducible-builds variables
+    ccache: bool  # how it was built, not what: the bytes are the same either way
+    jobs: int  # the same
     environment: dict[str, Any] = field(default_factory=dict)  # varies: tool versions, host
     seconds: dict[str, float] = field(default_factory=dict)  # varies
 

@@ -276,6 +276,8 @@ def render(settings: Settings) -> str:
                                                    for cls in RECORDS)
     repro = Layout(project=PROJECT, build=OUT, cache=CACHE)
     make = Make(repro, kernel.jobs, kernel.ccache, source.source_date_epoch)
+    # make.env() is the environment every make of the pipeline gets: the
+    # reproducible-builds variables the record holds, plus ccache's place.
     exports = [f"export {name}={word(value)}" for name, value in make.env().items()]
     sections = [
         _header(settings),
