@@ -1,0 +1,80 @@
+# SPDX-License-Identifier: GPL-2.0
+# Helpers for the suites that drive the injector (sched_inject) and its
+# target (inject_target), both kmod/ modules with a debugfs directory each:
+# reading their counters and ranges, the text of a loaded module (where
+# injection ranges come from), loading state, the invariants every injecting
+# case checks, and whether the kernel has PREEMPT_COUNT (what the injector
+# can see).  Sourcing it also defines ktap_before_case (see ktap.sh), so
+# ktap_run unloads both modules before each case, in case a failed one left
+# them behind.
+
+INJ=/sys/kernel/debug/sched_inject
+TGT=/sys/kernel/debug/inject_target
+
+stat_of() {	# stat_of FILE NAME: the value of a "name value" line
+	awk -v name="$2" '$1 == name { print $2 }' "$1"
+}
+
+# range_sum INDEX KEYS: the key=value fields of the injector's ranges line
+# INDEX ("all": every line) whose key matches the regex KEYS, summed.
+range_sum() {
+	awk -v index_="$1" -v keys="^($2)$" '$1 == index_ || index_ == "all" {
+		for (i = 4; i <= NF; i++) if (split($i, kv, "=") == 2 && kv[1] ~ keys) sum += kv[2]
+	} END { print sum + 0 }' "$INJ/ranges"
+}
+
+target_range() {	# target_range NAME: "START END" of an inject_target range
+	awk -v name="$1" '$1 == name { print $2, $3 }' "$TGT/ranges"
+}
+
+loaded() {
+	grep -q "^$1 " /proc/modules
+}
+
+# The text symbols of MODULE, sorted: "address type name" lines.
+module_text() {
+	awk -v tag="[$1]" '$4 == tag && $2 ~ /^[tT]$/ && $3 !~ /^__(pfx|cfi)_/ { print $1, $2, $3 }' \
+		/proc/kallsyms | sort
+}
+
+# "START END" of FUNCTION in MODULE: END is the next symbol's address.
+function_range() {	# function_range MODULE FUNCTION
+	module_text "$1" | awk -v name="$2" '
+		found { print start, $1; exit } $3 == name { start = $1; found = 1 }'
+}
+
+# "START END" from MODULE's first text symbol to its last one's address.
+module_range() {	# module_range MODULE
+	module_text "$1" | awk 'NR == 1 { start = $1 } { last = $1 } END { print start, last }'
+}
+
+# Unload the injector and the target if loaded; true when both are gone.
+unload_all() {
+	! loaded sched_inject || rmmod sched_inject || return 1
+	! loaded inject_target || rmmod inject_target || return 1
+	! loaded sched_inject && ! loaded inject_target
+}
+
+ktap_before_case() {	# ktap_run's hook: whatever a failed case left behind
+	unload_all
+}
+
+# fires must equal injections + would_inject + every skip reason.
+counters_add_up() {
+	awk '$1 == "fires" { fires = $2 }
+	     $1 == "injections" || $1 == "would_inject" || $1 ~ /^skip_/ { sum += $2 }
+	     END { printf "fires %d, injections + would_inject + skips %d\n", fires, sum
+		   exit fires != sum }' "$INJ/stats"
+}
+
+trampoline_balanced() {	# every injection entered the trampoline and left it
+	entries=$(stat_of "$INJ/stats" trampoline_entries)
+	exits=$(stat_of "$INJ/stats" trampoline_exits)
+	injections=$(stat_of "$INJ/stats" injections)
+	echo "injections $injections, trampoline entries $entries, exits $exits"
+	[ "$entries" = "$injections" ] && [ "$exits" = "$injections" ]
+}
+
+preempt_count_kernel() {
+	grep -q '^CONFIG_PREEMPT_COUNT=y' /etc/pipeline/kernel.config
+}

@@ -1,0 +1,82 @@
+# SPDX-License-Identifier: GPL-2.0
+# The KTAP framework of the suites (Documentation/dev-tools/ktap.rst), and
+# nothing else: selecting, running and reporting cases.  Its output is shaped
+# like KUnit's so the kernel's own tools (kunit.py parse) read it: init
+# writes the top-level header and plan, each suite is one top-level test
+# (number KTAP_SUITE_NUMBER) with its cases indented beneath it.
+#
+# A suite sources this file and the helper libraries it uses, defines one
+# shell function per case, case_NAME, each standing on its own (it loads
+# what it needs and leaves nothing loaded), and ends with ktap_run:
+#
+#   . /usr/local/lib/pipeline/ktap.sh
+#   . /usr/local/lib/pipeline/inject.sh
+#   case_NAME() { ...; }
+#   ktap_run SUITE NAME...
+#
+# ktap_run runs the cases PIPELINE_CASES selects (comma-separated globs over
+# SUITE.NAME; a glob without a dot names whole suites; empty selects all).
+# Before each case it calls ktap_before_case, when a suite or library
+# defines it (inject.sh does: it unloads what a failed case left behind),
+# with its output and status ignored.  A case's output becomes diagnostic
+# lines and its exit status the result: 0 ok, KTAP_SKIP (4) skipped with its
+# last output line as the reason, anything else not ok.  ktap_run's own
+# status is 0 when nothing failed.
+
+KTAP_SKIP=4
+
+ktap_selected() {	# ktap_selected SUITE NAME
+	[ -z "$PIPELINE_CASES" ] && return 0
+	old_ifs=$IFS
+	IFS=,
+	for pattern in $PIPELINE_CASES; do
+		case $pattern in
+		*.*) subject="$1.$2" ;;
+		*) subject=$1 ;;
+		esac
+		# shellcheck disable=SC2254
+		case $subject in
+		$pattern) IFS=$old_ifs; return 0 ;;
+		esac
+	done
+	IFS=$old_ifs
+	return 1
+}
+
+ktap_run() {
+	suite=$1
+	shift
+	selected=
+	for name in "$@"; do
+		ktap_selected "$suite" "$name" && selected="$selected $name"
+	done
+	set -- $selected
+	echo "    KTAP version 1"
+	echo "    # Subtest: $suite"
+	echo "    1..$#"
+	number=0
+	failures=0
+	for name in "$@"; do
+		number=$((number + 1))
+		if command -v ktap_before_case >/dev/null; then
+			ktap_before_case >/dev/null 2>&1
+		fi
+		output=$("case_$name" 2>&1)
+		status=$?
+		[ -n "$output" ] && printf '%s\n' "$output" | sed 's/^/    # /'
+		if [ "$status" -eq 0 ]; then
+			echo "    ok $number $name"
+		elif [ "$status" -eq "$KTAP_SKIP" ]; then
+			echo "    ok $number $name # SKIP $(printf '%s\n' "$output" | tail -n 1)"
+		else
+			echo "    not ok $number $name"
+			failures=$((failures + 1))
+		fi
+	done
+	if [ "$failures" -eq 0 ]; then
+		echo "ok ${KTAP_SUITE_NUMBER:-1} $suite"
+	else
+		echo "not ok ${KTAP_SUITE_NUMBER:-1} $suite"
+	fi
+	[ "$failures" -eq 0 ]
+}
