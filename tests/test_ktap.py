@@ -1,5 +1,9 @@
 """The KTAP parser on logs captured from our own guest runs, and on edge cases."""
 
+import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -114,3 +118,147 @@ def test_never_raises(text):
     tree = parse_text(text)
     assert tree.status in (Status.NO_TESTS, Status.CRASHED)
     assert tree.errors
+
+
+# --- per-test durations: "# duration_ms: N" right before a result line
+
+ROOT = Path(__file__).resolve().parent.parent
+LIB = ROOT / "images" / "lib"
+SUITES = ROOT / "images" / "suites"
+DEFAULT_SUITE = ["smoke", "lifecycle", "sections", "kvm"]
+
+
+def test_captured_default_run_has_durations():
+    """A real `doit test` run of the default suites: every case and suite timed."""
+    tree = ktap.parse((GOLDEN / "default-passed.ktap").read_text().splitlines())
+    assert tree.status is Status.PASSED and tree.errors == []
+    assert [s.name for s in tree.subtests] == DEFAULT_SUITE
+    leaves = {".".join(p): t for p, t in tree.walk() if not t.subtests}
+    assert len(leaves) == 15
+    for name, test in leaves.items():
+        assert test.seconds is not None and test.seconds > 0, name
+        assert not any(line.startswith("duration_ms") for line in test.diagnostics), name
+    # smoke.injection_rate injects for 10 s and waits 1 s more; the KVM case runs
+    # its workload 5 s without and 20 s with injection.
+    assert 11 <= leaves["smoke.injection_rate"].seconds < 30
+    assert 25 <= leaves["kvm.kvm_under_injection"].seconds < 90
+    for suite in tree.subtests:
+        cases = sum(t.seconds for t in suite.subtests)
+        assert suite.seconds is not None and cases <= suite.seconds < cases + 5, suite.name
+    assert tree.seconds is None  # init prints no time for the whole stream
+
+
+def test_captured_run_without_durations_has_none():
+    tree = ktap.parse((GOLDEN / "boot-passed.ktap").read_text().splitlines())
+    assert all(t.seconds is None for _, t in tree.walk())
+
+
+def test_duration_lines_become_seconds():
+    tree = parse_text("""\
+KTAP version 1
+1..1
+    KTAP version 1
+    # Subtest: s
+    1..3
+    # duration_ms: 5
+    # output of a
+    # duration_ms: 1230
+    ok 1 a
+    # no svm
+    # duration_ms: 40
+    ok 2 b # SKIP no svm
+    # it broke
+    # duration_ms:7.5
+    not ok 3 c
+# duration_ms: 1300
+not ok 1 s
+""")
+    (suite,) = tree.subtests
+    a, b, c = suite.subtests
+    assert (a.seconds, b.seconds, c.seconds, suite.seconds) == (1.23, 0.04, 0.0075, 1.3)
+    # Only the line right before the result is the time; one before is the case's own.
+    assert a.diagnostics == ["duration_ms: 5", "output of a"]
+    assert (b.status, b.directive, b.diagnostics) == (Status.SKIPPED, "no svm", ["no svm"])
+    assert c.diagnostics == ["it broke"] and suite.diagnostics == []
+    assert tree.errors == []
+
+
+@pytest.mark.parametrize("value", ["", "abc", "-5", "1e3", "12 ms", "0x10", "nan", "inf",
+                                   "1.2.3", "9" * 13, "9" * 5000, "1." + "0" * 7, "١٢"])
+def test_malformed_duration_records_nothing(value):
+    tree = parse_text(f"KTAP version 1\n1..1\n# duration_ms: {value}\nok 1 a\n")
+    (a,) = tree.subtests
+    assert a.seconds is None and a.status is Status.PASSED
+    assert a.diagnostics == [f"duration_ms: {value}".strip()]
+
+
+def test_duration_not_right_before_the_result_is_a_diagnostic():
+    tree = parse_text("KTAP version 1\n1..1\n# duration_ms: 100\n# later output\nok 1 a\n")
+    assert tree.subtests[0].seconds is None
+    assert tree.subtests[0].diagnostics == ["duration_ms: 100", "later output"]
+
+
+# --- the guest's shell library, run here under dash as the guest runs it
+
+
+def run_suite(tmp_path: Path, body: str, env: dict[str, str] | None = None) -> str:
+    dash = shutil.which("dash")
+    if dash is None:
+        pytest.skip("no dash here (the guest's /bin/sh)")
+    script = tmp_path / "suite"
+    script.write_text(f". {LIB / 'ktap.sh'}\n{body}")
+    run = subprocess.run([dash, str(script)], capture_output=True, text=True, timeout=60,
+                         env={"PATH": os.environ["PATH"], **(env or {})}, check=False)
+    return "KTAP version 1\n1..1\n" + run.stdout
+
+
+def test_ktap_run_times_each_case_and_the_suite(tmp_path):
+    hooks = tmp_path / "hooks"
+    text = run_suite(tmp_path, f"""\
+ktap_before_case() {{ echo before >>{hooks}; echo noise; }}
+case_quick() {{ echo hi; }}
+case_slow() {{ sleep 0.3; echo slept; }}
+case_skipped() {{ echo "no svm"; return "$KTAP_SKIP"; }}
+case_broken() {{ echo "it broke"; return 1; }}
+ktap_run demo quick slow skipped broken
+""")
+    assert "    # duration_ms: " in text and "\n# duration_ms: " in text
+    tree = ktap.parse(text.splitlines())
+    assert tree.errors == []
+    (suite,) = tree.subtests
+    quick, slow, skipped, broken = suite.subtests
+    assert [t.status for t in suite.subtests] == [
+        Status.PASSED, Status.PASSED, Status.SKIPPED, Status.FAILED]
+    assert (quick.diagnostics, slow.diagnostics, skipped.directive, broken.diagnostics) == (
+        ["hi"], ["slept"], "no svm", ["it broke"])
+    # /proc/uptime counts centiseconds: a multiple of 10 ms.
+    assert all(t.seconds is not None for t in [*suite.subtests, suite])
+    assert 0.3 <= slow.seconds < 5
+    assert suite.seconds >= sum(t.seconds for t in suite.subtests)
+    assert hooks.read_text() == "before\n" * 4
+
+
+def test_ktap_run_selects_cases_without_a_hook(tmp_path):
+    text = run_suite(tmp_path, "case_a() { :; }\ncase_b() { :; }\nktap_run demo a b\n",
+                     env={"PIPELINE_CASES": "demo.b"})
+    (suite,) = ktap.parse(text.splitlines()).subtests
+    assert [t.name for t in suite.subtests] == ["b"] and suite.status is Status.PASSED
+
+
+def test_suites_source_only_the_libraries():
+    """images/suites/ holds only suites; each sources images/lib/ files that exist."""
+    sourced = set()
+    for suite in SUITES.iterdir():
+        text = suite.read_text()
+        assert text.startswith("#!/bin/sh\n") and os.access(suite, os.X_OK), suite.name
+        libs = re.findall(r"^\. /usr/local/lib/pipeline/(\S+)$", text, re.MULTILINE)
+        assert libs[0] == "ktap.sh" and "ktap_run " in text, suite.name
+        assert all((LIB / lib).is_file() for lib in libs), (suite.name, libs)
+        sourced.update(libs)
+    assert sourced == {p.name for p in LIB.iterdir()}
+    for lib in LIB.iterdir():
+        header = lib.read_text().splitlines()[:3]
+        assert header[0] == "# SPDX-License-Identifier: GPL-2.0" and header[1].startswith("# ")
+    if (dash := shutil.which("dash")) is not None:
+        for path in [*LIB.iterdir(), *SUITES.iterdir()]:
+            subprocess.run([dash, "-n", str(path)], check=True)

@@ -92,3 +92,60 @@ def test_junit_for_failures_and_crash(tmp_path):
 def test_summary_table():
     text = summary(report(Outcome.PASSED, "5 passed"), PASSED_TREE)
     assert "boot.kvm_guest_hlt" in text and "boot: passed (5 passed)" in text
+
+
+# --- per-test durations (the guest's "# duration_ms: N" lines)
+
+DEFAULT_TREE = ktap.parse((GOLDEN / "default-passed.ktap").read_text().splitlines(),
+                          name="smoke,lifecycle,sections,kvm")
+
+
+def test_junit_and_json_carry_the_guests_durations(tmp_path):
+    write_junit(tmp_path / "j.xml", report(Outcome.PASSED), DEFAULT_TREE)
+    suites = ET.parse(tmp_path / "j.xml").getroot()
+    assert [s.get("name") for s in suites] == ["smoke", "lifecycle", "sections", "kvm"]
+    for suite, top in zip(suites, DEFAULT_TREE.subtests, strict=True):
+        assert suite.get("time") == f"{top.seconds:.3f}"
+        for case, leaf in zip(suite, top.subtests, strict=True):
+            assert case.get("name") == leaf.name
+            assert case.get("time") == f"{leaf.seconds:.3f}" and float(case.get("time")) > 0
+    times = {c.get("name"): float(c.get("time")) for s in suites for c in s}
+    assert 11 <= times["injection_rate"] < 30  # 10 s injecting, 1 s for the last sleeper
+
+    write_json(tmp_path / "r.json", report(Outcome.PASSED), DEFAULT_TREE)
+    data = json.loads((tmp_path / "r.json").read_text())["tests"]
+    assert data["seconds"] is None
+    smoke = data["subtests"][0]
+    assert smoke["name"] == "smoke" and smoke["seconds"] == round(DEFAULT_TREE.subtests[0].seconds, 3)
+    rate = smoke["subtests"][0]
+    assert rate["name"] == "injection_rate" and rate["seconds"] == times["injection_rate"]
+    assert not any(d.startswith("duration_ms") for d in rate["diagnostics"])
+
+
+def test_suite_time_falls_back_to_the_sum_of_its_cases(tmp_path):
+    tree = ktap.parse("KTAP version 1\n1..2\n    KTAP version 1\n    # Subtest: s\n    1..2\n"
+                      "    # duration_ms: 1500\n    ok 1 a\n    # duration_ms: 250\n    ok 2 b\n"
+                      "ok 1 s\n    KTAP version 1\n    # Subtest: t\n    1..2\n"
+                      "    # duration_ms: 1500\n    ok 1 a\n    # duration_ms: soon\n    ok 2 b\n"
+                      "ok 2 t\n".splitlines())
+    write_junit(tmp_path / "j.xml", report(Outcome.PASSED), tree)
+    s, t = ET.parse(tmp_path / "j.xml").getroot()
+    assert s.get("time") == "1.750" and [c.get("time") for c in s] == ["1.500", "0.250"]
+    # A case without a (valid) time has none, and its suite's sum is unknown.
+    assert t.get("time") is None and [c.get("time") for c in t] == ["1.500", None]
+
+
+def test_no_durations_no_times(tmp_path):
+    write_junit(tmp_path / "j.xml", report(Outcome.PASSED), PASSED_TREE)
+    suites = ET.parse(tmp_path / "j.xml").getroot()
+    assert all(e.get("time") is None for e in suites.iter())
+    write_json(tmp_path / "r.json", report(Outcome.PASSED), PASSED_TREE)
+    data = json.loads((tmp_path / "r.json").read_text())["tests"]
+    assert data["subtests"][0]["subtests"][0]["seconds"] is None
+
+
+def test_summary_shows_case_times():
+    text = summary(report(Outcome.PASSED), DEFAULT_TREE)
+    rate = DEFAULT_TREE.subtests[0].subtests[0].seconds
+    (line,) = [line for line in text.splitlines() if line.startswith("smoke.injection_rate ")]
+    assert line.split() == ["smoke.injection_rate", f"{rate:.1f}", "passed"]

@@ -22,6 +22,16 @@
 # lines and its exit status the result: 0 ok, KTAP_SKIP (4) skipped with its
 # last output line as the reason, anything else not ok.  ktap_run's own
 # status is 0 when nothing failed.
+#
+# Every result line, a case's and the suite's, is preceded by one diagnostic
+# line at its own indentation with the test's wall time in milliseconds,
+# measured on the guest's monotonic clock (/proc/uptime, centiseconds):
+#
+#       # duration_ms: 10230
+#       ok 1 injection_rate
+#
+# pipeline/ktap.py takes it as the test's duration; KTAP readers that do not
+# know it (kunit.py) keep it as an ordinary diagnostic line.
 
 KTAP_SKIP=4
 
@@ -43,9 +53,23 @@ ktap_selected() {	# ktap_selected SUITE NAME
 	return 1
 }
 
+# ktap_clock: sets ktap_cs to the centiseconds since boot.  /proc/uptime is
+# "SECONDS.CC IDLE"; the 1 put before CC keeps "08" from reading as octal.
+ktap_clock() {
+	read -r ktap_uptime _ </proc/uptime
+	ktap_cs=$((${ktap_uptime%.*} * 100 + 1${ktap_uptime#*.} - 100))
+}
+
+ktap_duration() {	# ktap_duration INDENT START: the line for a test begun at START
+	ktap_clock
+	echo "$1# duration_ms: $(((ktap_cs - $2) * 10))"
+}
+
 ktap_run() {
 	suite=$1
 	shift
+	ktap_clock
+	ktap_suite_start=$ktap_cs
 	selected=
 	for name in "$@"; do
 		ktap_selected "$suite" "$name" && selected="$selected $name"
@@ -61,9 +85,12 @@ ktap_run() {
 		if command -v ktap_before_case >/dev/null; then
 			ktap_before_case >/dev/null 2>&1
 		fi
+		ktap_clock
+		ktap_case_start=$ktap_cs
 		output=$("case_$name" 2>&1)
 		status=$?
 		[ -n "$output" ] && printf '%s\n' "$output" | sed 's/^/    # /'
+		ktap_duration "    " "$ktap_case_start"
 		if [ "$status" -eq 0 ]; then
 			echo "    ok $number $name"
 		elif [ "$status" -eq "$KTAP_SKIP" ]; then
@@ -73,6 +100,7 @@ ktap_run() {
 			failures=$((failures + 1))
 		fi
 	done
+	ktap_duration "" "$ktap_suite_start"
 	if [ "$failures" -eq 0 ]; then
 		echo "ok ${KTAP_SUITE_NUMBER:-1} $suite"
 	else
