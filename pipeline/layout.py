@@ -43,6 +43,15 @@ class Layout:
         return self.src / "linux"
 
     @property
+    def git_dir(self) -> Path:
+        """A git source's objects, kept outside the tree (no .git for setlocalversion)."""
+        return self.src / "linux.git"
+
+    @property
+    def git_index(self) -> Path:
+        return self.src / "linux.index"
+
+    @property
     def kbuild(self) -> Path:
         return self.build / "kbuild"
 

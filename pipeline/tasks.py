@@ -124,7 +124,8 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
             # throw away the kernel build for nothing.
             "uptodate": [lambda: sources.is_current(config)],
             "targets": [record_of(SourceRecord)],
-            "clean": [remover(layout.tree, record_of(SourceRecord))],
+            "clean": [remover(layout.tree, record_of(SourceRecord), layout.git_dir,
+                              layout.git_index)],
         }
 
     def task_patch():
@@ -142,7 +143,9 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
         """Configure: tinyconfig + kconfig/ fragments for the variant, every option verified."""
         return {
             "actions": [action("config", kconfig.configure, config, run)],
-            "file_dep": [record_of(SeriesRecord), *kconfig.fragment_paths(config)],
+            # The source record too: a git tree moved in place keeps its tree id.
+            "file_dep": [record_of(SourceRecord), record_of(SeriesRecord),
+                         *kconfig.fragment_paths(config)],
             "uptodate": [unchanged({"variant": config.kernel.variant,
                                     "fragments": config.kernel.fragments},
                                    kconfig, kmake, records),
@@ -155,7 +158,7 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
         """Build bzImage and modules; publish them in build/artifacts/."""
         return {
             "actions": [action("kernel", kbuild.build_kernel, config, run)],
-            "file_dep": [layout.kernel_config, record_of(SeriesRecord)],
+            "file_dep": [layout.kernel_config, record_of(SourceRecord), record_of(SeriesRecord)],
             "uptodate": [unchanged(None, kbuild, kmake, records),
                          has_record(KernelRecord, config)],
             "targets": [layout.bzimage, layout.kernel_json, layout.modules_sha256],

@@ -262,3 +262,35 @@ def test_debian_unknown_package_lists_linux_sources(make_settings):
     s = make_settings(**{"source.package": "linux-source-0.1"})
     with pytest.raises(SourceError, match=r"no package 'linux-source-0\.1' .*linux-source-6\.1"):
         sources.fetch_tree(s)
+
+
+def test_git_moves_the_tree_in_place(make_settings, git_repo):
+    """Another commit rewrites only what differs (incremental builds), keeps the tree id,
+    and undoes what the patch step did to the tree."""
+    repo, commits = git_repo
+    first = make_settings(**{"source.kind": "git", "source.repo": str(repo),
+                             "source.ref": commits[0]})
+    before = sources.fetch_tree(first)
+    tree = first.layout.tree
+    x86 = tree / "arch/x86/kvm/x86.c"
+    x86_stat = x86.stat()
+    x86.write_text("patched\n")  # what `git apply` does: a new file in its place
+    (tree / "include").mkdir()
+    (tree / "include/new-header.h").write_text("added by a patch\n")
+
+    second = make_settings(**{"source.kind": "git", "source.repo": str(repo),
+                              "source.ref": commits[1]})
+    after = sources.fetch_tree(second)
+    assert after.tree_id == before.tree_id
+    assert after.kernel_version == "6.12.4" and after.resolved["commit"] == commits[1]
+    assert "SUBLEVEL = 4" in (tree / "Makefile").read_text()
+    assert x86.read_text() == (repo / "arch/x86/kvm/x86.c").read_text()
+    assert not (tree / "include").exists()
+    assert not (tree / ".git").exists()
+
+    # Unchanged between the commits and untouched by a patch: not rewritten.
+    sources.fetch_tree(first)
+    x86_stat = x86.stat()
+    sources.fetch_tree(second)
+    assert x86.stat().st_ino == x86_stat.st_ino
+    assert x86.stat().st_mtime_ns == x86_stat.st_mtime_ns

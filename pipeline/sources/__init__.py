@@ -42,13 +42,16 @@ __all__ = ["KINDS", "fetch_tree", "identity", "is_current", "kernel_version"]
 class SourceKind:
     identify: Callable[[Settings], dict]
     fetch: Callable[[Settings, Path], dict]
+    # Moves a tree this kind made to what the settings ask for, in place (None:
+    # it cannot); only changed files are rewritten, so builds stay incremental.
+    update: Callable[[Settings, Path], dict | None] | None = None
 
 
 KINDS = {
     "tarball": SourceKind(archive.identify_tarball, archive.fetch_tarball),
     "debian": SourceKind(debian.identify, debian.fetch),
     "local": SourceKind(archive.identify_local, archive.fetch_local),
-    "git": SourceKind(git.identify, git.fetch),
+    "git": SourceKind(git.identify, git.fetch, git.update),
 }
 
 
@@ -78,15 +81,41 @@ def fetch_tree(settings: Settings) -> SourceRecord:
     kind = KINDS[settings.source.kind]
     started = time.monotonic()
     wanted = identity(settings)
+    previous = records.load(SourceRecord, layout)
+    resolved = None
+    if kind.update and previous and previous.kind == settings.source.kind and tree.is_dir():
+        # The record goes first: a tree moved halfway must not pass for current.
+        records.path(SourceRecord, layout).unlink()
+        resolved = kind.update(settings, tree)
+    if resolved is not None:
+        # Same tree, moved: kbuild/ keeps its objects and make rebuilds what changed.
+        tree_id = previous.tree_id
+    else:
+        resolved = _fetch_fresh(kind, settings, tree)
+        # A new id per extraction: later steps use it to notice a fresh tree even
+        # when the same source was fetched again (e.g. after `doit forget`).
+        tree_id = uuid.uuid4().hex
+    # git gives its commit time; archives keep their files' times, and the
+    # Makefile's is the release date.
+    epoch = resolved.pop("source_date_epoch", None)
+    if epoch is None:
+        epoch = int((tree / "Makefile").stat().st_mtime)
+    record = SourceRecord(
+        kind=settings.source.kind, identity=wanted, resolved=resolved,
+        kernel_version=kernel_version(tree), source_date_epoch=epoch, tree_id=tree_id,
+        run={"seconds": round(time.monotonic() - started, 1)},
+    )
+    records.save(record, layout)
+    log.info("fetched Linux %s (%s) into %s", record.kernel_version, settings.source.kind, tree)
+    return record
+
+
+def _fetch_fresh(kind: SourceKind, settings: Settings, tree: Path) -> dict:
+    """The tree into a staging directory, checked, then swapped in for `tree`."""
     staging = Path(tempfile.mkdtemp(dir=tree.parent, prefix=".fetch-"))
     try:
         resolved = kind.fetch(settings, staging)
-        version = kernel_version(staging)
-        # git gives its commit time; archives keep their files' times, and the
-        # Makefile's is the release date.
-        epoch = resolved.pop("source_date_epoch", None)
-        if epoch is None:
-            epoch = int((staging / "Makefile").stat().st_mtime)
+        kernel_version(staging)  # not a kernel tree: fail before replacing anything
         if tree.exists():
             old = tree.parent / f".fetch-old-{uuid.uuid4().hex[:8]}"
             os.replace(tree, old)
@@ -95,14 +124,4 @@ def fetch_tree(settings: Settings) -> SourceRecord:
     except BaseException:
         remove_tree(staging)
         raise
-    record = SourceRecord(
-        kind=settings.source.kind, identity=wanted, resolved=resolved,
-        kernel_version=version, source_date_epoch=epoch,
-        # A new id per extraction: later steps use it to notice a fresh tree even
-        # when the same source was fetched again (e.g. after `doit forget`).
-        tree_id=uuid.uuid4().hex,
-        run={"seconds": round(time.monotonic() - started, 1)},
-    )
-    records.save(record, layout)
-    log.info("fetched Linux %s (%s) into %s", version, settings.source.kind, tree)
-    return record
+    return resolved

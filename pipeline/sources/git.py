@@ -1,18 +1,26 @@
-"""Source kind `git`: one commit of a repository, local or remote."""
+"""Source kind `git`: one commit of a repository, local or remote.
+
+The commit's objects are fetched into the build dir's own git directory
+(`src/linux.git`, with its index beside it), never into the tree: a `.git`
+in the tree would make the kernel's setlocalversion add a suffix to the
+release.  Moving to another commit updates the tree in place: only the files
+that differ are rewritten, so make rebuilds incrementally (what a bisection
+needs).  Files the patch step changed or added are restored or removed first.
+"""
 
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 from .. import commands
 from ..errors import CommandError, EnvironmentProblem, SourceError
 from ..settings import Settings
+from ..util import remove_tree
 
 
-def _git(*args: str | Path, cwd: Path | None = None) -> str:
-    return commands.run(["git", *args], cwd=cwd).strip()
+def _git(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    return commands.run(["git", *args], cwd=cwd, env=env).strip()
 
 
 def is_local_repo(repo: str) -> bool:
@@ -58,20 +66,60 @@ def identify(settings: Settings) -> dict:
     return {"repo": settings.source.repo, "commit": resolve_ref(settings)}
 
 
-def fetch(settings: Settings, dest: Path) -> dict:
-    src = settings.source
-    commit = resolve_ref(settings)
-    # A one-commit fetch into a fresh repository, then the .git is dropped: the
-    # tree is exactly the commit's files, with nothing that makes the kernel's
-    # setlocalversion add a "-dirty" or commit suffix.
+def _fetch_commit(settings: Settings, commit: str) -> tuple[Path, int]:
+    """The commit's objects in the build dir's git directory; its commit time."""
+    git_dir = settings.layout.git_dir
     try:
-        _git("init", "-q", dest)
-        _git("-C", dest, "fetch", "-q", "--depth", "1", "--no-tags", repo_argument(settings),
-             commit)
-        _git("-C", dest, "-c", "advice.detachedHead=false", "checkout", "-q", "FETCH_HEAD")
-        epoch = int(_git("-C", dest, "log", "-1", "--format=%ct", "FETCH_HEAD"))
+        if not git_dir.is_dir():
+            _git("init", "-q", "--bare", git_dir)
+        _git("--git-dir", git_dir, "fetch", "-q", "--depth", "1", "--no-tags",
+             repo_argument(settings), commit)
+        epoch = int(_git("--git-dir", git_dir, "log", "-1", "--format=%ct", commit))
     except CommandError as exc:
-        raise EnvironmentProblem(f"cannot fetch commit {commit} from {src.repo}:\n"
+        raise EnvironmentProblem(f"cannot fetch commit {commit} from {settings.source.repo}:\n"
                                  f"{exc.output_tail}") from None
-    shutil.rmtree(dest / ".git")
-    return {"repo": src.repo, "ref": src.ref, "commit": commit, "source_date_epoch": epoch}
+    return git_dir, epoch
+
+
+def _in_tree(settings: Settings, tree: Path, *args: str) -> str:
+    layout = settings.layout
+    return _git("--git-dir", layout.git_dir, "--work-tree", tree, *args, cwd=tree,
+                env={"GIT_INDEX_FILE": str(layout.git_index)})
+
+
+def fetch(settings: Settings, dest: Path) -> dict:
+    """The commit's files into the empty directory `dest`."""
+    commit = resolve_ref(settings)
+    _, epoch = _fetch_commit(settings, commit)
+    settings.layout.git_index.unlink(missing_ok=True)
+    _in_tree(settings, dest, "read-tree", "--reset", "-u", commit)
+    return {"repo": settings.source.repo, "ref": settings.source.ref, "commit": commit,
+            "source_date_epoch": epoch}
+
+
+def update(settings: Settings, tree: Path) -> dict | None:
+    """Move the tree made by an earlier fetch to the configured commit, in place.
+
+    None when the tree cannot be updated (no index of an earlier fetch): the
+    caller fetches afresh.
+    """
+    if not settings.layout.git_index.is_file():
+        return None
+    commit = resolve_ref(settings)
+    _, epoch = _fetch_commit(settings, commit)
+    try:
+        # Back to the index's commit first: files the patch step rewrote are
+        # restored (read-tree leaves a file alone when the two commits agree on it).
+        _in_tree(settings, tree, "update-index", "-q", "--refresh")
+        changed = _in_tree(settings, tree, "diff-files", "--name-only").splitlines()
+        if changed:
+            _in_tree(settings, tree, "checkout-index", "-f", "-u", "--", *changed)
+        _in_tree(settings, tree, "read-tree", "--reset", "-u", commit)
+        # What the patch step added (and any other stray file) goes.
+        _in_tree(settings, tree, "clean", "-ffdxq")
+    except CommandError as exc:
+        remove_tree(tree)  # half-moved: the next fetch starts afresh
+        raise EnvironmentProblem(f"cannot move {tree} to commit {commit}:\n"
+                                 f"{exc.output_tail}") from None
+    return {"repo": settings.source.repo, "ref": settings.source.ref, "commit": commit,
+            "source_date_epoch": epoch}
