@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from . import chain, settings, tasks
+from . import bisect, chain, settings, tasks
 from .errors import INTERRUPTED, PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,16 +22,19 @@ ROOT = Path(__file__).resolve().parent.parent
 def _epilog() -> str:
     lines = ["tasks:"]
     lines += [f"  {name}" for name in tasks.TASKS]
+    lines += ["  step      one bisection step for `git bisect run` (source.ref of source.repo):",
+              "            exit 0 good, 1 bad, 125 skip, 255 abort"]
     lines += ["", "settings (section.key=value; defaults from pipeline/default.toml):"]
     for name, default, comment in settings.documented_keys():
         lines.append(f"  {name} = {default}")
         if comment:
             lines += textwrap.wrap(comment, 76, initial_indent="      ",
                                    subsequent_indent="      ")
-    lines += ["", "exit codes: 0 passed, 1 other failure, 2 bad settings or input, 3 the machine "
-              "lacks something, 4 the kernel or a module does not compile, 5 the tree cannot "
-              "be built as asked, 10-15 guest outcomes (test failures, kernel complaint, "
-              "panic, boot timeout, test timeout, QEMU failed), 130 interrupted"]
+    lines += ["", "exit codes: 0 passed (bisect: culprit found), 1 other failure, 2 bad settings "
+              "or input, 3 the machine lacks something, 4 the kernel or a module does not "
+              "compile, 5 the tree cannot be built as asked, 10-15 guest outcomes (test "
+              "failures, kernel complaint, panic, boot timeout, test timeout, QEMU failed), "
+              "20 bisect: skipped commits leave several candidates, 130 interrupted"]
     return "\n".join(lines)
 
 
@@ -53,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     tasks.setup_logging()
     try:
         config = settings.load(ROOT, overrides)
+        if words[:1] == ["step"]:
+            # For `git bisect run`: its own exit codes (0 good, 1 bad, 125 skip, 255 abort).
+            return bisect.step(config)
         outcome = chain.run(words, config)
     except PipelineError as exc:
         print(f"pipeline: {exc}", file=sys.stderr)

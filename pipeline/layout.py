@@ -8,6 +8,7 @@ Layout.  The build dir:
     kmod/               a fresh copy of the project's kmod/, built with M=
     records/            each stage's record (source, series, config, kmod)
     logs/               one log per long step, holding its latest run
+    bisect/             a bisection: its clone, its own build dir, verdicts, report
     image/              the Docker build context and its log
     artifacts/          what a user takes away (see `artifacts_*` below)
     results/            the latest guest run
@@ -101,6 +102,42 @@ class Layout:
     @property
     def doit_db(self) -> Path:
         return self.build / ".doit.db"
+
+    # ---------------------------------------------------------- a bisection
+
+    @property
+    def bisect(self) -> Path:
+        """build/bisect/: clone, build dir, symptom, verdicts, steps, report."""
+        return self.build / "bisect"
+
+    @property
+    def bisect_repo(self) -> Path:
+        """A bare clone of the user's repository: git bisect runs here, never there."""
+        return self.bisect / "repo.git"
+
+    @property
+    def bisect_build(self) -> Path:
+        """The one build dir every step uses, so moving between commits is incremental."""
+        return self.bisect / "build"
+
+    @property
+    def bisect_symptom(self) -> Path:
+        return self.bisect / "symptom.json"
+
+    @property
+    def bisect_verdicts(self) -> Path:
+        return self.bisect / "verdicts.json"
+
+    @property
+    def bisect_report(self) -> Path:
+        return self.bisect / "report.json"
+
+    @property
+    def bisect_log(self) -> Path:
+        return self.bisect / "bisect.log"
+
+    def bisect_step(self, commit: str) -> Path:
+        return self.bisect / "steps" / commit
 
     # ---------------------------------------------------------- artifacts
 

@@ -35,6 +35,7 @@ def kernel_line(version: str) -> str:
 
 
 def select_series(root: Path, version: str) -> Path:
+    """patches/kvm/<VERSION.PATCHLEVEL>/series for a version or a pinned line ("6.12")."""
     line = kernel_line(version)
     series = root / line / "series"
     if not series.is_file():
@@ -162,7 +163,7 @@ def patch_tree(settings: Settings) -> SeriesRecord:
     tree = layout.tree
     version = kernel_version(tree)
     if settings.patch.enabled:
-        series = select_series(layout.series_root, version)
+        series = select_series(layout.series_root, settings.patch.series or version)
         patches = read_series(series)
     else:
         series, patches = None, []

@@ -20,6 +20,7 @@ import shlex
 from pathlib import Path
 
 from . import kconfig, patch, records
+from .errors import PipelineError
 from .image import (
     BASE_REPOSITORY,
     DOCKER_INJECTED,
@@ -291,6 +292,15 @@ def render(settings: Settings) -> str:
         _compare(repro, kernel, kmod, image),
     ]
     return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
+
+
+def is_current(settings: Settings) -> bool:
+    """doit uptodate: reproducer.sh says what the records say (they may be rewritten
+    with new durations and nothing else)."""
+    try:
+        return settings.layout.reproducer.read_text() == render(settings)
+    except (OSError, PipelineError):
+        return False
 
 
 def write(settings: Settings) -> Path:

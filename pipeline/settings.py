@@ -27,6 +27,7 @@ SOURCE_KINDS = ("debian", "tarball", "local", "git")
 VARIANTS = ("default", "debug")
 CCACHE_MODES = ("auto", "on", "off")
 ACCELERATORS = ("auto", "kvm", "tcg")
+BISECT_FIND = ("regression", "fix")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class SourceSettings:
 @dataclass(frozen=True)
 class PatchSettings:
     enabled: bool
+    series: str
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,17 @@ class TestSettings:
 
 
 @dataclass(frozen=True)
+class BisectSettings:
+    good: str
+    bad: str
+    runs: int
+    series: str
+    find: str
+    paths: tuple[str, ...]
+    symptom: str
+
+
+@dataclass(frozen=True)
 class PathSettings:
     build: str
     cache: str
@@ -110,6 +123,7 @@ class Settings:
     image: ImageSettings
     boot: BootSettings
     test: TestSettings
+    bisect: BisectSettings
     paths: PathSettings
     root: Path  # the project directory; relative paths are resolved against it
 
@@ -139,6 +153,7 @@ SECTIONS = {
     "image": ImageSettings,
     "boot": BootSettings,
     "test": TestSettings,
+    "bisect": BisectSettings,
     "paths": PathSettings,
 }
 ALLOWED = {
@@ -146,6 +161,7 @@ ALLOWED = {
     ("kernel", "variant"): VARIANTS,
     ("kernel", "ccache"): CCACHE_MODES,
     ("boot", "accel"): ACCELERATORS,
+    ("bisect", "find"): BISECT_FIND,
 }
 # What each source kind needs, checked after all layers are merged.
 REQUIRED_BY_KIND = {
@@ -166,6 +182,7 @@ MINIMUM = {
     ("test", "section_seconds"): 1,
     ("test", "kvm_seconds"): 2,
     ("test", "lifecycle_cycles"): 1,
+    ("bisect", "runs"): 1,
 }
 # Case globs travel on the kernel command line: no blanks, quotes or '='.
 CASES_RE = re.compile(r"^[A-Za-z0-9_.*?\[\],-]*$")

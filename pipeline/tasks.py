@@ -24,7 +24,19 @@ from pathlib import Path
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import guest, image, kbuild, kconfig, kmake, patch, records, reproducer, settings, sources
+from . import (
+    bisect,
+    guest,
+    image,
+    kbuild,
+    kconfig,
+    kmake,
+    patch,
+    records,
+    reproducer,
+    settings,
+    sources,
+)
 from .errors import PipelineError
 from .records import ConfigRecord, ImageRecord, KernelRecord, KmodRecord, SeriesRecord, SourceRecord
 from .util import remove_tree
@@ -32,7 +44,8 @@ from .util import remove_tree
 log = logging.getLogger("pipeline")
 
 # In the order `doit list` shows them: the table of contents.
-TASKS = ("fetch", "patch", "config", "kernel", "kmod", "image", "build", "boot", "test")
+TASKS = ("fetch", "patch", "config", "kernel", "kmod", "image", "build", "boot", "test",
+         "bisect")
 BUILD_TASKS = ("fetch", "patch", "config", "kernel", "kmod", "image")
 
 
@@ -193,9 +206,7 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
         return {
             "actions": [action("reproducer", reproducer.write, config, run)],
             "task_dep": list(BUILD_TASKS),
-            "file_dep": [records.path(cls, layout) for cls in reproducer.RECORDS]
-                        + [layout.dockerfile],
-            "uptodate": [unchanged(None, reproducer)],
+            "uptodate": [lambda: reproducer.is_current(config)],
             "targets": [layout.reproducer],
             "clean": [remover(layout.reproducer)],
         }
@@ -216,6 +227,13 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
             "verbosity": 2,
         }
 
+    def task_bisect():
+        """Find the commit where the selected cases broke (bisect.good, bisect.bad; git source)."""
+        return {
+            "actions": [action("bisect", bisect.bisect, config, run)],
+            "verbosity": 2,
+        }
+
     namespace: dict[str, object] = {
         "DOIT_CONFIG": {
             "default_tasks": ["build"],
@@ -225,6 +243,6 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
         },
     }
     creators = (task_fetch, task_patch, task_config, task_kernel, task_kmod, task_image,
-                task_build, task_boot, task_test)
+                task_build, task_boot, task_test, task_bisect)
     namespace.update((creator.__name__, creator) for creator in creators)
     return namespace

@@ -122,7 +122,7 @@ def local_registry(tmp_path):
 
 def test_base_image_from_a_registry(kernel_build, local_registry, tmp_path):
     client = docker.from_env()
-    base_ref, _ = image.ensure_base(client, kernel_build)
+    base_ref, _, _ = image.ensure_base(client, kernel_build)
     pushed = f"{local_registry}/pipeline-base:bookworm"
     client.images.get(base_ref).tag(pushed)
     client.images.push(pushed)
@@ -135,8 +135,8 @@ def test_base_image_from_a_registry(kernel_build, local_registry, tmp_path):
         (shutil.copytree if src.is_dir() else shutil.copy)(src, build / "artifacts" / name)
     s = settings.load(ROOT, {"paths.build": str(build), "image.base": pushed})
     record = image.build_image(s)
-    assert record["base"]["reference"] == pushed
-    assert record["base"]["digest"].startswith("sha256:")
+    assert record.base["reference"] == pushed
+    assert record.base["digest"].startswith("sha256:")
     assert (build / "artifacts" / "rootfs.ext4").stat().st_size > 0
 
 

@@ -1,0 +1,524 @@
+"""`doit bisect`: find the commit that changed the suite's verdict, through the whole chain.
+
+Each step takes a commit, applies the KVM series, configures, builds the
+kernel, KVM and our modules, bakes the image, boots and runs the selected
+cases, all by running the chain (`pipeline.chain`) in one kept build dir
+(<build>/bisect/build/), so moving between commits rebuilds incrementally.
+
+- The user's repository is only read: git bisect runs in a bare clone
+  (`git clone --shared --bare`) under <build>/bisect/.
+- The symptom is pinned first: the bad ref runs `bisect.runs` times; which
+  cases fail and the outcome class (test failures, kernel complaint, panic,
+  boot or test timeout) is the symptom.  The good ref must pass.
+- Verdicts: bad when the symptom shows; good when the run passes, or when
+  the symptom's cases all passed; skip when the tree cannot be built or
+  tested as asked (exit codes 4 and 5) or something else hid the symptom's
+  cases; a host problem (codes 1-3, QEMU failing, Ctrl-C) stops the bisection.
+- Flaky symptoms: bad as soon as one run shows it, good after `bisect.runs`
+  clean runs.  Verdicts are cached by commit and everything else that
+  decides them, with the runs done, so a second bisection (or one after
+  Ctrl-C) reuses them and a higher `bisect.runs` only adds runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import chain, commands, ktap
+from .errors import CommandError, EnvironmentProblem, PipelineError, UserError
+from .guest import port_lines
+from .layout import Layout
+from .results import Outcome
+from .settings import Settings
+from .util import atomic_write_text, remove_tree
+
+log = logging.getLogger("pipeline")
+
+# chain outcome codes a step cannot judge: the tree, not the symptom.
+SKIP_CODES = {4: "the kernel or a module does not compile",
+              5: "the tree cannot be built as asked"}
+GUEST_CODES = {o.value for o in Outcome if o not in (Outcome.PASSED, Outcome.QEMU_FAILED)}
+# git's old/new terms per search: (term for the older ref, term for the newer ref).
+TERMS = {"regression": ("good", "bad"), "fix": ("broken", "fixed")}
+# `git bisect run`'s language for the step command.
+STEP_EXIT = {"good": 0, "bad": 1, "skip": 125, "abort": 255}
+SKIPPED_ONLY = "There are only 'skip'ped commits left to test"
+FIRST = re.compile(r"^([0-9a-f]{40}) is the first \w+ commit", re.M)
+COMMIT_LINE = re.compile(r"^([0-9a-f]{40})$", re.M)
+
+
+class BisectAmbiguous(PipelineError):
+    """Skipped commits leave several candidates for the first bad commit."""
+
+    exit_code = 20
+
+
+# ------------------------------------------------------------------ verdicts
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of the chain on one commit, reduced to what decides a verdict."""
+
+    code: int
+    outcome: str
+    failed: tuple[str, ...] = ()
+    passed: tuple[str, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Symptom:
+    outcome: str  # the outcome class of the bad ref's failing run
+    cases: tuple[str, ...]  # the cases that failed there
+    shown: int = 1  # in how many of the bad ref's runs
+    runs: int = 1
+
+    def describe(self) -> str:
+        cases = ", ".join(self.cases) or "no case"
+        return f"{self.outcome} ({cases}), shown in {self.shown} of {self.runs} run(s)"
+
+
+ANY_FAILURE = Symptom(outcome="", cases=())
+
+
+def judge(run: Run, symptom: Symptom) -> tuple[str, str]:
+    """(verdict, reason) of one run: "good", "bad", "skip" or "abort"."""
+    if run.code == 0:
+        return "good", "passed"
+    if run.code in SKIP_CODES:
+        return "skip", f"{SKIP_CODES[run.code]}: {run.reason}"
+    if run.code not in GUEST_CODES:
+        return "abort", f"{run.outcome}: {run.reason}"
+    if symptom is ANY_FAILURE:
+        return "bad", f"{run.outcome}: {', '.join(run.failed) or run.reason}"
+    hit = sorted(set(run.failed) & set(symptom.cases))
+    if hit:
+        return "bad", f"symptom case(s) failed: {', '.join(hit)}"
+    if run.outcome == symptom.outcome and run.outcome != Outcome.TEST_FAILURES.label:
+        return "bad", f"{run.outcome} again: {run.reason}"
+    if symptom.cases and set(symptom.cases) <= set(run.passed):
+        others = ", ".join(run.failed) or run.outcome
+        return "good", f"the symptom's cases passed (other failures: {others})"
+    return "skip", f"{run.outcome} before the symptom could show: {run.reason}"
+
+
+def combine(verdicts: list[str], runs_wanted: int) -> str | None:
+    """The commit's verdict from its runs so far; None: more runs are needed."""
+    for decisive in ("abort", "bad", "skip"):
+        if decisive in verdicts:
+            return decisive
+    return "good" if len(verdicts) >= runs_wanted else None
+
+
+def miss_chance(symptom: Symptom, runs: int) -> float | None:
+    """The chance that `runs` clean runs of a bad commit all missed the symptom.
+
+    The rate is estimated from the bad ref's runs with the rule of succession,
+    (shown + 1) / (runs + 2), which stays below 1 for a small sample; one run
+    of the bad ref tells nothing about the rate (None).
+    """
+    if symptom.runs < 2:
+        return None
+    rate = (symptom.shown + 1) / (symptom.runs + 2)
+    return (1 - rate) ** runs
+
+
+# ------------------------------------------------------------------ the cache
+
+
+def _digest_files(digest: hashlib._Hash, paths: list[Path], root: Path) -> None:
+    for path in sorted(paths):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+
+
+def verdict_key(settings: Settings, commit: str) -> str:
+    """What decides a commit's verdict: the commit, the project's inputs, the settings
+    that reach the kernel, the image and the guest run, and the pipeline's own code."""
+    layout = settings.layout
+    digest = hashlib.sha256(commit.encode() + b"\0")
+    files = [p for top in (layout.series_root, layout.fragments_dir, layout.kmod_sources,
+                           layout.images_root, Path(__file__).parent)
+             for p in top.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    files += [settings.resolve(name) for name in settings.kernel.fragments]
+    _digest_files(digest, files, layout.project)
+    deciding = {
+        "patch": dataclasses.asdict(settings.patch), "series": settings.bisect.series,
+        "kernel": {"variant": settings.kernel.variant, "fragments": settings.kernel.fragments},
+        "image": dataclasses.asdict(settings.image),
+        "boot": {k: v for k, v in dataclasses.asdict(settings.boot).items() if k != "dry_run"},
+        "test": {k: v for k, v in dataclasses.asdict(settings.test).items() if k != "repeat"},
+    }
+    digest.update(json.dumps(deciding, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+class VerdictCache:
+    """key -> {"commit", "runs": [Run...]}, in one JSON file, written atomically."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.entries = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            self.entries = {}
+
+    def runs(self, key: str) -> list[Run]:
+        entry = self.entries.get(key, {})
+        return [Run(**{**run, "failed": tuple(run["failed"]), "passed": tuple(run["passed"])})
+                for run in entry.get("runs", [])]
+
+    def add(self, key: str, commit: str, run: Run) -> None:
+        entry = self.entries.setdefault(key, {"commit": commit, "runs": []})
+        entry["runs"].append(dataclasses.asdict(run))
+        atomic_write_text(self.path, json.dumps(self.entries, indent=2, sort_keys=True) + "\n")
+
+
+# ------------------------------------------------------------------ one commit
+
+
+def step_settings(settings: Settings, repo: str, commit: str) -> Settings:
+    """The chain's settings for one commit: its own source, the bisection's build dir."""
+    layout = settings.layout
+    return dataclasses.replace(
+        settings,
+        source=dataclasses.replace(settings.source, kind="git", repo=repo, ref=commit),
+        patch=dataclasses.replace(settings.patch,
+                                  series=settings.bisect.series or settings.patch.series),
+        test=dataclasses.replace(settings.test, repeat=1),
+        paths=dataclasses.replace(settings.paths, build=str(layout.bisect_build),
+                                  cache=str(layout.cache)),
+    )
+
+
+def run_once(settings: Settings, dest: Path) -> Run:
+    """Run the chain's `test` for these settings; keep its results in `dest`."""
+    layout = settings.layout
+    remove_tree(layout.results)  # a build failure must not leave the last step's results
+    outcome = chain.run(["test"], settings)
+    remove_tree(dest)
+    dest.mkdir(parents=True)
+    reason = str(outcome.error).splitlines()[0] if outcome.error else ""
+    if layout.results.is_dir():
+        shutil.copytree(layout.results, dest, dirs_exist_ok=True)
+    for name in ("kernel", "kmod"):
+        if outcome.code == 4 and layout.log(name).exists():
+            shutil.copy(layout.log(name), dest / f"{name}.log")
+    failed, passed = [], []
+    tree = ktap.parse(port_lines(layout.results / "ktap.log"))
+    for names, test in tree.walk():
+        if not test.subtests:
+            if test.status in (ktap.Status.FAILED, ktap.Status.CRASHED):
+                failed.append(".".join(names))
+            elif test.status is ktap.Status.PASSED:
+                passed.append(".".join(names))
+    return Run(code=outcome.code, outcome=outcome_label(outcome.code), failed=tuple(failed),
+               passed=tuple(passed), reason=reason)
+
+
+def outcome_label(code: int) -> str:
+    if code in SKIP_CODES or code == 0:
+        return {0: "passed", 4: "build failure", 5: "tree not buildable as asked"}[code]
+    try:
+        return Outcome(code).label
+    except ValueError:
+        return {2: "bad settings", 3: "host problem", 130: "interrupted"}.get(code, "error")
+
+
+@dataclass
+class Step:
+    commit: str
+    subject: str
+    verdict: str
+    reason: str
+    outcome: str
+    seconds: float
+    cached: bool
+    runs: list[Run] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {"commit": self.commit, "subject": self.subject, "verdict": self.verdict,
+                "reason": self.reason, "outcome": self.outcome,
+                "seconds": round(self.seconds, 1), "cached": self.cached,
+                "runs": len(self.runs)}
+
+
+def test_commit(settings: Settings, repo: str, commit: str, symptom: Symptom, runs: int,
+                cache: VerdictCache, all_runs: bool = False) -> Step:
+    """Build and run one commit until its verdict is known (every run with `all_runs`)."""
+    layout = settings.layout
+    step_config = step_settings(settings, repo, commit)
+    key = verdict_key(step_config, commit)
+    done = cache.runs(key)
+    cached = bool(done)
+    started = time.monotonic()
+    while True:
+        verdict = combine([judge(run, symptom)[0] for run in done], runs)
+        enough = len(done) >= runs if all_runs else verdict is not None
+        if verdict in ("abort", "skip") or (verdict is not None and enough):
+            break
+        run = run_once(step_config, layout.bisect_step(commit) / f"run-{len(done) + 1}")
+        if judge(run, symptom)[0] == "abort":
+            done.append(run)  # never cached: the next bisection tries again
+            verdict = "abort"
+            break
+        cache.add(key, commit, run)
+        done.append(run)
+        cached = False
+    deciding = next((r for r in done if judge(r, symptom)[0] == verdict), done[-1])
+    reason = judge(deciding, symptom)[1]
+    if verdict == "good" and len(done) > 1:
+        reason = f"{len(done)} clean runs"
+    step = Step(commit=commit, subject=_subject(layout, commit), verdict=verdict,
+                reason=reason, outcome=deciding.outcome,
+                seconds=time.monotonic() - started, cached=cached, runs=done)
+    atomic_write_text(layout.bisect_step(commit) / "step.json",
+                      json.dumps(step.as_json(), indent=2) + "\n")
+    return step
+
+
+# ------------------------------------------------------------------ git
+
+
+def _git(repo: Path, *args: str) -> str:
+    try:
+        return commands.run(["git", "--git-dir", repo, *args]).strip()
+    except CommandError as exc:
+        raise EnvironmentProblem(f"git failed in the bisection's clone {repo}:\n"
+                                 f"{exc.output_tail}") from None
+
+
+def _subject(layout: Layout, commit: str) -> str:
+    if not layout.bisect_repo.is_dir():
+        return ""
+    return _git(layout.bisect_repo, "log", "-1", "--format=%s", commit)
+
+
+def _resolve(settings: Settings, ref: str, setting: str) -> str:
+    repo = settings.resolve(settings.source.repo)
+    try:
+        return commands.run(["git", "-C", repo, "rev-parse", "--verify", "--quiet",
+                             f"{ref}^{{commit}}"]).strip()
+    except CommandError:
+        raise UserError(f"{setting} = {ref!r} is not a commit in {repo}") from None
+
+
+def prepare_clone(settings: Settings) -> Path:
+    """A bare clone of source.repo sharing its objects; the user's repository is only read."""
+    src = settings.source
+    clone = settings.layout.bisect_repo
+    repo = str(settings.resolve(src.repo))
+    if not clone.is_dir():
+        clone.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            commands.run(["git", "clone", "-q", "--bare", "--shared", repo, clone])
+        except CommandError as exc:
+            raise UserError(f"source.repo {repo} cannot be cloned:\n{exc.output_tail}") from None
+    else:
+        _git(clone, "fetch", "-q", "--force", repo, "+refs/heads/*:refs/heads/*",
+             "+refs/tags/*:refs/tags/*")
+    return clone
+
+
+def _bisect(clone: Path, *args: str) -> str:
+    try:
+        return commands.run(["git", "--git-dir", clone, "bisect", *args]).strip()
+    except CommandError as exc:
+        if SKIPPED_ONLY in exc.output_tail:
+            return exc.output_tail  # git's way to say "ambiguous" is exit status 2
+        raise EnvironmentProblem(f"git bisect failed in {clone}:\n{exc.output_tail}") from None
+
+
+# ------------------------------------------------------------------ the bisection
+
+
+def _check_settings(settings: Settings) -> None:
+    b, src = settings.bisect, settings.source
+    if src.kind != "git":
+        raise UserError("bisect needs a git source: source.kind=git source.repo=PATH")
+    if "://" in src.repo or not settings.resolve(src.repo).exists():
+        raise UserError(f"source.repo {src.repo!r} must be a local repository for bisect "
+                        "(clone a remote one first)")
+    for name in ("good", "bad"):
+        if not getattr(b, name):
+            raise UserError(f"bisect needs bisect.{name}=REF")
+
+
+def _print_row(step: Step) -> None:
+    cached = " (cached)" if step.cached else ""
+    print(f"  {step.commit[:12]}  {step.subject[:40]:<40}  {step.verdict:<5}  "
+          f"{step.seconds:6.0f} s{cached}  {step.reason[:70]}", flush=True)
+
+
+def bisect(settings: Settings) -> dict:
+    """The `bisect` task: pin the symptom, check the good ref, let git bisect pick commits."""
+    _check_settings(settings)
+    b, layout = settings.bisect, settings.layout
+    good, bad = _resolve(settings, b.good, "bisect.good"), _resolve(settings, b.bad, "bisect.bad")
+    old, new = (good, bad) if b.find == "regression" else (bad, good)
+    clone = prepare_clone(settings)
+    try:
+        _git(clone, "merge-base", "--is-ancestor", old, new)
+    except EnvironmentProblem:
+        older, newer = ("good", "bad") if b.find == "regression" else ("bad", "good")
+        raise UserError(f"bisect.{older} ({old[:12]}) is not an ancestor of bisect.{newer} "
+                        f"({new[:12]}): bisect.find={b.find} needs bisect.{older} to be the "
+                        "older ref") from None
+    count = int(_git(clone, "rev-list", "--count", f"{old}..{new}", "--", *b.paths) or 0)
+    cache = VerdictCache(layout.bisect_verdicts)
+    started = time.monotonic()
+    steps: list[Step] = []
+    repo = str(clone)
+    print(f"bisecting {count} commit(s) between {old[:12]} and {new[:12]}", flush=True)
+
+    # The symptom: every run of the bad ref counts, to estimate how often it shows.
+    pinned = test_commit(settings, repo, bad, ANY_FAILURE, b.runs, cache, all_runs=True)
+    steps.append(pinned)
+    _print_row(pinned)
+    failing = [run for run in pinned.runs if judge(run, ANY_FAILURE)[0] == "bad"]
+    if pinned.verdict == "abort":
+        raise EnvironmentProblem(f"the bad ref could not be tested: {pinned.reason}")
+    if pinned.verdict == "skip":
+        raise UserError(f"bisect.bad ({b.bad}, {bad[:12]}) cannot be tested: {pinned.reason}")
+    if not failing:
+        raise UserError(f"bisect.bad ({b.bad}, {bad[:12]}) does not show a failure of the "
+                        f"selected cases ({pinned.reason}); nothing to bisect. "
+                        f"Check test.cases, or raise bisect.runs for a rare failure")
+    first = failing[0]
+    symptom = Symptom(outcome=first.outcome, cases=first.failed, shown=len(failing),
+                      runs=len(pinned.runs))
+    atomic_write_text(layout.bisect_symptom,
+                      json.dumps(dataclasses.asdict(symptom), indent=2) + "\n")
+    print(f"symptom: {symptom.describe()}", flush=True)
+
+    checked = test_commit(settings, repo, good, symptom, b.runs, cache)
+    steps.append(checked)
+    _print_row(checked)
+    if checked.verdict == "abort":
+        raise EnvironmentProblem(f"the good ref could not be tested: {checked.reason}")
+    if checked.verdict != "good":
+        raise UserError(f"bisect.good ({b.good}, {good[:12]}) does not pass: "
+                        f"{checked.verdict}, {checked.reason}")
+
+    term_old, term_new = TERMS[b.find]
+    verdict_term = {"good": term_old, "bad": term_new} if b.find == "regression" else \
+        {"good": term_new, "bad": term_old}
+    _bisect(clone, "reset")
+    out = _bisect(clone, "start", "--no-checkout", f"--term-old={term_old}",
+                  f"--term-new={term_new}", new, old, "--", *b.paths)
+    while not FIRST.search(out) and SKIPPED_ONLY not in out:
+        commit = _git(clone, "rev-parse", "BISECT_HEAD")
+        step = test_commit(settings, repo, commit, symptom, b.runs, cache)
+        steps.append(step)
+        _print_row(step)
+        if step.verdict == "abort":
+            raise EnvironmentProblem(f"stopped at {commit[:12]}: {step.reason}. The verdicts so "
+                                     "far are cached; run the bisection again once it is fixed")
+        out = _bisect(clone, verdict_term[step.verdict] if step.verdict != "skip" else "skip",
+                      commit)
+    atomic_write_text(layout.bisect_log, _bisect(clone, "log") + "\n")
+    _bisect(clone, "reset")
+    report = _report(settings, clone, out, steps, symptom, old, new, count,
+                     time.monotonic() - started)
+    atomic_write_text(layout.bisect_report, json.dumps(report, indent=2) + "\n")
+    _print_end(report, clone)
+    if report["candidates"]:
+        shown = ", ".join(c[:12] for c in report["candidates"])
+        raise BisectAmbiguous(f"skipped commits leave {len(report['candidates'])} candidates: "
+                              f"{shown} (report: {layout.bisect_report})")
+    return report
+
+
+def _report(settings: Settings, clone: Path, out: str, steps: list[Step], symptom: Symptom,
+            old: str, new: str, count: int, seconds: float) -> dict:
+    b = settings.bisect
+    found = FIRST.search(out)
+    culprit = found[1] if found else None
+    candidates = [] if found else COMMIT_LINE.findall(out)
+    skipped = sum(step.verdict == "skip" for step in steps)
+    tested = len(steps)
+    bound = math.ceil(math.log2(max(count, 1))) + 2 + skipped
+    miss = miss_chance(symptom, b.runs)
+    goods = sum(step.verdict == "good" for step in steps)
+    if miss is None:
+        confidence = {"value": None, "note": (
+            "the bad ref ran once, so how often the symptom shows is unknown: a flaky "
+            "symptom can make a bad commit look good. Run with bisect.runs=3 (or more)")}
+    else:
+        value = (1 - miss) ** goods
+        confidence = {"value": round(value, 4), "note": (
+            f"the symptom showed in {symptom.shown} of {symptom.runs} runs of the bad ref; "
+            f"each good verdict ({b.runs} clean run(s)) could have missed it with chance "
+            f"{miss:.2g}; all {goods} good verdicts right: {value:.1%}")}
+    first_bad = None
+    if culprit:
+        first_bad = {"commit": culprit, "subject": _git(clone, "log", "-1", "--format=%s",
+                                                        culprit)}
+    good_ref, bad_ref = (old, new) if b.find == "regression" else (new, old)
+    return {
+        "find": b.find, "first_bad": first_bad, "candidates": candidates,
+        "good": good_ref, "bad": bad_ref, "symptom": dataclasses.asdict(symptom),
+        "commits_in_range": count, "steps": [step.as_json() for step in steps],
+        "tested": tested, "step_bound": bound, "confidence": confidence,
+        "seconds": round(seconds, 1),
+    }
+
+
+def _print_end(report: dict, clone: Path) -> None:
+    print(f"\n{report['tested']} step(s) (bound {report['step_bound']}), "
+          f"{report['seconds']:.0f} s", flush=True)
+    if report["candidates"]:
+        print("skipped commits leave several candidates (as git bisect says):")
+        for commit in report["candidates"]:
+            print("  " + _git(clone, "log", "-1", "--format=%h %s", commit))
+        return
+    culprit = report["first_bad"]
+    word = "first bad commit" if report["find"] == "regression" else "first fixed commit"
+    print(f"{word}: {culprit['commit']}\n")
+    print(_git(clone, "show", "--stat", "--format=medium", culprit["commit"]))
+    if report["find"] == "regression":
+        print(f"\nFixes: {culprit['commit'][:12]} (\"{culprit['subject']}\")")
+    print(f"confidence: {report['confidence']['note']}", flush=True)
+
+
+# ------------------------------------------------------------------ git bisect run
+
+
+def load_symptom(settings: Settings) -> Symptom:
+    path = (settings.resolve(settings.bisect.symptom) if settings.bisect.symptom
+            else settings.layout.bisect_symptom)
+    if not settings.bisect.symptom and not path.exists():
+        return ANY_FAILURE
+    try:
+        data = json.loads(path.read_text())
+        return Symptom(outcome=data["outcome"], cases=tuple(data["cases"]),
+                       shown=data.get("shown", 1), runs=data.get("runs", 1))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"bisect.symptom {path} is not a saved symptom ({exc})") from None
+
+
+def step(settings: Settings) -> int:
+    """`python -m pipeline step`: one commit (source.ref of source.repo, e.g. HEAD while
+    `git bisect run` drives the user's repository), as git bisect run's exit code."""
+    try:
+        if settings.source.kind != "git":
+            raise UserError("step needs a git source: source.kind=git source.repo=PATH")
+        symptom = load_symptom(settings)
+        repo = str(settings.resolve(settings.source.repo))
+        commit = _resolve(settings, settings.source.ref, "source.ref")
+        cache = VerdictCache(settings.layout.bisect_verdicts)
+        result = test_commit(settings, repo, commit, symptom, settings.bisect.runs, cache)
+    except PipelineError as exc:
+        print(f"pipeline step: {exc}", flush=True)
+        return STEP_EXIT["abort"]
+    print(f"pipeline step: {commit[:12]} is {result.verdict}: {result.reason}", flush=True)
+    return STEP_EXIT[result.verdict]
