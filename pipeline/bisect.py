@@ -136,9 +136,13 @@ def miss_chance(symptom: Symptom, runs: int) -> float | None:
 # ------------------------------------------------------------------ the cache
 
 
-def _digest_files(digest: hashlib._Hash, paths: list[Path], root: Path) -> None:
-    for path in sorted(paths):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+def _digest_tree(digest: hashlib._Hash, top: Path) -> None:
+    """Every file under `top` (a file: itself), by name relative to it, into `digest`."""
+    paths = sorted(top.rglob("*")) if top.is_dir() else [top]
+    for path in paths:
+        if path.is_file() and "__pycache__" not in path.parts:
+            name = path.relative_to(top) if top.is_dir() else path.name
+            digest.update(f"{top.name}/{name}".encode() + b"\0" + path.read_bytes() + b"\0")
 
 
 def verdict_key(settings: Settings, commit: str) -> str:
@@ -146,11 +150,10 @@ def verdict_key(settings: Settings, commit: str) -> str:
     that reach the kernel, the image and the guest run, and the pipeline's own code."""
     layout = settings.layout
     digest = hashlib.sha256(commit.encode() + b"\0")
-    files = [p for top in (layout.series_root, layout.fragments_dir, layout.kmod_sources,
-                           layout.images_root, Path(__file__).parent)
-             for p in top.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    files += [settings.resolve(name) for name in settings.kernel.fragments]
-    _digest_files(digest, files, layout.project)
+    tops = [layout.series_root, layout.fragments_dir, layout.kmod_sources, layout.images_root,
+            Path(__file__).parent]  # the last: the pipeline's own code
+    for top in tops + [settings.resolve(name) for name in settings.kernel.fragments]:
+        _digest_tree(digest, top)
     deciding = {
         "patch": dataclasses.asdict(settings.patch), "series": settings.bisect.series,
         "kernel": {"variant": settings.kernel.variant, "fragments": settings.kernel.fragments},
