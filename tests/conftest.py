@@ -35,6 +35,22 @@ def make_tarball(files: dict[str, str], top: str = "linux-6.12.3",
     return buf.getvalue()
 
 
+def new_repo(repo: Path, home: Path):
+    """`git init` a repository at `repo`; returns a git(*args) -> stdout runner for it
+    with a fixed identity and date (the same commits give the same ids)."""
+    env = {"GIT_AUTHOR_DATE": "@1700000000 +0000", "GIT_COMMITTER_DATE": "@1700000000 +0000",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(home), "PATH": "/usr/bin:/bin"}
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                              text=True, env=env).stdout.strip()
+
+    repo.mkdir(parents=True, exist_ok=True)
+    git("init", "-q", "-b", "master")
+    return git
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _logging():
     tasks.setup_logging()

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import new_repo
 
 from pipeline import bisect
 from pipeline.bisect import ANY_FAILURE, Run, Symptom, combine, judge, miss_chance
@@ -111,18 +112,7 @@ BROKEN_BUILD, REGRESSION = 3, 6  # indexes into the history's commits
 def history(tmp_path) -> tuple[Path, list[str]]:
     """A repository of ten commits: #3 does not compile (#4 fixes it), #6 regresses."""
     repo = tmp_path / "linux"
-    repo.mkdir()
-
-    def git(*args):
-        return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                              text=True, env={"GIT_AUTHOR_DATE": "@1700000000 +0000",
-                                              "GIT_COMMITTER_DATE": "@1700000000 +0000",
-                                              "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-                              ).stdout.strip()
-
-    git("init", "-q", "-b", "master")
-    git("config", "user.email", "t@t")
-    git("config", "user.name", "t")
+    git = new_repo(repo, tmp_path)
     commits = []
     for number in range(10):
         (repo / "file.c").write_text(f"int version = {number};\n")

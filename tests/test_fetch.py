@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import make_tarball
+from conftest import make_tarball, new_repo
 
 from pipeline import records, sources
 from pipeline.errors import SourceError
@@ -190,18 +190,7 @@ def test_local_tarball_checksum_and_missing(make_settings, tmp_path, tarball):
 def git_repo(tmp_path, fake_tree_files) -> tuple[Path, list[str]]:
     """A small real repository with two commits of a fake kernel tree."""
     repo = tmp_path / "linux.git"
-    repo.mkdir()
-
-    def git(*args):
-        return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                              text=True, env={"GIT_AUTHOR_DATE": "@1700000000 +0000",
-                                              "GIT_COMMITTER_DATE": "@1700000000 +0000",
-                                              "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-                              ).stdout.strip()
-
-    git("init", "-q", "-b", "master")
-    git("config", "user.email", "t@t")
-    git("config", "user.name", "t")
+    git = new_repo(repo, tmp_path)
     commits = []
     for sublevel in (3, 4):
         for name, text in fake_tree_files.items():
