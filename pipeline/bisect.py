@@ -210,7 +210,7 @@ def run_once(settings: Settings, dest: Path) -> Run:
     outcome = chain.run(["test"], settings)
     remove_tree(dest)
     dest.mkdir(parents=True)
-    reason = str(outcome.error).splitlines()[0] if outcome.error else ""
+    reason = _reason(str(outcome.error)) if outcome.error else ""
     if layout.results.is_dir():
         shutil.copytree(layout.results, dest, dirs_exist_ok=True)
     for name in ("kernel", "kmod"):
@@ -226,6 +226,13 @@ def run_once(settings: Settings, dest: Path) -> Run:
                 passed.append(".".join(names))
     return Run(code=outcome.code, outcome=outcome_label(outcome.code), failed=tuple(failed),
                passed=tuple(passed), reason=reason)
+
+
+def _reason(message: str) -> str:
+    """The first line of an error, with the compiler's first complaint if there is one."""
+    lines = message.splitlines() or [""]
+    complaint = next((line.strip() for line in lines if "error:" in line), "")
+    return f"{lines[0]} {complaint}".strip() if complaint else lines[0]
 
 
 def outcome_label(code: int) -> str:

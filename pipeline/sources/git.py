@@ -1,9 +1,10 @@
 """Source kind `git`: one commit of a repository, local or remote.
 
-The commit's objects are fetched into the build dir's own git directory
-(`src/linux.git`, with its index beside it), never into the tree: a `.git`
-in the tree would make the kernel's setlocalversion add a suffix to the
-release.  Moving to another commit updates the tree in place: only the files
+The build dir has its own git directory (`src/linux.git`, with its index
+beside it), never a `.git` in the tree: that would make the kernel's
+setlocalversion add a suffix to the release.  A local repository lends it its
+objects (nothing is copied or written there); a remote one's commit is
+fetched.  Moving to another commit updates the tree in place: only the files
 that differ are rewritten, so make rebuilds incrementally (what a bisection
 needs).  Files the patch step changed or added are restored or removed first.
 """
@@ -67,13 +68,25 @@ def identify(settings: Settings) -> dict:
 
 
 def _fetch_commit(settings: Settings, commit: str) -> tuple[Path, int]:
-    """The commit's objects in the build dir's git directory; its commit time."""
+    """The commit's objects in reach of the build dir's git directory; its commit time.
+
+    A local repository lends its objects (git's alternates, as `clone --shared`
+    does): nothing is copied, and moving to another commit costs no fetch.  A
+    remote one gets a one-commit fetch.
+    """
     git_dir = settings.layout.git_dir
     try:
         if not git_dir.is_dir():
             _git("init", "-q", "--bare", git_dir)
-        _git("--git-dir", git_dir, "fetch", "-q", "--depth", "1", "--no-tags",
-             repo_argument(settings), commit)
+        if is_local_repo(settings.source.repo):
+            objects = Path(_git("-C", repo_argument(settings), "rev-parse",
+                                "--path-format=absolute", "--git-path", "objects"))
+            alternates = git_dir / "objects" / "info" / "alternates"
+            alternates.parent.mkdir(parents=True, exist_ok=True)
+            alternates.write_text(f"{objects}\n")
+        else:
+            _git("--git-dir", git_dir, "fetch", "-q", "--depth", "1", "--no-tags",
+                 repo_argument(settings), commit)
         epoch = int(_git("--git-dir", git_dir, "log", "-1", "--format=%ct", commit))
     except CommandError as exc:
         raise EnvironmentProblem(f"cannot fetch commit {commit} from {settings.source.repo}:\n"
