@@ -291,8 +291,9 @@ def test_commit(settings: Settings, repo: str, commit: str, symptom: Symptom, ru
     step = Step(commit=commit, subject=_subject(layout, commit), verdict=verdict,
                 reason=reason, outcome=deciding.outcome,
                 seconds=time.monotonic() - started, cached=cached, runs=done)
-    atomic_write_text(layout.bisect_step(commit) / "step.json",
-                      json.dumps(step.as_json(), indent=2) + "\n")
+    if not cached:  # the record of the step that did the work stays
+        atomic_write_text(layout.bisect_step(commit) / "step.json",
+                          json.dumps(step.as_json(), indent=2) + "\n")
     return step
 
 
