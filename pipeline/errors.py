@@ -17,6 +17,7 @@ script (and a bisection) must tell apart:
                                 option does not exist or survive, the
                                 image cannot be made from it
     10-15 guest outcomes        see `pipeline.results.Outcome`            bad
+    20    BisectAmbiguous       skipped commits leave several candidates  -
     130   -                     interrupted (Ctrl-C)                      abort
 
 A failed external command raises CommandError (code 1): the stage that ran
