@@ -246,3 +246,23 @@ def test_a_bad_ref_that_passes_is_refused(make_settings, history, monkeypatch):
     monkeypatch.setattr(bisect, "run_once", stand_in_runs(commits, []))
     with pytest.raises(UserError, match=r"bisect\.bad .* does not show a failure"):
         bisect.bisect(s)
+
+
+def test_find_fix_names_the_first_commit_without_the_symptom(make_settings, history,
+                                                             monkeypatch, capsys):
+    """bisect.find=fix: the older ref fails, the newer passes (git's old/new terms)."""
+    repo, commits = history
+    s = make_settings(**{"source.kind": "git", "source.repo": str(repo), "bisect.find": "fix",
+                         "bisect.bad": commits[0], "bisect.good": "master"})
+
+    def run_once(settings, dest):
+        if commits.index(settings.source.ref) < REGRESSION:
+            return Run(10, "test failures", failed=("a.b",))
+        return Run(0, "passed", passed=("a.b",))
+
+    monkeypatch.setattr(bisect, "run_once", run_once)
+    report = bisect.bisect(s)
+    assert report["find"] == "fix"
+    assert report["first_bad"]["commit"] == commits[REGRESSION]
+    assert "first fixed commit" in capsys.readouterr().out
+    assert "'--term-old=broken' '--term-new=fixed'" in s.layout.bisect_log.read_text()
