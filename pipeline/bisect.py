@@ -235,13 +235,18 @@ def _reason(message: str) -> str:
     return f"{lines[0]} {complaint}".strip() if complaint else lines[0]
 
 
+# Labels of the chain's codes that are not guest outcomes.
+CODE_LABELS = {2: "bad settings", 3: "host problem", 4: "build failure",
+               5: "tree not buildable as asked", 130: "interrupted"}
+
+
 def outcome_label(code: int) -> str:
-    if code in SKIP_CODES or code == 0:
-        return {0: "passed", 4: "build failure", 5: "tree not buildable as asked"}[code]
+    if code in CODE_LABELS:
+        return CODE_LABELS[code]
     try:
-        return Outcome(code).label
+        return Outcome(code).label  # 0 "passed", 10-15 the guest outcomes
     except ValueError:
-        return {2: "bad settings", 3: "host problem", 130: "interrupted"}.get(code, "error")
+        return "error"
 
 
 @dataclass

@@ -22,7 +22,7 @@ FAKE_X86_C = "".join(f"line {i}\n" for i in range(1, 41))
 
 
 def make_tarball(files: dict[str, str], top: str = "linux-6.12.3",
-                 mtime: int = 1_700_000_000) -> bytes:
+                 mtime: int = 1_700_000_000, executable: tuple[str, ...] = ()) -> bytes:
     """A .tar.gz holding `files` under one top-level directory, like kernel.org's."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -31,6 +31,7 @@ def make_tarball(files: dict[str, str], top: str = "linux-6.12.3",
             info = tarfile.TarInfo(f"{top}/{name}")
             info.size = len(data)
             info.mtime = mtime
+            info.mode = 0o755 if name in executable else 0o644
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 

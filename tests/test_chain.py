@@ -9,12 +9,10 @@ seconds.  The real kernel is built by the e2e tests.
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, make_tarball
 from doit.cmd_base import ModuleTaskLoader
 from doit.doit_cmd import DoitMain
 
@@ -57,17 +55,11 @@ FAKE_MERGE = '#!/bin/sh\nbase=$4\nshift 4\ncat "$@" >>"$base"\n'
 
 def fake_kernel_tarball(dest: Path) -> str:
     """A .tar.gz of the stand-in tree; returns its sha256."""
-    files = {"Makefile": (FAKE_MAKEFILE, 0o644),
-             "scripts/kconfig/merge_config.sh": (FAKE_MERGE, 0o755),
-             "arch/x86/kvm/x86.c": ("int x;\n", 0o644)}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, (text, mode) in files.items():
-            info = tarfile.TarInfo(f"linux-6.12.3/{name}")
-            info.size, info.mode, info.mtime = len(text.encode()), mode, 1_700_000_000
-            tar.addfile(info, io.BytesIO(text.encode()))
-    dest.write_bytes(buf.getvalue())
-    return hashlib.sha256(buf.getvalue()).hexdigest()
+    merge = "scripts/kconfig/merge_config.sh"
+    data = make_tarball({"Makefile": FAKE_MAKEFILE, merge: FAKE_MERGE,
+                         "arch/x86/kvm/x86.c": "int x;\n"}, executable=(merge,))
+    dest.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture

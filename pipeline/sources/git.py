@@ -67,7 +67,7 @@ def identify(settings: Settings) -> dict:
     return {"repo": settings.source.repo, "commit": resolve_ref(settings)}
 
 
-def _fetch_commit(settings: Settings, commit: str) -> tuple[Path, int]:
+def _fetch_commit(settings: Settings, commit: str) -> int:
     """The commit's objects in reach of the build dir's git directory; its commit time.
 
     A local repository lends its objects (git's alternates, as `clone --shared`
@@ -91,7 +91,7 @@ def _fetch_commit(settings: Settings, commit: str) -> tuple[Path, int]:
     except CommandError as exc:
         raise EnvironmentProblem(f"cannot fetch commit {commit} from {settings.source.repo}:\n"
                                  f"{exc.output_tail}") from None
-    return git_dir, epoch
+    return epoch
 
 
 def _in_tree(settings: Settings, tree: Path, *args: str) -> str:
@@ -103,7 +103,7 @@ def _in_tree(settings: Settings, tree: Path, *args: str) -> str:
 def fetch(settings: Settings, dest: Path) -> dict:
     """The commit's files into the empty directory `dest`."""
     commit = resolve_ref(settings)
-    _, epoch = _fetch_commit(settings, commit)
+    epoch = _fetch_commit(settings, commit)
     settings.layout.git_index.unlink(missing_ok=True)
     _in_tree(settings, dest, "read-tree", "--reset", "-u", commit)
     return {"repo": settings.source.repo, "ref": settings.source.ref, "commit": commit,
@@ -119,7 +119,7 @@ def update(settings: Settings, tree: Path) -> dict | None:
     if not settings.layout.git_index.is_file():
         return None
     commit = resolve_ref(settings)
-    _, epoch = _fetch_commit(settings, commit)
+    epoch = _fetch_commit(settings, commit)
     try:
         # Back to the index's commit first: files the patch step rewrote are
         # restored (read-tree leaves a file alone when the two commits agree on it).
