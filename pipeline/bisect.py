@@ -39,6 +39,7 @@ from .guest import port_lines
 from .layout import Layout
 from .results import Outcome
 from .settings import Settings
+from .sources import git
 from .util import atomic_write_text, remove_tree
 
 log = logging.getLogger("pipeline")
@@ -333,6 +334,9 @@ def prepare_clone(settings: Settings) -> Path:
     src = settings.source
     clone = settings.layout.bisect_repo
     repo = str(settings.resolve(src.repo))
+    if clone.is_dir() and not git.borrows_from(clone, Path(repo)):
+        # A clone of another repository (or of one that moved): its objects are not these.
+        remove_tree(clone)
     if not clone.is_dir():
         clone.parent.mkdir(parents=True, exist_ok=True)
         try:

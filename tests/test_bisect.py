@@ -266,3 +266,15 @@ def test_find_fix_names_the_first_commit_without_the_symptom(make_settings, hist
     assert report["first_bad"]["commit"] == commits[REGRESSION]
     assert "first fixed commit" in capsys.readouterr().out
     assert "'--term-old=broken' '--term-new=fixed'" in s.layout.bisect_log.read_text()
+
+
+def test_a_moved_repository_gets_a_fresh_clone(make_settings, history, monkeypatch, tmp_path):
+    """The clone borrows the repository's objects: a clone of another path is not reused."""
+    repo, commits = history
+    settings = {"source.kind": "git", "bisect.good": commits[0], "bisect.bad": "master"}
+    monkeypatch.setattr(bisect, "run_once", stand_in_runs(commits, []))
+    bisect.bisect(make_settings(**settings, **{"source.repo": str(repo)}))
+    moved = tmp_path / "moved"
+    repo.rename(moved)
+    report = bisect.bisect(make_settings(**settings, **{"source.repo": str(moved)}))
+    assert report["first_bad"]["commit"] == commits[REGRESSION]

@@ -63,6 +63,21 @@ def repo_argument(settings: Settings) -> str:
     return str(settings.resolve(src.repo)) if is_local_repo(src.repo) else src.repo
 
 
+def objects_dir(repo: Path) -> Path:
+    """Where a local repository keeps its objects (what git's alternates name)."""
+    return Path(_git("-C", repo, "rev-parse", "--path-format=absolute", "--git-path",
+                     "objects"))
+
+
+def borrows_from(git_dir: Path, repo: Path) -> bool:
+    """Does `git_dir` borrow its objects from `repo` (clone --shared, or ours above)?"""
+    try:
+        alternates = (git_dir / "objects" / "info" / "alternates").read_text().split()
+    except FileNotFoundError:
+        return False
+    return str(objects_dir(repo).resolve()) in [str(Path(a).resolve()) for a in alternates]
+
+
 def identify(settings: Settings) -> dict:
     return {"repo": settings.source.repo, "commit": resolve_ref(settings)}
 
@@ -79,11 +94,9 @@ def _fetch_commit(settings: Settings, commit: str) -> int:
         if not git_dir.is_dir():
             _git("init", "-q", "--bare", git_dir)
         if is_local_repo(settings.source.repo):
-            objects = Path(_git("-C", repo_argument(settings), "rev-parse",
-                                "--path-format=absolute", "--git-path", "objects"))
             alternates = git_dir / "objects" / "info" / "alternates"
             alternates.parent.mkdir(parents=True, exist_ok=True)
-            alternates.write_text(f"{objects}\n")
+            alternates.write_text(f"{objects_dir(Path(repo_argument(settings)))}\n")
         else:
             _git("--git-dir", git_dir, "fetch", "-q", "--depth", "1", "--no-tags",
                  repo_argument(settings), commit)
