@@ -1,12 +1,15 @@
 """Bake the guest image in Docker and turn it into a bootable ext4 file.
 
-1. Base image: Debian minbase made locally by mmdebstrap (no registry) and
-   imported into dockerd, or an image pulled from a configured registry.  The
-   recorded digest is the base's content (the tarball's sha256, or the
-   registry's manifest digest), never a local image id.
+1. Base images: the `base` and `toolchain` package tarballs (see
+   `pipeline.tarballs`), imported into dockerd under names made from their
+   sha256, or a base pulled from a configured registry.  The recorded digest
+   is the base's content (the tarball's sha256, or the registry's manifest
+   digest), never a local image id.  Both tarballs are published beside the
+   artifacts (base.tar, toolchain.tar), so a later build can pin them.
 2. `images/Dockerfile.j2`, rendered with jinja2 (StrictUndefined), builds a
-   builder stage (static guest programs from `images/guest/`) and the final
-   stage (modules, kmod .ko files, init and suites).
+   builder stage on the toolchain (static guest programs from `images/guest/`)
+   and the final stage on the base (modules, kmod .ko files, init and
+   suites); nothing is installed from the network.
 3. The container's filesystem is exported, Docker's injected files dropped,
    every timestamp set to image.source_date_epoch, and `mkfs.ext4 -d` with a
    fixed UUID, hash seed and fake time makes `build/artifacts/rootfs.ext4`.
@@ -26,11 +29,12 @@ import docker.errors
 import jinja2
 import requests
 
-from . import commands, records
+from . import commands, records, tarballs
 from .errors import CommandError, EnvironmentProblem, ImageError, UserError
 from .layout import Layout
 from .records import ImageRecord, KernelRecord, KmodRecord
-from .settings import ImageSettings, Settings
+from .settings import Settings
+from .tarballs import PackageTarball
 from .util import atomic_write_text, file_sha256, remove_tree
 
 log = logging.getLogger("pipeline")
@@ -76,45 +80,14 @@ def docker_client() -> docker.DockerClient:
             f"cannot reach the Docker engine at {address} ({text}); {hint}") from None
 
 
-# ------------------------------------------------------------------ base image
+# ------------------------------------------------------------------ base images
 
 
-def mmdebstrap_argv(image: ImageSettings, dest: Path) -> list[str | Path]:
-    return ["mmdebstrap", "--quiet", "--variant=minbase", "--format=tar", image.suite, dest,
-            image.mirror]
-
-
-def _mmdebstrap_tarball(settings: Settings) -> Path:
-    image = settings.image
-    cache = settings.layout.base_tarballs
-    name = f"{image.suite}-minbase-{image.source_date_epoch}.tar"
-    tarball = cache / name
-    if tarball.exists():
-        return tarball
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = cache / f".{name}.partial"
-    partial.unlink(missing_ok=True)
-    try:
-        commands.run(mmdebstrap_argv(image, partial),
-                     env={"SOURCE_DATE_EPOCH": str(image.source_date_epoch)})
-        os.replace(partial, tarball)
-    except CommandError as exc:
-        raise EnvironmentProblem(
-            f"mmdebstrap could not make the base image from {image.mirror} "
-            f"(image.mirror):\n{exc.output_tail}") from None
-    finally:
-        partial.unlink(missing_ok=True)
-    return tarball
-
-
-def base_tag(digest: str) -> str:
-    return digest.removeprefix("sha256:")[:16]
-
-
-def ensure_base(client: docker.DockerClient, settings: Settings) -> tuple[str, str, Path | None]:
-    """(image reference for FROM, content digest, tarball if local) of the base image."""
+def ensure_base(client: docker.DockerClient, settings: Settings,
+                reimport: bool) -> tuple[str, str, PackageTarball | None]:
+    """(image reference for FROM, content digest, package tarball if local) of the base."""
     base = settings.image.base
-    if base != "mmdebstrap":
+    if not tarballs.is_local(settings, "base"):
         log.info("pulling base image %s", base)
         try:
             pulled = client.images.pull(base)
@@ -125,17 +98,22 @@ def ensure_base(client: docker.DockerClient, settings: Settings) -> tuple[str, s
             ) from None
         digests = pulled.attrs.get("RepoDigests") or [pulled.id]
         return base, digests[0].split("@")[-1], None
+    tarball = tarballs.ensure(settings, "base")
+    return tarballs.docker_image(client, tarball, reimport), f"sha256:{tarball.sha256}", tarball
 
-    tarball = _mmdebstrap_tarball(settings)
-    digest = "sha256:" + file_sha256(tarball)
-    tag = base_tag(digest)
-    reference = f"{BASE_REPOSITORY}:{tag}"
+
+def publish_tarball(tarball: PackageTarball, dest: Path) -> None:
+    """Put a package tarball beside the artifacts (a hard link when it can be)."""
+    if dest.exists() and dest.stat().st_size == tarball.path.stat().st_size \
+            and file_sha256(dest) == tarball.sha256:
+        return
+    partial = dest.with_name(f".{dest.name}.partial")
+    partial.unlink(missing_ok=True)
     try:
-        client.images.get(reference)
-    except docker.errors.ImageNotFound:
-        log.info("importing %s as %s", tarball, reference)
-        client.api.import_image_from_file(str(tarball), repository=BASE_REPOSITORY, tag=tag)
-    return reference, digest, tarball
+        os.link(tarball.path, partial)
+    except OSError:  # another filesystem
+        shutil.copyfile(tarball.path, partial)
+    os.replace(partial, dest)
 
 
 # ------------------------------------------------------------------ the build
@@ -166,13 +144,14 @@ def assemble_context(layout: Layout, dockerfile: str, with_kmod: bool) -> Path:
     return context
 
 
-def docker_build(client: docker.DockerClient, context: Path, tag: str, log_file: Path) -> str:
+def docker_build(client: docker.DockerClient, context: Path, tag: str, log_file: Path,
+                 nocache: bool = False) -> str:
     """Build with the engine, streaming its output; return the image id."""
-    log.info("docker build %s -t %s", context, tag)
+    log.info("docker build %s-t %s %s", "--no-cache " if nocache else "", tag, context)
     image_id = None
     with open(log_file, "w") as out:
         for chunk in client.api.build(path=str(context), tag=tag, rm=True, forcerm=True,
-                                      decode=True):
+                                      nocache=nocache, decode=True):
             if "stream" in chunk:
                 text = chunk["stream"]
                 out.write(text)
@@ -222,17 +201,16 @@ def normalise_tree(root: Path, epoch: int) -> None:
     os.utime(root, (epoch, epoch))
 
 
-def mkfs_argv(image: ImageSettings, tree: Path, dest: Path) -> list[str | Path]:
-    return ["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-U", image.uuid,
-            "-E", f"hash_seed={image.uuid},root_owner=0:0", "-d", tree, dest,
-            f"{image.size_mb}M"]
+def mkfs_argv(uuid: str, size_mb: int, tree: Path, dest: Path) -> list[str | Path]:
+    return ["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-U", uuid,
+            "-E", f"hash_seed={uuid},root_owner=0:0", "-d", tree, dest, f"{size_mb}M"]
 
 
 def make_ext4(settings: Settings, tree: Path, dest: Path) -> None:
     image = settings.image
     fake_time = {"E2FSPROGS_FAKE_TIME": str(image.source_date_epoch)}
     try:
-        commands.run(mkfs_argv(image, tree, dest), env=fake_time)
+        commands.run(mkfs_argv(image.uuid, image.size_mb, tree, dest), env=fake_time)
     except CommandError as exc:
         raise UserError(f"mkfs.ext4 could not make the root filesystem:\n{exc.output_tail}\n"
                         f"If the tree does not fit, raise image.size_mb (now "
@@ -260,15 +238,20 @@ def build_image(settings: Settings) -> ImageRecord:
     with_kmod = records.load(KmodRecord, layout) is not None and layout.kmod.is_dir()
     client = docker_client()
     started = time.monotonic()
-    base_ref, base_digest, base_tarball = ensure_base(client, settings)
+    reimport = not settings.image.docker_cache
+    base_ref, base_digest, base_tarball = ensure_base(client, settings, reimport)
+    toolchain = tarballs.ensure(settings, "toolchain")
+    toolchain_ref = tarballs.docker_image(client, toolchain, reimport)
     # The suites compare what they see with what KVM was built with.
     kvm_patch = "applied" if kernel.patches["patches"] else "none"
-    dockerfile = render_dockerfile(settings, base_image=base_ref, release=kernel.release,
-                                   kvm_patch=kvm_patch, with_kmod=with_kmod)
+    dockerfile = render_dockerfile(settings, base_image=base_ref, toolchain_image=toolchain_ref,
+                                   base_has_packages=base_tarball is not None,
+                                   release=kernel.release, kvm_patch=kvm_patch,
+                                   with_kmod=with_kmod)
     layout.image_work.mkdir(parents=True, exist_ok=True)
     context = assemble_context(layout, dockerfile, with_kmod)
     tag = f"{GUEST_REPOSITORY}:{kernel.release}"
-    image_id = docker_build(client, context, tag, layout.docker_log)
+    image_id = docker_build(client, context, tag, layout.docker_log, nocache=reimport)
 
     with tempfile.TemporaryDirectory(dir=layout.image_work, prefix=".export-") as tmp:
         tar_path = Path(tmp) / "rootfs.tar"
@@ -285,12 +268,16 @@ def build_image(settings: Settings) -> ImageRecord:
         make_ext4(settings, tree, partial)
         os.replace(partial, layout.rootfs)
     atomic_write_text(layout.dockerfile, dockerfile)
+    for tarball in (base_tarball, toolchain):
+        if tarball is not None:
+            publish_tarball(tarball, layout.published_tarball(tarball.role))
     image = settings.image
     record = ImageRecord(
         release=kernel.release,
-        base={"reference": image.base, "digest": base_digest,
-              "tarball": base_tarball.name if base_tarball else None,
-              "suite": image.suite, "mirror": image.mirror},
+        base={"reference": image.base, "digest": base_digest, "suite": image.suite,
+              "mirror": image.mirror,
+              **(tarballs.record(base_tarball) if base_tarball else {"tarball": None})},
+        toolchain=tarballs.record(toolchain),
         ext4={"uuid": image.uuid, "size_mb": image.size_mb,
               "source_date_epoch": image.source_date_epoch},
         rootfs_sha256=file_sha256(layout.rootfs),

@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from . import commands, kmake, records
+from . import kmake, records
 from .errors import BuildError, CommandError, MissingStepError
 from .kmake import Make
 from .layout import Layout
@@ -33,9 +33,9 @@ WARNING_MARKERS = ("warning:", "Warning:", "WARNING:")
 HOST_LINKS = ("build", "source")
 
 
-def _tool_version(argv: list[str]) -> str:
+def _tool_version(make: Make, argv: list[str]) -> str:
     try:
-        return commands.run(argv).splitlines()[0].strip()
+        return make.run(argv).splitlines()[0].strip()
     except (CommandError, OSError):  # a missing version string must not fail a build
         return "unknown"
 
@@ -75,7 +75,7 @@ def kmod_sources(settings: Settings) -> list[Path]:
 
 
 def kmod_argv(make: Make) -> list[str]:
-    return make.argv(f"M={make.layout.kmod_work}", "W=1", "modules", parallel=True)
+    return make.argv(f"M={make.paths.kmod_work}", "W=1", "modules", parallel=True)
 
 
 def build_kmod(settings: Settings) -> KmodRecord:
@@ -95,7 +95,7 @@ def build_kmod(settings: Settings) -> KmodRecord:
         atomic_copy(path, work / path.name)
     log_file = fresh_log(layout, "kmod")
     try:
-        output = commands.run(kmod_argv(make), env=make.env(), echo=True, log_file=log_file)
+        output = make.run(kmod_argv(make), echo=True, log_file=log_file)
     except CommandError as exc:
         raise BuildError(f"kmod/ did not build (full log: {log_file}):\n"
                          f"{exc.output_tail}") from None
@@ -129,8 +129,8 @@ def install_modules(make: Make, release: str, log_file: Path) -> None:
     layout = make.layout
     staging = layout.artifacts / f".modules-staging-{uuid.uuid4().hex[:8]}"
     try:
-        commands.run(make.argv("modules_install", f"INSTALL_MOD_PATH={staging}",
-                               "DEPMOD=/sbin/depmod"), env=make.env(), log_file=log_file)
+        make.run(make.argv("modules_install", f"INSTALL_MOD_PATH={make.inside(staging)}",
+                           "DEPMOD=/sbin/depmod"), log_file=log_file)
         modules = staging / "lib" / "modules" / release
         for link in HOST_LINKS:
             (modules / link).unlink(missing_ok=True)
@@ -151,10 +151,9 @@ def build_kernel(settings: Settings) -> KernelRecord:
     log_file = fresh_log(layout, "kernel")
     started = time.monotonic()
     try:
-        commands.run(make.argv("bzImage", "modules", parallel=True), env=make.env(),
-                     echo=True, log_file=log_file)
+        make.run(make.argv("bzImage", "modules", parallel=True), echo=True, log_file=log_file)
         build_seconds = time.monotonic() - started
-        release = commands.run(make.argv("-s", "kernelrelease"), env=make.env()).strip()
+        release = make.run(make.argv("-s", "kernelrelease")).strip()
         layout.artifacts.mkdir(parents=True, exist_ok=True)
         install_modules(make, release, log_file)
     except CommandError as exc:
@@ -178,11 +177,12 @@ def build_kernel(settings: Settings) -> KernelRecord:
         bzImage_sha256=file_sha256(layout.bzimage),
         module_sha256=module_sha256,
         make_env=make.reproducible_env(),
+        toolchain=kmake.toolchain_record(settings),
         ccache=make.ccache,
         jobs=make.jobs,
         environment={
-            "gcc": _tool_version(["gcc", "--version"]),
-            "make": _tool_version(["make", "--version"]),
+            "gcc": _tool_version(make, ["gcc", "--version"]),
+            "make": _tool_version(make, ["make", "--version"]),
             "host": platform.platform(),
         },
         seconds={"build": round(build_seconds, 1),

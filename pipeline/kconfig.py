@@ -12,7 +12,7 @@ import logging
 import re
 from pathlib import Path
 
-from . import commands, kmake, records
+from . import kmake, records
 from .errors import CommandError, ConfigError, SettingsError
 from .kmake import Make
 from .records import ConfigRecord, SourceRecord
@@ -83,10 +83,10 @@ def verify(wanted: dict[str, tuple[str | None, Path]], final: dict[str, str | No
 
 def config_commands(make: Make, fragments: list[Path]) -> list[list[str | Path]]:
     """tinyconfig, the fragments merged in, olddefconfig (run from the tree)."""
-    layout = make.layout
+    seen = make.paths
     return [make.argv("tinyconfig"),
-            [layout.tree / "scripts/kconfig/merge_config.sh", "-m", "-O", layout.kbuild,
-             layout.kernel_config, *fragments],
+            [seen.tree / "scripts/kconfig/merge_config.sh", "-m", "-O", seen.kbuild,
+             seen.kernel_config, *(make.inside(path) for path in fragments)],
             make.argv("olddefconfig")]
 
 
@@ -112,7 +112,7 @@ def configure(settings: Settings) -> ConfigRecord:
     config = layout.kernel_config
     try:
         for argv in config_commands(make, fragments):
-            commands.run(argv, cwd=layout.tree, env=make.env())
+            make.run(argv, cwd=layout.tree)
         verify(wanted, parse_config(config.read_text()), settings.root)
     except CommandError as exc:
         config.unlink(missing_ok=True)

@@ -2,6 +2,14 @@
 
 A `Make` is built from plain values, so the reproducer script renders the very
 same command lines for its own directory.
+
+kernel.runtime = "docker" runs every make in the toolchain image
+(`pipeline.tarballs`) instead of on the host: the build dir is mounted at
+/build and the project at /project (read-only), the container has no
+network, and ccache (when on) uses a cache of its own: ccache keys on the
+compiler driver only, so the host's cache would hand host-compiled objects
+back.  make then sees the same paths and the same compiler wherever and on
+whatever host it runs.
 """
 
 from __future__ import annotations
@@ -9,22 +17,46 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import commands, image, tarballs
+from .errors import SettingsError
 from .layout import Layout
 from .settings import Settings
+
+# The paths as make sees them inside the toolchain container.
+CONTAINER_LAYOUT = Layout(project=Path("/project"), build=Path("/build"), cache=Path("/cache"))
 
 
 @dataclass(frozen=True)
 class Make:
-    layout: Layout
+    layout: Layout  # the host's paths
     jobs: int
     ccache: bool
     source_date_epoch: int
+    container: str | None = None  # the toolchain image; None: the host's make and compiler
+
+    @property
+    def paths(self) -> Layout:
+        """The layout as make sees it: the host's, or the container's fixed one."""
+        return CONTAINER_LAYOUT if self.container else self.layout
+
+    def inside(self, path: Path) -> Path:
+        """A host path as make sees it."""
+        if not self.container:
+            return path
+        for host, seen in ((self.layout.build, CONTAINER_LAYOUT.build),
+                           (self.layout.project, CONTAINER_LAYOUT.project)):
+            if path.is_relative_to(host):
+                return seen / path.relative_to(host)
+        raise SettingsError(f"{path} is outside the build dir and the project, so the "
+                            "kernel.runtime=docker container cannot see it; move it into "
+                            f"{self.layout.project}")
 
     def argv(self, *targets: str, parallel: bool = False) -> list[str]:
-        argv = ["make", "-C", str(self.layout.tree), f"O={self.layout.kbuild}", "ARCH=x86_64"]
+        argv = ["make", "-C", str(self.paths.tree), f"O={self.paths.kbuild}", "ARCH=x86_64"]
         if parallel:
             argv.append(f"-j{self.jobs}")
         if self.ccache:
@@ -50,9 +82,33 @@ class Make:
             # Shared by every build dir and kept by `doit clean`; BASEDIR (the build
             # dir holds the tree, kbuild/ and kmod/) makes hits independent of where
             # the build dir is.
-            env["CCACHE_DIR"] = str(self.layout.ccache)
-            env["CCACHE_BASEDIR"] = str(self.layout.build)
+            env["CCACHE_DIR"] = str(self.paths.ccache)
+            env["CCACHE_BASEDIR"] = str(self.paths.build)
         return env
+
+    def container_argv(self, workdir: Path | None, user: str = "") -> list[str]:
+        """`docker run ...` up to the image: mounts, user, variables, no network."""
+        assert self.container is not None
+        seen, host = CONTAINER_LAYOUT, self.layout
+        argv = ["docker", "run", "--rm", "--network", "none",
+                "--user", user or f"{os.getuid()}:{os.getgid()}",
+                "-v", f"{host.build}:{seen.build}", "-v", f"{host.project}:{seen.project}:ro"]
+        if self.ccache:
+            argv += ["-v", f"{host.container_ccache}:{seen.ccache}"]
+        argv += ["-w", str(workdir or seen.build), "-e", "HOME=/tmp"]
+        for name, value in self.env().items():
+            argv += ["-e", f"{name}={value}"]
+        return [*argv, self.container]
+
+    def run(self, argv: Sequence[str | os.PathLike], cwd: Path | None = None,
+            **kwargs: object) -> str:
+        """Run one command of the build where kernel.runtime says, logged as run."""
+        if not self.container:
+            return commands.run(argv, cwd=cwd, env=self.env(), **kwargs)
+        if self.ccache:
+            self.layout.container_ccache.mkdir(parents=True, exist_ok=True)
+        workdir = self.inside(cwd) if cwd else None
+        return commands.run([*self.container_argv(workdir), *argv], **kwargs)
 
 
 def jobs(settings: Settings) -> int:
@@ -61,11 +117,31 @@ def jobs(settings: Settings) -> int:
 
 def use_ccache(settings: Settings) -> bool:
     mode = settings.kernel.ccache
+    if settings.kernel.runtime == "docker":
+        return mode != "off"  # the toolchain image has it
     return mode == "on" or (mode == "auto" and shutil.which("ccache") is not None)
 
 
 def for_settings(settings: Settings, source_date_epoch: int) -> Make:
-    return Make(settings.layout, jobs(settings), use_ccache(settings), source_date_epoch)
+    """The Make of these settings, in the toolchain container for runtime docker."""
+    container = None
+    if settings.kernel.runtime == "docker":
+        tarball = tarballs.ensure(settings, "toolchain")
+        container = tarballs.docker_image(image.docker_client(), tarball, reimport=False)
+    return Make(settings.layout, jobs(settings), use_ccache(settings), source_date_epoch,
+                container)
+
+
+def toolchain_record(settings: Settings) -> dict[str, object]:
+    """The exact versions of the packages the kernel was compiled with (dpkg's, with
+    Debian revisions, which `gcc --version` hides): the toolchain tarball's for
+    runtime docker, the host's for runtime host, picked alike so the two compare
+    package by package."""
+    if settings.kernel.runtime == "docker":
+        tarball = tarballs.ensure(settings, "toolchain")
+        return {"runtime": "docker", "sha256": tarball.sha256,
+                "packages": tarballs.compiler_packages(tarball.packages)}
+    return {"runtime": "host", "packages": tarballs.compiler_packages(tarballs.host_versions())}
 
 
 TREE_ID_MARKER = ".pipeline-tree-id"

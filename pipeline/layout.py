@@ -9,6 +9,7 @@ Layout.  The build dir:
     records/            each stage's record (source, series, config, kmod)
     logs/               one log per long step, holding its latest run
     bisect/             a bisection: its clone, its own build dir, verdicts, report
+    repro/              `doit repro`: its fresh build dir, report and diffoscope output
     image/              the Docker build context and its log
     artifacts/          what a user takes away (see `artifacts_*` below)
     results/            the latest guest run
@@ -195,6 +196,33 @@ class Layout:
     def reproducer(self) -> Path:
         return self.artifacts / "reproducer.sh"
 
+    @property
+    def manifest(self) -> Path:
+        """Inputs and artifact digests, deterministic: what `doit repro` compares."""
+        return self.artifacts / "manifest.json"
+
+    def published_tarball(self, role: str) -> Path:
+        """base.tar and toolchain.tar: the package sets, for pinning in a later build."""
+        return self.artifacts / f"{role}.tar"
+
+    @property
+    def repro(self) -> Path:
+        return self.build / "repro"
+
+    @property
+    def repro_build(self) -> Path:
+        """The rebuild's own build dir, made afresh by every `doit repro`."""
+        return self.repro / "build"
+
+    @property
+    def repro_report(self) -> Path:
+        return self.repro / "report.json"
+
+    @property
+    def repro_diffs(self) -> Path:
+        """diffoscope's report on each artifact that differs."""
+        return self.repro / "diffoscope"
+
     # ---------------------------------------------------------- the cache
 
     @property
@@ -215,11 +243,17 @@ class Layout:
 
     @property
     def base_tarballs(self) -> Path:
+        """The package tarballs mmdebstrap made (base and toolchain)."""
         return self.cache / "base"
 
     @property
     def ccache(self) -> Path:
         return self.cache / "ccache"
+
+    @property
+    def container_ccache(self) -> Path:
+        """kernel.runtime=docker's own ccache: the host's would hand back host objects."""
+        return self.cache / "ccache-container"
 
     @property
     def accel_verdict(self) -> Path:

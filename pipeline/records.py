@@ -79,6 +79,7 @@ class KernelRecord:
     bzImage_sha256: str
     module_sha256: dict[str, str]  # modules/<path> -> sha256, as in modules.sha256
     make_env: dict[str, str]  # the reproducible-builds variables
+    toolchain: dict[str, Any]  # runtime (host or docker) and its exact package versions
     ccache: bool  # how it was built, not what: the bytes are the same either way
     jobs: int  # the same
     environment: dict[str, Any] = field(default_factory=dict)  # varies: tool versions, host
@@ -100,7 +101,8 @@ class ImageRecord:
     """build/artifacts/image.json: the guest's root filesystem."""
 
     release: str
-    base: dict[str, Any]  # reference, digest (the base tarball's sha256), tarball, suite, mirror
+    base: dict[str, Any]  # reference, digest, suite, mirror; tarball, sha256, packages
+    toolchain: dict[str, Any]  # the builder stage's package tarball: sha256, packages
     ext4: dict[str, Any]  # uuid, size_mb, source_date_epoch
     rootfs_sha256: str
     with_kmod: bool

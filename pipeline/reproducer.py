@@ -10,7 +10,9 @@ came out identical and what did not.
 The make, tar, git apply, mmdebstrap and mkfs command lines are the ones the
 stages run, rendered for a Layout rooted at placeholders that become "$OUT",
 "$PROJECT" and "$CACHE" in the script; only the glue in between (copying,
-Docker's CLI instead of its API) is written here.
+Docker's CLI instead of its API) is written here.  With kernel.runtime =
+"docker" every make line is the `docker run` of the toolchain image that
+the kernel step ran, the commands as run inside.
 """
 
 from __future__ import annotations
@@ -19,22 +21,14 @@ import re
 import shlex
 from pathlib import Path
 
-from . import kconfig, patch, records
+from . import kconfig, patch, records, tarballs
 from .errors import PipelineError
-from .image import (
-    BASE_REPOSITORY,
-    DOCKER_INJECTED,
-    GUEST_HOSTNAME,
-    GUEST_REPOSITORY,
-    base_tag,
-    mkfs_argv,
-    mmdebstrap_argv,
-)
+from .image import DOCKER_INJECTED, GUEST_HOSTNAME, GUEST_REPOSITORY, mkfs_argv
 from .kbuild import HOST_LINKS, kmod_argv
 from .kmake import Make
 from .layout import Layout
 from .records import ConfigRecord, ImageRecord, KernelRecord, KmodRecord, SeriesRecord, SourceRecord
-from .settings import ImageSettings, Settings
+from .settings import Settings
 from .sources import debian, gpg
 from .sources.treecache import extract_argv
 from .util import atomic_write_text
@@ -43,9 +37,13 @@ RECORDS = (SourceRecord, SeriesRecord, ConfigRecord, KernelRecord, KmodRecord, I
 
 # Placeholder roots, rendered as shell variables.
 OUT, PROJECT, CACHE = Path("/@OUT@"), Path("/@PROJECT@"), Path("/@CACHE@")
-BASE = Path("/@BASE@")
+# The package tarballs, by role, and the user the toolchain container runs as.
+TARBALL = {"base": Path("/@BASE@"), "toolchain": Path("/@TOOLCHAIN@")}
+TARBALL_VARIABLE = {"base": "BASE_TARBALL", "toolchain": "TOOLCHAIN_TARBALL"}
+USER = "/@USER@"
 _VARIABLES = {str(OUT): '"$OUT"', str(PROJECT): '"$PROJECT"', str(CACHE): '"$CACHE"',
-              str(BASE): '"$BASE_TARBALL"'}
+              **{str(path): f'"${TARBALL_VARIABLE[role]}"' for role, path in TARBALL.items()},
+              USER: '"$(id -u):$(id -g)"'}
 _PLACEHOLDER = re.compile("(" + "|".join(re.escape(p) for p in _VARIABLES) + ")")
 
 
@@ -65,6 +63,14 @@ def line(argv: list, env: dict[str, str] | None = None, cwd: Path | None = None)
     return text
 
 
+def make_line(make: Make, argv: list, cwd: Path | None = None) -> str:
+    """A make-step command as the kernel step ran it: here, or in the toolchain container."""
+    if make.container:
+        workdir = make.inside(cwd) if cwd else None
+        return line([*make.container_argv(workdir, user=USER), *argv])
+    return line(argv, cwd=cwd)
+
+
 def _header(settings: Settings) -> list[str]:
     layout = settings.layout
     return [
@@ -76,8 +82,9 @@ def _header(settings: Settings) -> list[str]:
         "#                            (src/linux, kbuild, kmod, artifacts) is made there.",
         "# Environment: PROJECT  the checkout holding patches/, kconfig/, kmod/, images/",
         "#              CACHE    where ccache's directory is (ccache/ under it)",
-        "#              BASE_TARBALL  an existing copy of the guest's base tarball (its sha256",
-        "#                       is checked); without it, mmdebstrap makes one in OUT.",
+        "#              BASE_TARBALL, TOOLCHAIN_TARBALL  the package tarballs (their sha256 is",
+        "#                       checked); by default base.tar and toolchain.tar beside this",
+        "#                       script, else mmdebstrap makes them in OUT.",
         "# Needs what scripts/setup installs and a running dockerd.  Each artifact is",
         "# compared with the record; the script ends non-zero if one differs.",
         "set -eu",
@@ -165,7 +172,8 @@ def _config(config: ConfigRecord, make: Make) -> list[str]:
     lines += [line(["check", config.fragment_sha256[name], path])
               for name, path in zip(config.fragments, fragments, strict=True)]
     lines.append(line(["mkdir", "-p", layout.kbuild]))
-    lines += [line(argv, cwd=layout.tree) for argv in kconfig.config_commands(make, fragments)]
+    lines += [make_line(make, argv, cwd=layout.tree)
+              for argv in kconfig.config_commands(make, fragments)]
     return [*lines, line(["check", config.config_sha256, layout.kernel_config])]
 
 
@@ -175,9 +183,10 @@ def _kernel(kernel: KernelRecord, make: Make) -> list[str]:
     installed = staging / "lib" / "modules" / kernel.release
     return [
         f"step {word('kernel: Linux ' + kernel.release)}",
-        line(make.argv("bzImage", "modules", parallel=True)),
+        make_line(make, make.argv("bzImage", "modules", parallel=True)),
         line(["mkdir", "-p", layout.artifacts]),
-        line(make.argv("modules_install", f"INSTALL_MOD_PATH={staging}", "DEPMOD=/sbin/depmod")),
+        make_line(make, make.argv("modules_install", f"INSTALL_MOD_PATH={make.inside(staging)}",
+                                  "DEPMOD=/sbin/depmod")),
         line(["rm", "-f", *(installed / link for link in HOST_LINKS)]),
         line(["mv", installed, layout.modules]),
         line(["rm", "-rf", staging]),
@@ -193,37 +202,48 @@ def _kmod(kmod: KmodRecord, make: Make) -> list[str]:
     lines = ["step kmod", line(["mkdir", "-p", layout.kmod_work, layout.kmod])]
     lines += [line(["check", kmod.source_sha256[p.name], p]) for p in sources]
     lines.append(line(["cp", *sources, layout.kmod_work]))
-    lines.append(line(kmod_argv(make)))
+    lines.append(make_line(make, kmod_argv(make)))
     return [*lines, line(["cp", *(layout.kmod_work / name for name in kmod.modules), layout.kmod])]
+
+
+def _tarballs(image: ImageRecord, layout: Layout) -> list[str]:
+    """The package tarballs: given, published beside the script, or made by mmdebstrap."""
+    base, epoch = image.base, str(image.ext4["source_date_epoch"])
+    lines = [line(["mkdir", "-p", layout.image_work])]
+    for role, record in (("base", base), ("toolchain", image.toolchain)):
+        if record.get("tarball") is None:
+            continue  # a registry base
+        variable, placeholder = TARBALL_VARIABLE[role], TARBALL[role]
+        made = layout.image_work / record["tarball"]
+        argv = tarballs.mmdebstrap_argv(base["suite"], base["mirror"], role, placeholder)
+        reference = tarballs.reference(role, record["sha256"])
+        lines += [
+            f"step {word(f'the {role} package tarball')}",
+            f'if [ -z "${{{variable}:-}}" ] && [ -f "$HERE/{role}.tar" ]; then '
+            f'{variable}="$HERE/{role}.tar"; fi',
+            f'if [ -z "${{{variable}:-}}" ]; then',
+            f"	{variable}={word(made)}",
+            "	" + line(argv, env={"SOURCE_DATE_EPOCH": epoch}),
+            "fi",
+            line(["check", record["sha256"], placeholder]),
+            f"docker image inspect {reference} >/dev/null 2>&1 ||",
+            f'	docker import "${variable}" {reference}',
+        ]
+    return lines
 
 
 def _image(image: ImageRecord, layout: Layout) -> list[str]:
     base, ext4 = image.base, image.ext4
     epoch = str(ext4["source_date_epoch"])
-    settings = ImageSettings(base=base["reference"], suite=base["suite"], mirror=base["mirror"],
-                             source_date_epoch=ext4["source_date_epoch"],
-                             size_mb=ext4["size_mb"], uuid=ext4["uuid"])
     guest_ref = f"{GUEST_REPOSITORY}:{image.release}"
     context, rootfs = layout.image_context, layout.image_work / "rootfs"
     pin = layout.image_work / "pin-times.debugfs"
-    lines = [line(["mkdir", "-p", layout.image_work])]
+    lines = []
     if base["tarball"] is None:
         lines += ["step 'image: the base, from its registry'",
                   line(["docker", "pull", f"{base['reference']}@{base['digest']}"]),
                   line(["docker", "tag", f"{base['reference']}@{base['digest']}",
                         base["reference"]])]
-    else:
-        base_ref = f"{BASE_REPOSITORY}:{base_tag(base['digest'])}"
-        lines += [
-            "step 'image: the base (Debian minbase by mmdebstrap)'",
-            f"BASE_TARBALL=${{BASE_TARBALL:-{word(layout.image_work / base['tarball'])}}}",
-            'if [ ! -f "$BASE_TARBALL" ]; then',
-            "\t" + line(mmdebstrap_argv(settings, BASE), env={"SOURCE_DATE_EPOCH": epoch}),
-            "fi",
-            line(["check", base["digest"].removeprefix("sha256:"), BASE]),
-            f"docker image inspect {base_ref} >/dev/null 2>&1 ||",
-            f'\tdocker import "$BASE_TARBALL" {base_ref}',
-        ]
     lines += [
         "step 'image: docker build of the rendered Dockerfile kept beside this script'",
         line(["mkdir", "-p", context]),
@@ -247,7 +267,8 @@ def _image(image: ImageRecord, layout: Layout) -> list[str]:
         f"echo {GUEST_HOSTNAME} >" + word(rootfs / "etc" / "hostname"),
         f"printf '127.0.0.1\\tlocalhost {GUEST_HOSTNAME}\\n' >" + word(rootfs / "etc" / "hosts"),
         line(["find", rootfs, "-exec", "touch", "-h", "-d", f"@{epoch}", "{}", "+"]),
-        line(mkfs_argv(settings, rootfs, layout.rootfs), env={"E2FSPROGS_FAKE_TIME": epoch}),
+        line(mkfs_argv(ext4["uuid"], ext4["size_mb"], rootfs, layout.rootfs),
+             env={"E2FSPROGS_FAKE_TIME": epoch}),
         "# mkfs -d copies ctime and atime, which no one can set: pin them with debugfs",
         f"(cd {word(rootfs)} && {{ echo; find . -mindepth 1 -printf '%P\\n' | LC_ALL=C sort; }})"
         " |",
@@ -276,13 +297,22 @@ def render(settings: Settings) -> str:
     source, series, config, kernel, kmod, image = (records.require(cls, layout)
                                                    for cls in RECORDS)
     repro = Layout(project=PROJECT, build=OUT, cache=CACHE)
-    make = Make(repro, kernel.jobs, kernel.ccache, source.source_date_epoch)
+    container = None
+    if kernel.toolchain.get("runtime") == "docker":
+        container = tarballs.reference("toolchain", kernel.toolchain["sha256"])
+    make = Make(repro, kernel.jobs, kernel.ccache, source.source_date_epoch, container)
     # make.env() is the environment every make of the pipeline gets: the
-    # reproducible-builds variables the record holds, plus ccache's place.
-    exports = [f"export {name}={word(value)}" for name, value in make.env().items()]
+    # reproducible-builds variables the record holds, plus ccache's place
+    # (passed into the container by `docker run -e` for runtime docker).
+    if container:
+        exports = ["# make runs in the toolchain container; its variables are on each line"]
+    else:
+        exports = ["# The kernel build's environment (reproducible-builds variables)",
+                   *(f"export {name}={word(value)}" for name, value in make.env().items())]
     sections = [
         _header(settings),
-        ["# The kernel build's environment (reproducible-builds variables)", *exports],
+        exports,
+        _tarballs(image, repro),
         _fetch(source, make),
         _patch(series, repro.tree),
         _config(config, make),

@@ -26,6 +26,7 @@ USER_FILE = "pipeline.toml"
 SOURCE_KINDS = ("debian", "tarball", "local", "git")
 VARIANTS = ("default", "debug")
 CCACHE_MODES = ("auto", "on", "off")
+RUNTIMES = ("host", "docker")
 ACCELERATORS = ("auto", "kvm", "tcg")
 BISECT_FIND = ("regression", "fix")
 
@@ -42,6 +43,7 @@ class SourceSettings:
     sha256: str
     repo: str
     ref: str
+    tree_cache: bool
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,16 @@ class KernelSettings:
     fragments: tuple[str, ...]
     jobs: int
     ccache: str
+    runtime: str
 
 
 @dataclass(frozen=True)
 class ImageSettings:
     base: str
+    base_sha256: str
+    toolchain: str
+    toolchain_sha256: str
+    docker_cache: bool
     suite: str
     mirror: str
     source_date_epoch: int
@@ -110,6 +117,12 @@ class BisectSettings:
 
 
 @dataclass(frozen=True)
+class ReproSettings:
+    against: str
+    rebuild: bool
+
+
+@dataclass(frozen=True)
 class PathSettings:
     build: str
     cache: str
@@ -124,6 +137,7 @@ class Settings:
     boot: BootSettings
     test: TestSettings
     bisect: BisectSettings
+    repro: ReproSettings
     paths: PathSettings
     root: Path  # the project directory; relative paths are resolved against it
 
@@ -154,12 +168,14 @@ SECTIONS = {
     "boot": BootSettings,
     "test": TestSettings,
     "bisect": BisectSettings,
+    "repro": ReproSettings,
     "paths": PathSettings,
 }
 ALLOWED = {
     ("source", "kind"): SOURCE_KINDS,
     ("kernel", "variant"): VARIANTS,
     ("kernel", "ccache"): CCACHE_MODES,
+    ("kernel", "runtime"): RUNTIMES,
     ("boot", "accel"): ACCELERATORS,
     ("bisect", "find"): BISECT_FIND,
 }
@@ -315,6 +331,7 @@ def load(root: Path, overrides: dict[str, str] | None = None) -> Settings:
                 f"source.sha256 in {origins[('source', 'sha256')]} is {source['sha256']!r}: "
                 "it must be 64 hex digits (sha256sum prints it)"
             )
+    _check_package_sets(merged["image"], origins)
     if not UUID_RE.match(merged["image"]["uuid"]):
         raise SettingsError(
             f"image.uuid in {origins[('image', 'uuid')]} is {merged['image']['uuid']!r}: "
@@ -342,6 +359,21 @@ def load(root: Path, overrides: dict[str, str] | None = None) -> Settings:
         root=root,
         **{name: cls(**merged[name]) for name, cls in SECTIONS.items()},
     )
+
+
+def _check_package_sets(image: dict, origins: dict) -> None:
+    """image.base and image.toolchain: a pinned tarball needs its sha256."""
+    for role in ("base", "toolchain"):
+        value, key = image[role], f"{role}_sha256"
+        image[key] = image[key].lower()
+        if role == "toolchain" and value != "mmdebstrap" and not value.startswith("tarball:"):
+            raise SettingsError(
+                f"image.toolchain in {origins[('image', 'toolchain')]} is {value!r}: it must be "
+                "\"mmdebstrap\" or \"tarball:PATH\" (a toolchain tarball a build published)")
+        if value.startswith("tarball:") and not SHA256_RE.match(image[key]):
+            raise SettingsError(
+                f"image.{role} = {value!r} needs image.{key}: the tarball's sha256 as the "
+                "manifest or sha256sum gives it (64 hex digits), so a different file is refused")
 
 
 def documented_keys() -> list[tuple[str, str, str]]:

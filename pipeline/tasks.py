@@ -125,6 +125,9 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
     """The task creators and DOIT_CONFIG of one chain, as a doit namespace."""
     run = run if run is not None else RunState()
     layout = config.layout
+    # Where make runs: changing it rebuilds config, kernel and kmod.
+    runtime = {"runtime": config.kernel.runtime, "toolchain": config.image.toolchain,
+               "toolchain_sha256": config.image.toolchain_sha256}
 
     def record_of(cls: type) -> Path:
         return records.path(cls, layout)
@@ -160,7 +163,7 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
             "file_dep": [record_of(SourceRecord), record_of(SeriesRecord),
                          *kconfig.fragment_paths(config)],
             "uptodate": [unchanged({"variant": config.kernel.variant,
-                                    "fragments": config.kernel.fragments},
+                                    "fragments": config.kernel.fragments, **runtime},
                                    kconfig, kmake, records),
                          has_record(ConfigRecord, config)],
             "targets": [layout.kernel_config, record_of(ConfigRecord)],
@@ -172,7 +175,7 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
         return {
             "actions": [action("kernel", kbuild.build_kernel, config, run)],
             "file_dep": [layout.kernel_config, record_of(SourceRecord), record_of(SeriesRecord)],
-            "uptodate": [unchanged(None, kbuild, kmake, records),
+            "uptodate": [unchanged(runtime, kbuild, kmake, records),
                          has_record(KernelRecord, config)],
             "targets": [layout.bzimage, layout.kernel_json, layout.modules_sha256],
             "clean": [remover(layout.kbuild, layout.artifacts)],
@@ -183,7 +186,8 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
         return {
             "actions": [action("kmod", kbuild.build_kmod, config, run)],
             "file_dep": [layout.modules_sha256, *kbuild.kmod_sources(config)],
-            "uptodate": [unchanged(None, kbuild, kmake, records), has_record(KmodRecord, config)],
+            "uptodate": [unchanged(runtime, kbuild, kmake, records),
+                         has_record(KmodRecord, config)],
             "targets": [layout.kmod_sha256, record_of(KmodRecord)],
             "clean": [remover(layout.kmod_work, layout.kmod, layout.kmod_sha256,
                               record_of(KmodRecord))],

@@ -13,7 +13,7 @@ from ..settings import Settings
 from ..util import file_sha256
 from . import gpg
 from .download import download, http_session
-from .treecache import populate
+from .treecache import cache_dir, populate
 
 
 def tarball_cache_path(settings: Settings) -> Path:
@@ -46,7 +46,7 @@ def fetch_tarball(settings: Settings, dest: Path) -> dict:
         os.replace(part_dest, cached)
     else:
         download(session, src.url, cached, src.sha256)
-    populate(cached, src.sha256, dest, settings.layout.trees)
+    populate(cached, src.sha256, dest, cache_dir(settings))
     resolved = {"tarball": str(cached), "sha256": src.sha256,
                 "signature_checked": bool(src.signature_url)}
     if src.signature_url:
@@ -70,5 +70,5 @@ def fetch_local(settings: Settings, dest: Path) -> dict:
             f"checksum mismatch for {path}: expected sha256 {src.sha256}, got {got}; "
             "fix source.sha256 or source.path"
         )
-    populate(path, got, dest, settings.layout.trees)
+    populate(path, got, dest, cache_dir(settings))
     return {"tarball": str(path), "sha256": got}

@@ -15,7 +15,7 @@ from .. import commands
 from ..errors import CommandError, EnvironmentProblem, SourceError
 from ..settings import Settings
 from ..util import atomic_write_text, file_sha256
-from .treecache import populate
+from .treecache import cache_dir, populate
 
 APT_LISTS = Path("/var/lib/apt/lists")
 
@@ -106,6 +106,6 @@ def fetch(settings: Settings, dest: Path) -> dict:
                 raise SourceError(f"{deb.name} holds no {inner_tarball_name(src.package)}")
             os.replace(inner, cached)
     sha256 = file_sha256(cached)
-    populate(cached, sha256, dest, settings.layout.trees)
+    populate(cached, sha256, dest, cache_dir(settings))
     return {"package": src.package, "version": version, "tarball": str(cached),
             "sha256": sha256}

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from .. import commands
 from ..errors import CommandError, EnvironmentProblem, SourceError
+from ..settings import Settings
 from ..util import remove_tree
 from .version import kernel_version
 
@@ -116,12 +117,22 @@ def extract(archive: Path, dest: Path) -> None:
                           f"archive?):\n{exc.output_tail}") from None
 
 
-def populate(archive: Path, sha256: str, dest: Path, trees: Path,
+def cache_dir(settings: Settings) -> Path | None:
+    """The tree cache, or None when source.tree_cache is off (`doit repro`)."""
+    return settings.layout.trees if settings.source.tree_cache else None
+
+
+def populate(archive: Path, sha256: str, dest: Path, trees: Path | None,
              check: Callable[[Path], object] = kernel_version) -> None:
     """Fill the empty directory `dest` with the tree in `archive`, whose sha256 is known.
 
-    `trees` is the cache; `check(tree)` raises for a tree that must not be cached.
+    `trees` is the cache (None: extract without it); `check(tree)` raises for a
+    tree that must not be cached.
     """
+    if trees is None:
+        log.info("extracting %s (source.tree_cache is off)", archive.name)
+        extract(archive, dest)
+        return
     trees.mkdir(parents=True, exist_ok=True)
     if os.stat(trees).st_dev != os.stat(dest).st_dev:
         log.info("%s and %s are on different filesystems, so the tree cannot be hard-linked "
