@@ -34,7 +34,9 @@ def _epilog() -> str:
               "or input, 3 the machine lacks something, 4 the kernel or a module does not "
               "compile, 5 the tree cannot be built as asked, 10-15 guest outcomes (test "
               "failures, kernel complaint, panic, boot timeout, test timeout, QEMU failed), "
-              "20 bisect: skipped commits leave several candidates, 130 interrupted"]
+              "20 bisect: skipped commits leave several candidates, 130 interrupted; "
+              "repro: 0 every artifact identical, 10 an artifact differs, 2 an input of the "
+              "manifest is not available here"]
     return "\n".join(lines)
 
 

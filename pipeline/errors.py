@@ -9,6 +9,8 @@ script (and a bisection) must tell apart:
     0     -                     the chain did what was asked              good
     1     PipelineError         anything else (a bug of ours: report it)  abort
     2     UserError             your settings or input are wrong          abort
+    2     InputUnavailable      repro: an input of the manifest cannot    -
+                                be had here (a package version)
     3     EnvironmentProblem    the machine lacks something: a tool,      abort
                                 dockerd, network, a mirror, disk space
     4     BuildError            the kernel or a module does not compile   skip
@@ -17,6 +19,7 @@ script (and a bisection) must tell apart:
                                 option does not exist or survive, the
                                 image cannot be made from it
     10-15 guest outcomes        see `pipeline.results.Outcome`            bad
+    10    ArtifactsDiffer       repro: a rebuilt artifact differs         -
     20    BisectAmbiguous       skipped commits leave several candidates  -
     130   -                     interrupted (Ctrl-C)                      abort
 
@@ -84,6 +87,16 @@ class ConfigError(TreeError):
 
 class ImageError(TreeError):
     """The guest image cannot be made from these artifacts."""
+
+
+class InputUnavailable(UserError):
+    """`doit repro`: an input the manifest names is not available on this machine."""
+
+
+class ArtifactsDiffer(PipelineError):
+    """`doit repro`: the rebuild's artifacts are not the manifest's."""
+
+    exit_code = 10
 
 
 class CommandError(PipelineError):

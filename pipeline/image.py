@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -278,6 +279,9 @@ def build_image(settings: Settings) -> ImageRecord:
               "mirror": image.mirror,
               **(tarballs.record(base_tarball) if base_tarball else {"tarball": None})},
         toolchain=tarballs.record(toolchain),
+        inputs={str(path.relative_to(layout.project)): file_sha256(path)
+                for path in image_inputs(settings)},
+        dockerfile_sha256=hashlib.sha256(dockerfile.encode()).hexdigest(),
         ext4={"uuid": image.uuid, "size_mb": image.size_mb,
               "source_date_epoch": image.source_date_epoch},
         rootfs_sha256=file_sha256(layout.rootfs),

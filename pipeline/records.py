@@ -103,6 +103,8 @@ class ImageRecord:
     release: str
     base: dict[str, Any]  # reference, digest, suite, mirror; tarball, sha256, packages
     toolchain: dict[str, Any]  # the builder stage's package tarball: sha256, packages
+    inputs: dict[str, str]  # images/<path> -> sha256 of every file the build context took
+    dockerfile_sha256: str  # the rendered Dockerfile
     ext4: dict[str, Any]  # uuid, size_mb, source_date_epoch
     rootfs_sha256: str
     with_kmod: bool

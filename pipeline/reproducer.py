@@ -22,7 +22,6 @@ import shlex
 from pathlib import Path
 
 from . import kconfig, patch, records, tarballs
-from .errors import PipelineError
 from .image import DOCKER_INJECTED, GUEST_HOSTNAME, GUEST_REPOSITORY, mkfs_argv
 from .kbuild import HOST_LINKS, kmod_argv
 from .kmake import Make
@@ -324,18 +323,11 @@ def render(settings: Settings) -> str:
     return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
 
 
-def is_current(settings: Settings) -> bool:
-    """doit uptodate: reproducer.sh says what the records say (they may be rewritten
-    with new durations and nothing else)."""
-    try:
-        return settings.layout.reproducer.read_text() == render(settings)
-    except (OSError, PipelineError):
-        return False
-
-
 def write(settings: Settings) -> Path:
     """The last step of `doit build`: reproducer.sh beside the artifacts."""
     dest = settings.layout.reproducer
-    atomic_write_text(dest, render(settings))
-    dest.chmod(0o755)
+    text = render(settings)
+    if not dest.is_file() or dest.read_text() != text:
+        atomic_write_text(dest, text)
+        dest.chmod(0o755)
     return dest

@@ -31,8 +31,10 @@ from . import (
     kbuild,
     kconfig,
     kmake,
+    manifest,
     patch,
     records,
+    repro,
     reproducer,
     settings,
     sources,
@@ -45,7 +47,7 @@ log = logging.getLogger("pipeline")
 
 # In the order `doit list` shows them: the table of contents.
 TASKS = ("fetch", "patch", "config", "kernel", "kmod", "image", "build", "boot", "test",
-         "bisect")
+         "bisect", "repro")
 BUILD_TASKS = ("fetch", "patch", "config", "kernel", "kmod", "image")
 
 
@@ -119,6 +121,14 @@ def remover(*paths: Path) -> Callable[[], None]:
                 remove_tree(path)
 
     return clean
+
+
+def write_manifest(config: settings.Settings) -> None:
+    layout = config.layout
+    digest = manifest.write(layout)
+    shown = layout.manifest.relative_to(config.root) if layout.manifest.is_relative_to(
+        config.root) else layout.manifest
+    print(f"manifest sha256 {digest}  {shown}", flush=True)
 
 
 def declare(config: settings.Settings, run: RunState | None = None) -> dict[str, object]:
@@ -206,13 +216,15 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
         }
 
     def task_build():
-        """Everything up to a bootable guest, then reproducer.sh from the build's records."""
+        """Everything up to a bootable guest; reproducer.sh and manifest.json from the records."""
         return {
-            "actions": [action("reproducer", reproducer.write, config, run)],
+            # Always runs (it is cheap): the manifest's sha256 ends every build's output.
+            "actions": [action("reproducer", reproducer.write, config, run),
+                        action("manifest", write_manifest, config, run)],
             "task_dep": list(BUILD_TASKS),
-            "uptodate": [lambda: reproducer.is_current(config)],
-            "targets": [layout.reproducer],
-            "clean": [remover(layout.reproducer)],
+            "targets": [layout.reproducer, layout.manifest],
+            "clean": [remover(layout.reproducer, layout.manifest)],
+            "verbosity": 2,
         }
 
     def task_boot():
@@ -238,6 +250,15 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
             "verbosity": 2,
         }
 
+    def task_repro():
+        """Rebuild everything afresh, every cache off; compare with the manifest (repro.against)."""
+        return {
+            "actions": [action("repro", repro.repro, config, run)],
+            # Against the build's own manifest: that build first.
+            "task_dep": [] if config.repro.against else ["build"],
+            "verbosity": 2,
+        }
+
     namespace: dict[str, object] = {
         "DOIT_CONFIG": {
             "default_tasks": ["build"],
@@ -247,6 +268,6 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
         },
     }
     creators = (task_fetch, task_patch, task_config, task_kernel, task_kmod, task_image,
-                task_build, task_boot, task_test, task_bisect)
+                task_build, task_boot, task_test, task_bisect, task_repro)
     namespace.update((creator.__name__, creator) for creator in creators)
     return namespace

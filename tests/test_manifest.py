@@ -1,0 +1,247 @@
+"""The manifest, package tarballs and repro's comparison: pure logic, no engine, no build."""
+
+import dataclasses
+import io
+import json
+import tarfile
+
+import pytest
+
+from pipeline import manifest, records, repro, settings, tarballs
+from pipeline.errors import InputUnavailable, SettingsError, UserError
+from pipeline.records import (
+    ConfigRecord,
+    ImageRecord,
+    KernelRecord,
+    KmodRecord,
+    SeriesRecord,
+    SourceRecord,
+)
+
+STATUS = """Package: libc6
+Status: install ok installed
+Architecture: amd64
+Version: 2.36-9+deb12u14
+Description: GNU C Library
+ continued line: Version: 0
+
+Package: gcc-12
+Status: install ok installed
+Version: 12.2.0-14+deb12u1
+
+Package: removed-one
+Status: deinstall ok config-files
+Version: 1.0
+"""
+
+
+def status_tarball(path, status=STATUS):
+    """A tar shaped like mmdebstrap's: ./var/lib/dpkg/status among other files."""
+    with tarfile.open(path, "w") as tar:
+        for name, text in (("./etc/hostname", "x\n"), ("./var/lib/dpkg/status", status)):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def package_record(sha, packages):
+    return {"tarball": f"{sha[:4]}.tar", "sha256": sha, "pinned": False, "packages": packages}
+
+
+def save_build(layout, changes=None):
+    """A complete set of stage records, as a real build leaves them."""
+    kernel = KernelRecord(
+        release="6.12.57", kernel_version="6.12.57", variant="default",
+        source={"identity": {}, "resolved": {}}, patches={"patches": ["0001.patch"]},
+        config_sha256="c" * 64, bzImage_sha256="b" * 64,
+        module_sha256={"modules/kernel/arch/x86/kvm/kvm.ko": "1" * 64},
+        make_env={"KBUILD_BUILD_USER": "kvm-pipeline"},
+        toolchain={"runtime": "host", "packages": {"gcc-12": "12.2.0-14+deb12u1"}},
+        ccache=True, jobs=2, environment={"host": "here"}, seconds={"build": 100.0})
+    built = {
+        SourceRecord: SourceRecord(
+            kind="debian", identity={"package": "linux-source-6.12"},
+            resolved={"package": "linux-source-6.12", "version": "6.12.57-1",
+                      "tarball": "/root/.cache/x.tar.xz", "sha256": "a" * 64},
+            kernel_version="6.12.57", source_date_epoch=1700000000, tree_id="t1"),
+        SeriesRecord: SeriesRecord(tree_id="t1", kernel_version="6.12.57",
+                                   series="patches/kvm/6.12/series", patches=("0001.patch",),
+                                   patch_sha256={"0001.patch": "p" * 64}, digest="d" * 64),
+        ConfigRecord: ConfigRecord(tree_id="t1", variant="default",
+                                   fragments=("kconfig/base.config",),
+                                   fragment_sha256={"kconfig/base.config": "f" * 64},
+                                   checked_options=10, config_sha256="c" * 64),
+        KernelRecord: kernel,
+        KmodRecord: KmodRecord(release="6.12.57", modules=("sched_inject.ko",),
+                               sha256={"kmod/sched_inject.ko": "2" * 64},
+                               source_sha256={"sched_inject_main.c": "3" * 64}),
+        ImageRecord: ImageRecord(
+            release="6.12.57",
+            base={"reference": "mmdebstrap", "digest": "sha256:" + "4" * 64,
+                  "suite": "bookworm", "mirror": "http://deb.debian.org/debian",
+                  **package_record("4" * 64, {"kmod": "30+20221128-1"})},
+            toolchain=package_record("5" * 64, {"gcc-12": "12.2.0-14+deb12u1"}),
+            inputs={"images/init": "6" * 64}, dockerfile_sha256="7" * 64,
+            ext4={"uuid": "u", "size_mb": 1024, "source_date_epoch": 1700000000},
+            rootfs_sha256="8" * 64, with_kmod=True, image_id="sha256:local", seconds=60.0),
+    }
+    for cls, change in (changes or {}).items():
+        built[cls] = dataclasses.replace(built[cls], **change)
+    for record in built.values():
+        records.save(record, layout)
+
+
+@pytest.fixture
+def layout(make_settings):
+    return make_settings().layout
+
+
+def test_manifest_is_deterministic_and_holds_no_run_details(layout):
+    save_build(layout)
+    first_digest = manifest.write(layout)
+    first = layout.manifest.read_bytes()
+    # What varies from run to run (durations, host, ccache, jobs, local paths and
+    # Docker ids) is not in the manifest.
+    save_build(layout, {
+        KernelRecord: {"seconds": {"build": 5.0}, "environment": {"host": "elsewhere"},
+                       "ccache": False, "jobs": 16},
+        ImageRecord: {"image_id": "sha256:other", "seconds": 1.0},
+        SourceRecord: {"tree_id": "t2", "run": {"seconds": 3}}})
+    assert manifest.write(layout) == first_digest
+    assert layout.manifest.read_bytes() == first
+    text = first.decode()
+    assert "/root/.cache" not in text and "sha256:local" not in text
+    assert json.loads(text)["artifacts"]["rootfs.ext4"] == "8" * 64
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
+
+
+def test_a_changed_input_changes_exactly_its_field(layout):
+    save_build(layout)
+    before = manifest.build(layout)
+    save_build(layout, {KmodRecord: {"source_sha256": {"sched_inject_main.c": "9" * 64}}})
+    after = manifest.build(layout)
+    assert manifest.differences(before, after) == [manifest.Difference(
+        "inputs.kmod.sources.sched_inject_main.c", "3" * 64, "9" * 64)]
+
+
+def test_manifest_load_rejects_what_is_not_one(tmp_path):
+    with pytest.raises(UserError, match="no manifest at"):
+        manifest.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": 1, "inputs": {}}')
+    with pytest.raises(UserError, match="not a manifest of schema 1"):
+        manifest.load(bad)
+
+
+def test_package_set_comes_from_the_tarballs_dpkg_database(tmp_path):
+    path = status_tarball(tmp_path / "base.tar")
+    assert tarballs.package_set(path) == {"gcc-12": "12.2.0-14+deb12u1",
+                                          "libc6": "2.36-9+deb12u14"}
+    plain = tmp_path / "plain.tar"
+    with tarfile.open(plain, "w") as tar:
+        tar.add(path, arcname="./etc/other")
+    with pytest.raises(SettingsError, match="not a Debian root filesystem"):
+        tarballs.package_set(plain)
+
+
+def test_compiler_packages_leave_out_the_rest():
+    versions = {"gcc-12": "1", "binutils": "2", "libc6": "3", "tzdata": "4", "passwd": "5"}
+    assert tarballs.compiler_packages(versions) == {"gcc-12": "1", "binutils": "2",
+                                                    "libc6": "3"}
+
+
+def test_a_pinned_tarball_needs_its_sha256(make_settings):
+    with pytest.raises(SettingsError, match=r"needs image\.base_sha256"):
+        make_settings(**{"image.base": "tarball:base.tar"})
+    with pytest.raises(SettingsError, match=r"image\.toolchain .* must be"):
+        make_settings(**{"image.toolchain": "debian:bookworm"})
+
+
+def test_a_pinned_tarball_is_checked_and_read(make_settings, tmp_path):
+    path = status_tarball(tmp_path / "base.tar")
+    wrong = make_settings(**{"image.base": "tarball:base.tar", "image.base_sha256": "0" * 64})
+    with pytest.raises(SettingsError, match=r"its sha256 is .* not image\.base_sha256"):
+        tarballs.ensure(wrong, "base")
+    sha = tarballs.file_sha256(path)
+    pinned = tarballs.ensure(make_settings(**{"image.base": "tarball:base.tar",
+                                              "image.base_sha256": sha.upper()}), "base")
+    assert pinned.pinned and pinned.sha256 == sha and pinned.packages["libc6"]
+    assert pinned.reference == f"kvm-pipeline/base:{sha[:16]}"
+    gone = make_settings(**{"image.base": "tarball:nope.tar", "image.base_sha256": sha})
+    with pytest.raises(SettingsError, match="is not a file"):
+        tarballs.ensure(gone, "base")
+
+
+def expected_manifest(layout):
+    save_build(layout)
+    return manifest.build(layout)
+
+
+def test_rebuild_settings_turn_every_cache_off_and_pin_published_tarballs(layout,
+                                                                          make_settings,
+                                                                          tmp_path):
+    config = make_settings()
+    published = tmp_path / "ci"
+    published.mkdir()
+    base = status_tarball(published / "base.tar")
+    expected = expected_manifest(layout)
+    expected["inputs"]["image"]["base"]["sha256"] = tarballs.file_sha256(base)
+    fresh = repro.rebuild_settings(config, expected, published)
+    assert fresh.kernel.ccache == "off" and not fresh.image.docker_cache
+    assert not fresh.source.tree_cache
+    assert fresh.layout.build == config.layout.repro_build
+    assert fresh.image.base == f"tarball:{base}"
+    # The toolchain tarball was not published: mmdebstrap's stays.
+    assert fresh.image.toolchain == "mmdebstrap"
+    # An unpinned Debian source takes the manifest's version.
+    assert fresh.source.version == "6.12.57-1"
+
+
+def test_a_moved_package_set_is_an_unavailable_input(layout, make_settings, tmp_path):
+    expected = expected_manifest(layout)
+    path = status_tarball(tmp_path / "base.tar")
+    config = make_settings(**{"image.base": "tarball:base.tar",
+                              "image.base_sha256": tarballs.file_sha256(path),
+                              "image.toolchain": "tarball:base.tar",
+                              "image.toolchain_sha256": tarballs.file_sha256(path)})
+    expected["inputs"]["image"]["base"]["packages"] = {"libc6": "2.36-9+deb12u13",
+                                                       "gcc-12": "12.2.0-14+deb12u1"}
+    expected["inputs"]["image"]["toolchain"]["packages"] = tarballs.package_set(path)
+    with pytest.raises(InputUnavailable) as failure:
+        repro.check_package_sets(config, expected)
+    message = str(failure.value)
+    assert "base package set" in message and "toolchain" not in message
+    assert "libc6 2.36-9+deb12u13 (here: 2.36-9+deb12u14)" in message
+    assert "image.base=tarball:PATH image.base_sha256=" in message
+    assert failure.value.exit_code == 2
+
+
+def test_artifact_rows_count_a_published_file_by_its_bytes(layout, tmp_path):
+    expected = expected_manifest(layout)
+    published = tmp_path / "ci"
+    published.mkdir()
+    (published / "bzImage").write_bytes(b"changed after the build")
+    got = json.loads(json.dumps(expected))
+    rows = {row.name: row for row in repro.artifact_rows(expected, published, got)}
+    assert not rows["bzImage"].same and "does not match its own manifest" in rows["bzImage"].note
+    assert rows["rootfs.ext4"].same  # not published here: the manifest's digest counts
+    got["artifacts"]["kmod/extra.ko"] = "e" * 64
+    rows = {row.name: row for row in repro.artifact_rows(expected, published, got)}
+    assert rows["kmod/extra.ko"].expected is None and not rows["kmod/extra.ko"].same
+
+
+def test_inputs_and_artifacts_are_compared_apart(layout, tmp_path):
+    expected = expected_manifest(layout)
+    got = json.loads(json.dumps(expected))
+    got["inputs"]["kernel"]["toolchain"] = {"runtime": "docker", "sha256": "5" * 64,
+                                            "packages": {"gcc-12": "12.2.0-14+deb12u2"}}
+    diffs = {d.key: (d.expected, d.got) for d in manifest.differences(expected["inputs"],
+                                                                      got["inputs"])}
+    assert diffs == {"kernel.toolchain.runtime": ("host", "docker"),
+                     "kernel.toolchain.sha256": (None, "5" * 64),
+                     "kernel.toolchain.packages.gcc-12": ("12.2.0-14+deb12u1",
+                                                          "12.2.0-14+deb12u2")}
+    assert all(row.same for row in repro.artifact_rows(expected, tmp_path, got))
+    assert settings.RUNTIMES == ("host", "docker")
