@@ -1,0 +1,164 @@
+"""`doit repro` end to end, on real builds.
+
+One cold build does three jobs: a checkout at a longer path runs `python -m
+pipeline repro kernel.runtime=docker` against the manifest of the shared e2e
+build.  That is a second clean build (ccache off, tree extracted afresh,
+`docker build --no-cache`), in the toolchain container instead of on the
+host, compared artifact by artifact.  The later tests reuse its build dir:
+a planted difference and one changed byte of a kmod source are compared
+without building the kernel again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from pipeline import manifest, records
+from pipeline.records import SourceRecord
+from pipeline.util import file_sha256
+
+pytestmark = pytest.mark.slow
+
+# A checkout path of another length than the project's: in the container the
+# build dir is /build whatever it is; on the host the layout keeps it out of
+# the objects (measured).
+CLONE = ROOT / "build" / "test-repro-from-a-checkout-at-a-longer-path" / "kvm-pipeline"
+# The packages whose versions decide the compiler's output; when the host's and
+# the toolchain tarball's agree, the host and container builds must be identical.
+COMPILER = re.compile(r"^(gcc|cpp|binutils|libbinutils|libgcc|libc6-dev|make)")
+
+
+def pipeline(*words: str, timeout: int = 3600) -> subprocess.CompletedProcess:
+    """`python -m pipeline` of the clone, run from the clone."""
+    return subprocess.run([sys.executable, "-m", "pipeline", *words], cwd=CLONE,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def show(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout[-5000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def docker_repro(kernel_build):
+    """The clone's repro in the toolchain container against the e2e build's manifest."""
+    shutil.rmtree(CLONE.parent, ignore_errors=True)
+    CLONE.mkdir(parents=True)
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                             check=True).stdout
+    subprocess.run(["rsync", "-a", "--from0", "--files-from=-", f"{ROOT}/", f"{CLONE}/"],
+                   input=tracked, check=True)
+    proc = pipeline("repro", "kernel.runtime=docker",
+                    f"repro.against={kernel_build.layout.manifest}")
+    report_path = CLONE / "build" / "repro" / "report.json"
+    assert report_path.is_file(), show(proc)
+    return proc, json.loads(report_path.read_text())
+
+
+def test_container_rebuild_matches_the_host_build(docker_repro, kernel_build):
+    proc, report = docker_repro
+    rebuilt = CLONE / "build" / "repro" / "build"
+    assert "repro: rebuilding in" in proc.stdout and "repro: rebuilt in" in proc.stdout
+    assert "docker run --rm --network none" in proc.stderr  # make ran in the container
+    # The only inputs that differ are the runtime's: same sources, series, config,
+    # kmod, images/ and package tarballs.
+    keys = [diff["key"] for diff in report["inputs"]]
+    assert keys and all(key.startswith("kernel.toolchain.") for key in keys), keys
+    compiler_moved = [key for key in keys
+                      if COMPILER.match(key.removeprefix("kernel.toolchain.packages."))]
+    rows = report["artifacts"]
+    assert {"bzImage", "rootfs.ext4", "kmod/sched_inject.ko", "kmod/inject_target.ko",
+            "modules/kernel/arch/x86/kvm/kvm.ko", "modules/kernel/arch/x86/kvm/kvm-amd.ko",
+            "modules/kernel/arch/x86/kvm/kvm-intel.ko",
+            "modules/kernel/virt/lib/irqbypass.ko"} <= {row["name"] for row in rows}
+    if compiler_moved:
+        # The host's compiler is not the tarball's: the manifests say which package.
+        assert proc.returncode == 10, show(proc)
+        return
+    assert proc.returncode == 0, show(proc)
+    assert all(row["same"] for row in rows), [row["name"] for row in rows if not row["same"]]
+    assert f"repro: all {len(rows)} artifacts identical" in proc.stdout
+    # The two manifests are byte-identical but for the toolchain they name.
+    ours = json.loads(kernel_build.layout.manifest.read_text())
+    theirs = json.loads((rebuilt / "artifacts" / "manifest.json").read_text())
+    for side in (ours, theirs):
+        side["inputs"]["kernel"].pop("toolchain")
+    assert manifest.dumps(ours) == manifest.dumps(theirs)
+
+
+def test_a_planted_difference_is_named_with_diffoscope_report(docker_repro, kernel_build,
+                                                              tmp_path):
+    published = tmp_path / "ci-artifacts"
+    shutil.copytree(kernel_build.layout.artifacts, published, copy_function=_link_or_copy)
+    planted = published / "bzImage"
+    data = bytearray(planted.read_bytes())
+    planted.unlink()  # a hard link: write a new file
+    data[len(data) // 2] ^= 0x01
+    planted.write_bytes(bytes(data))
+
+    proc = pipeline("repro", "repro.rebuild=false", f"repro.against={published}/manifest.json",
+                    "kernel.runtime=docker", timeout=900)
+    assert proc.returncode == 10, show(proc)
+    assert re.search(r"^  bzImage\s+DIFFERS .*does not match its own manifest", proc.stdout,
+                     re.MULTILINE), proc.stdout[-3000:]
+    assert re.search(r"^  rootfs\.ext4\s+same", proc.stdout, re.MULTILINE)
+    report = CLONE / "build" / "repro" / "diffoscope" / "bzImage.txt"
+    assert report.is_file() and "bzImage" in report.read_text()
+    assert "repro: bzImage differs; diffoscope" in proc.stdout
+
+
+def test_one_kmod_byte_changes_its_module_the_image_and_the_manifest(docker_repro,
+                                                                     kernel_build, tmp_path):
+    rebuilt = CLONE / "build" / "repro" / "build"
+    before = tmp_path / "before"
+    shutil.copytree(rebuilt / "artifacts", before, copy_function=_link_or_copy)
+    old = json.loads((before / "manifest.json").read_text())
+
+    source = CLONE / "kmod" / "sched_inject_main.c"
+    text = source.read_text()
+    changed = re.sub(r'MODULE_DESCRIPTION\("(.)', lambda m: m.group(0)[:-1]
+                     + m.group(1).swapcase(), text, count=1)
+    assert changed != text and len(changed) == len(text)
+    source.write_text(changed)
+    # The rebuild's own settings, so only what the change touches runs again.
+    version = records.load(SourceRecord, kernel_build.layout).resolved["version"]
+    pins = [f"image.{role}={value}" for tar in ("base", "toolchain") for role, value in (
+        (tar, f"tarball:{kernel_build.layout.published_tarball(tar)}"),
+        (f"{tar}_sha256", file_sha256(kernel_build.layout.published_tarball(tar))))]
+    proc = pipeline("build", f"paths.build={rebuilt}", "kernel.runtime=docker",
+                    "kernel.ccache=off", "source.tree_cache=false", "image.docker_cache=false",
+                    f"source.version={version}", *pins, timeout=1800)
+    assert proc.returncode == 0, show(proc)
+    ran = [line[3:].strip() for line in proc.stdout.splitlines() if line.startswith(".  ")]
+    assert ran == ["kmod", "image", "build"], ran
+    new = json.loads((rebuilt / "artifacts" / "manifest.json").read_text())
+    moved = {diff.key for diff in manifest.differences(old, new)}
+    assert moved == {"inputs.kmod.sources.sched_inject_main.c",
+                     "artifacts.kmod/sched_inject.ko", "artifacts.rootfs.ext4"}, moved
+    assert re.search(r"^manifest sha256 [0-9a-f]{64}  ", proc.stdout, re.MULTILINE)
+
+    # repro names both, and compares rootfs.ext4 by the files it holds.
+    proc = pipeline("repro", "repro.rebuild=false", f"repro.against={before}/manifest.json",
+                    "kernel.runtime=docker", timeout=1200)
+    assert proc.returncode == 10, show(proc)
+    diffs = CLONE / "build" / "repro" / "diffoscope"
+    assert (diffs / "kmod_sched_inject.ko.txt").is_file()
+    assert "sched_inject.ko" in (diffs / "rootfs.ext4.txt").read_text()
+    report = json.loads((CLONE / "build" / "repro" / "report.json").read_text())
+    assert [diff["key"] for diff in report["inputs"]] == ["kmod.sources.sched_inject_main.c"]
+    assert sorted(row["name"] for row in report["artifacts"] if not row["same"]) == [
+        "kmod/sched_inject.ko", "rootfs.ext4"]
+
+
+def _link_or_copy(src: str, dest: str) -> None:
+    try:
+        Path(dest).hardlink_to(src)
+    except OSError:
+        shutil.copy2(src, dest)
