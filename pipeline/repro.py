@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import chain, commands, manifest, tarballs
-from .errors import ArtifactsDiffer, CommandError, InputUnavailable
+from .errors import ArtifactsDiffer, CommandError, InputUnavailable, PipelineError
 from .layout import Layout
 from .settings import Settings
 from .util import atomic_write_text, file_sha256, remove_tree
@@ -118,8 +118,8 @@ def rebuild(settings: Settings) -> float:
     if outcome.error is not None:
         raise outcome.error
     if not outcome.ok:
-        raise ArtifactsDiffer(f"the rebuild in {build} failed (exit {outcome.code}); its "
-                              f"logs are in {settings.layout.logs}")
+        raise PipelineError(f"the rebuild in {build} failed (exit {outcome.code}); its "
+                            f"logs are in {settings.layout.logs}")
     print(f"repro: rebuilt in {seconds // 60:.0f} min {seconds % 60:.0f} s", flush=True)
     return seconds
 

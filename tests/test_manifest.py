@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from pipeline import manifest, records, repro, settings, tarballs
+from pipeline import manifest, records, repro, reproducer, settings, tarballs
 from pipeline.errors import InputUnavailable, SettingsError, UserError
 from pipeline.records import (
     ConfigRecord,
@@ -245,3 +245,25 @@ def test_inputs_and_artifacts_are_compared_apart(layout, tmp_path):
                                                           "12.2.0-14+deb12u2")}
     assert all(row.same for row in repro.artifact_rows(expected, tmp_path, got))
     assert settings.RUNTIMES == ("host", "docker")
+
+
+def test_reproducer_runs_make_where_the_kernel_step_did(layout, make_settings):
+    config = make_settings()
+    save_build(layout)
+    host = reproducer.render(config)
+    assert "export KBUILD_BUILD_USER=kvm-pipeline" in host
+    assert "make -C \"$OUT\"/src/linux" in host and "docker run" not in host
+    save_build(layout, {KernelRecord: {"toolchain": {"runtime": "docker", "sha256": "5" * 64,
+                                                     "packages": {}}}})
+    container = reproducer.render(config)
+    run = ('docker run --rm --network none --user "$(id -u):$(id -g)" -v "$OUT":/build '
+           '-v "$PROJECT":/project:ro')
+    assert run in container
+    assert f"kvm-pipeline/toolchain:{'5' * 16} make -C /build/src/linux O=/build/kbuild" \
+        in container
+    assert "INSTALL_MOD_PATH=/build/staging" in container
+    assert "M=/build/kmod W=1 modules" in container
+    # Both package tarballs: beside the script, given, or made by mmdebstrap, then checked.
+    for role in ("base", "toolchain"):
+        assert f'[ -f "$HERE/{role}.tar" ]' in container
+        assert f"docker import \"${role.upper()}_TARBALL\" kvm-pipeline/{role}:" in container
