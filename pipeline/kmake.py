@@ -56,7 +56,11 @@ class Make:
                             f"{self.layout.project}")
 
     def argv(self, *targets: str, parallel: bool = False) -> list[str]:
-        argv = ["make", "-C", str(self.paths.tree), f"O={self.paths.kbuild}", "ARCH=x86_64"]
+        # RUSTC=false: the pipeline's configs build no Rust, and a rustc in PATH
+        # (rustup's) would land in .config as CONFIG_RUSTC_VERSION: the config
+        # would then depend on the host.
+        argv = ["make", "-C", str(self.paths.tree), f"O={self.paths.kbuild}", "ARCH=x86_64",
+                "RUSTC=false"]
         if parallel:
             argv.append(f"-j{self.jobs}")
         if self.ccache:
@@ -79,11 +83,12 @@ class Make:
         """The variables every make of the pipeline adds to the environment."""
         env = self.reproducible_env()
         if self.ccache:
-            # Shared by every build dir and kept by `doit clean`; BASEDIR (the build
-            # dir holds the tree, kbuild/ and kmod/) makes hits independent of where
-            # the build dir is.
+            # Shared by every build dir and kept by `doit clean`.  No CCACHE_BASEDIR:
+            # it would hand the compiler relative paths, which then land in __FILE__
+            # ("../src/linux/include/linux/srcu.h" instead of the prefix-mapped
+            # "include/linux/srcu.h"), so objects built with ccache would differ from
+            # objects built without it.  Hits are then per build dir.
             env["CCACHE_DIR"] = str(self.paths.ccache)
-            env["CCACHE_BASEDIR"] = str(self.paths.build)
         return env
 
     def container_argv(self, workdir: Path | None, user: str = "") -> list[str]:

@@ -15,11 +15,11 @@ Layout.  The build dir:
     results/            the latest guest run
     .doit.db            doit's dependency database
 
-`src/linux` and `kmod` must stay where they are relative to `kbuild`: the
-kernel writes source paths relative to its output directory into the objects
-(kvm.ko holds `../src/linux/virt/kvm/kvm_main.c`, inject_target.ko
-`../kmod/inject_target_main.c`), so moving either changes the artifacts'
-bytes.  The reproducer script uses this same layout under its own directory.
+No absolute path of the build dir reaches the artifacts: the kernel maps its
+source tree's path out of __FILE__ (-fmacro-prefix-map), kmod/Kbuild does the
+same for our modules, and ccache runs without CCACHE_BASEDIR (whose relative
+paths would reach __FILE__).  So a build dir may live anywhere; the
+reproducer script uses this same layout under its own directory.
 """
 
 from __future__ import annotations

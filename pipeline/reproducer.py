@@ -2,8 +2,7 @@
 
 `doit build` writes it last, from the records of every stage, so it holds the
 build as it stands (never a journal of an earlier run).  It takes its output
-directory as an argument, recreates the build dir's layout there (the kernel
-bakes paths relative to kbuild/ into the objects, see `layout`), and checks
+directory as an argument, recreates the build dir's layout there, and checks
 each artifact against the record: `reproducer.sh OUT` ends by listing what
 came out identical and what did not.
 
