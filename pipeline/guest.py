@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import console, ktap, qemu
+from . import console, history, ktap, qemu
 from .errors import MissingStepError, PipelineError, UserError
 from .results import Outcome, RunReport, classify_outcome, summary, write_json, write_junit
 from .settings import Settings
@@ -154,6 +154,8 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
 
 def boot_checks(settings: Settings) -> RunReport | None:
     """The `boot` task: the boot-check suite."""
+    if not settings.boot.dry_run:
+        history.keep_previous(settings.layout)
     return run_or_print(settings, "boot")
 
 
@@ -161,6 +163,8 @@ def test_suite(settings: Settings) -> RunReport | None:
     """The `test` task: the cases test.cases selects from boot.suite,
     test.repeat times."""
     suite = selected_suites(settings)
+    if not settings.boot.dry_run:
+        history.keep_previous(settings.layout)
     if settings.test.repeat == 1 or settings.boot.dry_run:
         return run_or_print(settings, suite)
     return repeat_suite(settings, suite, settings.test.repeat)

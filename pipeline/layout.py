@@ -13,6 +13,7 @@ Layout.  The build dir:
     image/              the Docker build context and its log
     artifacts/          what a user takes away (see `artifacts_*` below)
     results/            the latest guest run
+    results-history/    the runs before it, newest first (see `pipeline.history`)
     .doit.db            doit's dependency database
 
 No absolute path of the build dir reaches the artifacts: the kernel maps its
@@ -99,6 +100,11 @@ class Layout:
     @property
     def results(self) -> Path:
         return self.build / "results"
+
+    @property
+    def results_history(self) -> Path:
+        """Earlier runs' results, moved here when a new run starts."""
+        return self.build / "results-history"
 
     @property
     def doit_db(self) -> Path:

@@ -232,6 +232,7 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
         return {
             "actions": [action("boot", guest.boot_checks, config, run)],
             "task_dep": ["kernel", "kmod", "image"],
+            "clean": [remover(layout.results, layout.results_history)],
             "verbosity": 2,
         }
 
@@ -240,6 +241,7 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
         return {
             "actions": [action("test", guest.test_suite, config, run)],
             "task_dep": ["kernel", "kmod", "image"],
+            "clean": [remover(layout.results, layout.results_history)],
             "verbosity": 2,
         }
 

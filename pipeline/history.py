@@ -1,0 +1,85 @@
+"""Earlier guest runs' results, kept beside the latest one.
+
+A new `doit boot` or `doit test` must not destroy the evidence of the run
+before it (a rare failure is worth nothing once its console and KTAP are
+gone).  So when a run starts, the previous build/results/ is moved, whole,
+to build/results-history/<when>-<task>-<outcome>/, and build/results/ is
+the new run's.  The history is bounded: the `KEEP` newest entries stay,
+plus the newest failed one even when it is older; `doit clean` removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from .layout import Layout
+from .util import remove_tree
+
+log = logging.getLogger("pipeline")
+
+KEEP = 5
+PASSED = "passed"
+
+
+def describe(results: Path) -> tuple[str, str]:
+    """(suite, outcome label) of a run's results; "unfinished" when it wrote none."""
+    for name in ("repeat.json", "results.json"):
+        try:
+            data = json.loads((results / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        suite = str(data.get("suite", "run"))
+        if name == "repeat.json":
+            failed = [outcome for outcome in data.get("outcomes", []) if outcome != PASSED]
+            return suite, failed[0] if failed else PASSED
+        return suite, str(data.get("outcome", "unfinished"))
+    return "run", "unfinished"
+
+
+def _entry_name(results: Path) -> str:
+    """<time of the run>-<suite>-<outcome>, sortable and readable."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(results.stat().st_mtime))
+    suite, outcome = describe(results)
+    name = f"{stamp}-{suite.replace(',', '+')}-{outcome}"
+    return name.replace(" ", "_").replace("/", "_")
+
+
+def keep_previous(layout: Layout) -> Path | None:
+    """Move the last run's results into the history; return where they went."""
+    results = layout.results
+    if not results.is_dir() or not any(results.iterdir()):
+        return None
+    history = layout.results_history
+    history.mkdir(parents=True, exist_ok=True)
+    name = _entry_name(results)
+    dest = history / name
+    suffix = 1
+    while dest.exists():
+        suffix += 1
+        dest = history / f"{name}.{suffix}"
+    os.replace(results, dest)
+    log.info("the previous run's results are kept in %s", dest)
+    _evict(history)
+    return dest
+
+
+def entries(layout: Layout) -> list[Path]:
+    """The history, newest first."""
+    history = layout.results_history
+    if not history.is_dir():
+        return []
+    return sorted((p for p in history.iterdir() if p.is_dir()), key=lambda p: p.name,
+                  reverse=True)
+
+
+def _evict(history: Path) -> None:
+    kept = sorted((p for p in history.iterdir() if p.is_dir()), key=lambda p: p.name,
+                  reverse=True)
+    newest_failure = next((p for p in kept if describe(p)[1] != PASSED), None)
+    for old in kept[KEEP:]:
+        if old != newest_failure:
+            remove_tree(old)
