@@ -49,10 +49,37 @@ module_range() {	# module_range MODULE
 }
 
 # Unload the injector and the target if loaded; true when both are gone.
+# A failure says which module would not go and why.
 unload_all() {
-	! loaded sched_inject || rmmod sched_inject || return 1
-	! loaded inject_target || rmmod inject_target || return 1
+	for module in sched_inject inject_target; do
+		loaded "$module" || continue
+		if ! why=$(rmmod "$module" 2>&1); then
+			echo "unload: rmmod $module failed: $why"
+			return 1
+		fi
+	done
 	! loaded sched_inject && ! loaded inject_target
+}
+
+# Disable the injector and wait until its counters are final: disabling waits
+# for every timer callback (hrtimer_cancel), and the module's inflight gauge
+# counts the sleepers still inside the trampoline.  Never a fixed sleep: on a
+# loaded host a sleeper may take seconds to be scheduled back.
+QUIESCE_SECONDS=60
+disable_and_quiesce() {
+	echo 0 >"$INJ/enable" || return 1
+	tenths=0
+	while [ "$(stat_of "$INJ/stats" inflight)" != 0 ]; do
+		if [ "$tenths" -ge $((QUIESCE_SECONDS * 10)) ]; then
+			echo "quiesce: inflight $(stat_of "$INJ/stats" inflight) after" \
+				"$QUIESCE_SECONDS s: a sleeper never came back from the trampoline"
+			return 1
+		fi
+		sleep 0.1
+		tenths=$((tenths + 1))
+	done
+	[ "$tenths" -ge 10 ] && echo "quiesce: the last sleeper returned after $tenths tenths of a second"
+	return 0
 }
 
 ktap_before_case() {	# ktap_run's hook: whatever a failed case left behind
