@@ -154,6 +154,7 @@ extern struct wait_queue_head inj_inflight_wq;
 /* Process-context statistics of the sleeps themselves. */
 extern spinlock_t inj_sleep_lock;
 extern u64 inj_sleep_ns_min, inj_sleep_ns_max, inj_sleep_ns_sum, inj_sleep_count;
+extern unsigned long inj_sleep_jiffies_min;
 extern u64 inj_dispatch_ns_max;
 extern atomic64_t inj_tramp_entries, inj_tramp_exits, inj_migrations;
 

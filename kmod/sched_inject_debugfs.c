@@ -10,6 +10,7 @@
 #include <linux/atomic.h>
 #include <linux/debugfs.h>
 #include <linux/fs.h>
+#include <linux/jiffies.h>
 #include <linux/kernel.h>
 #include <linux/math64.h>
 #include <linux/module.h>
@@ -270,6 +271,8 @@ static int inj_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "sleep_ns_avg %llu\n",
 		   inj_sleep_count ? div64_u64(inj_sleep_ns_sum, inj_sleep_count) : 0);
 	seq_printf(m, "sleep_ns_max %llu\n", inj_sleep_ns_max);
+	seq_printf(m, "sleep_jiffies_min %lu\n", inj_sleep_jiffies_min);
+	seq_printf(m, "hz %d\n", HZ);
 	seq_printf(m, "dispatch_ns_max %llu\n", inj_dispatch_ns_max);
 	spin_unlock(&inj_sleep_lock);
 	seq_printf(m, "last_cpu %d\n", READ_ONCE(inj_last_cpu));
@@ -294,6 +297,7 @@ static ssize_t inj_stats_write(struct file *file, const char __user *ubuf, size_
 		memset(per_cpu_ptr(&inj_stats, cpu), 0, sizeof(struct inj_stats));
 	spin_lock(&inj_sleep_lock);
 	inj_sleep_ns_min = 0;
+	inj_sleep_jiffies_min = 0;
 	inj_sleep_ns_max = 0;
 	inj_sleep_ns_sum = 0;
 	inj_sleep_count = 0;

@@ -93,6 +93,7 @@ DECLARE_WAIT_QUEUE_HEAD(inj_inflight_wq);
 /* Process-context statistics of the sleeps themselves. */
 DEFINE_SPINLOCK(inj_sleep_lock);
 u64 inj_sleep_ns_min, inj_sleep_ns_max, inj_sleep_ns_sum, inj_sleep_count;
+unsigned long inj_sleep_jiffies_min;
 u64 inj_dispatch_ns_max;
 atomic64_t inj_tramp_entries, inj_tramp_exits, inj_migrations;
 

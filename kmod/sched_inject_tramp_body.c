@@ -19,11 +19,13 @@
 #include "sched_inject.h"
 #include "sched_inject_tramp.h"
 
-static void inj_account_sleep(u64 slept_ns, u64 dispatch_ns)
+static void inj_account_sleep(u64 slept_ns, unsigned long slept_jiffies, u64 dispatch_ns)
 {
 	spin_lock(&inj_sleep_lock);
 	if (!inj_sleep_count || slept_ns < inj_sleep_ns_min)
 		inj_sleep_ns_min = slept_ns;
+	if (!inj_sleep_count || slept_jiffies < inj_sleep_jiffies_min)
+		inj_sleep_jiffies_min = slept_jiffies;
 	if (slept_ns > inj_sleep_ns_max)
 		inj_sleep_ns_max = slept_ns;
 	if (dispatch_ns > inj_dispatch_ns_max)
@@ -43,19 +45,24 @@ static void inj_account_sleep(u64 slept_ns, u64 dispatch_ns)
 __visible void inj_tramp_body(unsigned long *ret_slot, unsigned long index)
 {
 	struct inj_pending *pending = &inj_pending[index];
+	unsigned long start_jiffies;
 	u64 start;
 
 	*ret_slot = pending->orig_ip;
 	atomic64_inc(&inj_tramp_entries);
 
 	start = ktime_get_ns();
+	start_jiffies = jiffies;
 	/*
 	 * msleep(n) waits for msecs_to_jiffies(n) timer ticks, the first of
 	 * which may come at once (until 6.13 it adds no tick of its own): with
-	 * one tick more, every sleep lasts at least sleep_ms.
+	 * one tick more, every sleep lasts at least sleep_ms of ticks.  Ticks,
+	 * not ktime: a guest whose tick runs late (TCG on a busy host) catches
+	 * up several at once, so a sleep may end sooner by the clocksource.
 	 */
 	msleep(READ_ONCE(inj_sleep_ms) + jiffies_to_msecs(1));
-	inj_account_sleep(ktime_get_ns() - start, start - pending->fired_ns);
+	inj_account_sleep(ktime_get_ns() - start, jiffies - start_jiffies,
+			  start - pending->fired_ns);
 	if (raw_smp_processor_id() != pending->cpu)
 		atomic64_inc(&inj_migrations);
 	atomic64_inc(&inj_tramp_exits);
