@@ -41,8 +41,8 @@ def describe(results: Path) -> tuple[str, str]:
 
 
 def _entry_name(results: Path) -> str:
-    """<time of the run>-<suite>-<outcome>, sortable and readable."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(results.stat().st_mtime))
+    """<time of the run, UTC>-<suite>-<outcome>, sortable and readable."""
+    stamp = time.strftime("%Y%m%d-%H%M%SZ", time.gmtime(results.stat().st_mtime))
     suite, outcome = describe(results)
     name = f"{stamp}-{suite.replace(',', '+')}-{outcome}"
     return name.replace(" ", "_").replace("/", "_")

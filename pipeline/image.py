@@ -30,7 +30,7 @@ import docker.errors
 import jinja2
 import requests
 
-from . import commands, records, tarballs
+from . import commands, manifest, records, tarballs
 from .errors import CommandError, EnvironmentProblem, ImageError, UserError
 from .layout import Layout
 from .records import ImageRecord, KernelRecord, KmodRecord
@@ -40,7 +40,6 @@ from .util import atomic_write_text, file_sha256, remove_tree
 
 log = logging.getLogger("pipeline")
 
-BASE_REPOSITORY = "kvm-pipeline/base"
 GUEST_REPOSITORY = "kvm-pipeline/guest"
 # Files Docker writes into every container; the guest gets its own.
 DOCKER_INJECTED = (".dockerenv", "etc/hosts", "etc/hostname", "etc/resolv.conf")
@@ -111,10 +110,13 @@ def publish_tarball(tarball: PackageTarball, dest: Path) -> None:
     partial = dest.with_name(f".{dest.name}.partial")
     partial.unlink(missing_ok=True)
     try:
-        os.link(tarball.path, partial)
-    except OSError:  # another filesystem
-        shutil.copyfile(tarball.path, partial)
-    os.replace(partial, dest)
+        try:
+            os.link(tarball.path, partial)
+        except OSError:  # another filesystem
+            shutil.copyfile(tarball.path, partial)
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------ the build
@@ -239,6 +241,7 @@ def build_image(settings: Settings) -> ImageRecord:
     with_kmod = records.load(KmodRecord, layout) is not None and layout.kmod.is_dir()
     client = docker_client()
     started = time.monotonic()
+    manifest.invalidate(layout)
     reimport = not settings.image.docker_cache
     base_ref, base_digest, base_tarball = ensure_base(client, settings, reimport)
     toolchain = tarballs.ensure(settings, "toolchain")

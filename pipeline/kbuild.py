@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from . import kmake, records
+from . import kmake, manifest, records
 from .errors import BuildError, CommandError, MissingStepError
 from .kmake import Make
 from .layout import Layout
@@ -86,6 +86,7 @@ def build_kmod(settings: Settings) -> KmodRecord:
     if not (layout.kbuild / "Module.symvers").exists():
         raise MissingStepError(f"{layout.kbuild / 'Module.symvers'}", "kernel")
     make = kmake.for_settings(settings, source.source_date_epoch)
+    manifest.invalidate(layout)
     work = layout.kmod_work
     # A fresh copy each time: no object of a removed source survives.
     remove_tree(work)
@@ -148,6 +149,8 @@ def build_kernel(settings: Settings) -> KernelRecord:
     if not layout.kernel_config.exists():
         raise MissingStepError(f"{layout.kernel_config}", "config")
     make = kmake.for_settings(settings, source.source_date_epoch)
+    toolchain = kmake.toolchain_record(settings)  # before the compile: dpkg may be missing
+    manifest.invalidate(layout)
     log_file = fresh_log(layout, "kernel")
     started = time.monotonic()
     try:
@@ -177,7 +180,7 @@ def build_kernel(settings: Settings) -> KernelRecord:
         bzImage_sha256=file_sha256(layout.bzimage),
         module_sha256=module_sha256,
         make_env=make.reproducible_env(),
-        toolchain=kmake.toolchain_record(settings),
+        toolchain=toolchain,
         ccache=make.ccache,
         jobs=make.jobs,
         environment={

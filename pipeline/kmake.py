@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,12 +93,13 @@ class Make:
             env["CCACHE_DIR"] = str(self.paths.ccache)
         return env
 
-    def container_argv(self, workdir: Path | None, user: str = "") -> list[str]:
+    def container_argv(self, workdir: Path | None, user: str = "",
+                       name: str = "") -> list[str]:
         """`docker run ...` up to the image: mounts, user, variables, no network."""
         assert self.container is not None
         seen, host = CONTAINER_LAYOUT, self.layout
-        argv = ["docker", "run", "--rm", "--network", "none",
-                "--user", user or f"{os.getuid()}:{os.getgid()}",
+        argv = ["docker", "run", "--rm", *(["--name", name] if name else []),
+                "--network", "none", "--user", user or f"{os.getuid()}:{os.getgid()}",
                 "-v", f"{host.build}:{seen.build}", "-v", f"{host.project}:{seen.project}:ro"]
         if self.ccache:
             argv += ["-v", f"{host.container_ccache}:{seen.ccache}"]
@@ -113,7 +116,14 @@ class Make:
         if self.ccache:
             self.layout.container_ccache.mkdir(parents=True, exist_ok=True)
         workdir = self.inside(cwd) if cwd else None
-        return commands.run([*self.container_argv(workdir), *argv], **kwargs)
+        # Named, so an interrupted run stops its container: killing the docker
+        # client would leave make running in the build dir.
+        name = f"kvm-pipeline-make-{uuid.uuid4().hex[:12]}"
+        try:
+            return commands.run([*self.container_argv(workdir, name=name), *argv], **kwargs)
+        except BaseException:
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+            raise
 
 
 def jobs(settings: Settings) -> int:
@@ -132,7 +142,8 @@ def for_settings(settings: Settings, source_date_epoch: int) -> Make:
     container = None
     if settings.kernel.runtime == "docker":
         tarball = tarballs.ensure(settings, "toolchain")
-        container = tarballs.docker_image(image.docker_client(), tarball, reimport=False)
+        container = tarballs.docker_image(image.docker_client(), tarball,
+                                          reimport=not settings.image.docker_cache)
     return Make(settings.layout, jobs(settings), use_ccache(settings), source_date_epoch,
                 container)
 

@@ -28,11 +28,12 @@ from . import records
 from .errors import UserError
 from .layout import Layout
 from .records import ConfigRecord, ImageRecord, KernelRecord, KmodRecord, SeriesRecord, SourceRecord
-from .util import atomic_write_text
+from .util import write_if_changed
 
 SCHEMA = 1
-# Resolved source fields that say where a file lies here, not what it holds.
-LOCAL_ONLY = ("tarball", "keyring")
+# Resolved source fields that say what the tree is (where it lay or how it was
+# named, e.g. git's repo and ref, would differ for the same bytes).
+CONTENT_FIELDS = ("package", "version", "sha256", "commit", "signature_checked")
 
 
 def build(layout: Layout) -> dict[str, Any]:
@@ -43,10 +44,13 @@ def build(layout: Layout) -> dict[str, Any]:
     inputs = {
         "source": {"kind": source.kind, "kernel_version": source.kernel_version,
                    "source_date_epoch": source.source_date_epoch,
-                   **{k: v for k, v in source.resolved.items() if k not in LOCAL_ONLY}},
+                   **{k: v for k, v in source.resolved.items() if k in CONTENT_FIELDS}},
         "patches": {"series": series.series, "digest": series.digest,
                     "sha256": series.patch_sha256},
-        "config": {"variant": config.variant, "fragments": config.fragment_sha256,
+        "config": {"variant": config.variant,
+                   # A fragment outside the project is named by its file name.
+                   "fragments": {Path(name).name if Path(name).is_absolute() else name: sha
+                                 for name, sha in config.fragment_sha256.items()},
                    "config_sha256": config.config_sha256},
         "kernel": {"release": kernel.release, "make_env": kernel.make_env,
                    "toolchain": kernel.toolchain},
@@ -74,13 +78,14 @@ def dumps(manifest: dict[str, Any]) -> str:
 def write(layout: Layout) -> str:
     """Write manifest.json (only when it changed); return its sha256."""
     text = dumps(build(layout))
-    try:
-        unchanged = layout.manifest.read_text() == text
-    except FileNotFoundError:
-        unchanged = False
-    if not unchanged:
-        atomic_write_text(layout.manifest, text)
+    write_if_changed(layout.manifest, text)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def invalidate(layout: Layout) -> None:
+    """A step is changing the artifacts: until `doit build` writes it again, no
+    manifest may describe them."""
+    layout.manifest.unlink(missing_ok=True)
 
 
 def load(path: Path) -> dict[str, Any]:

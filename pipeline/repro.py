@@ -37,20 +37,27 @@ from .util import atomic_write_text, file_sha256, remove_tree
 log = logging.getLogger("pipeline")
 
 DIFFOSCOPE_SHOWN = 15  # lines of each report printed
+DIFFOSCOPE_MOST = 6  # differing artifacts explained (a toolchain change moves every module)
+DIFFOSCOPE_SECONDS = 300
 INPUTS_SHOWN = 30  # input differences printed (all are in report.json)
-DIFFOSCOPE_SECONDS = 600
 
 
 @dataclass(frozen=True)
 class ArtifactRow:
     name: str
-    expected: str | None
-    got: str | None
-    note: str = ""  # e.g. a published file that does not match its own manifest
+    expected: str | None  # the manifest's digest
+    got: str | None  # the rebuild's
+    published: str | None = None  # the file beside the manifest, when it is there
+
+    @property
+    def note(self) -> str:
+        if self.published is not None and self.published != self.expected:
+            return "the published file does not match its own manifest"
+        return ""
 
     @property
     def same(self) -> bool:
-        return self.expected is not None and self.expected == self.got
+        return self.expected is not None and self.expected == self.got and not self.note
 
 
 def against_path(settings: Settings) -> Path:
@@ -131,14 +138,9 @@ def artifact_rows(expected: dict[str, Any], published: Path,
     rows = []
     want, have = expected["artifacts"], got["artifacts"]
     for name in sorted(set(want) | set(have)):
-        digest, note = want.get(name), ""
         path = published / name
-        if digest is not None and path.is_file():
-            actual = file_sha256(path)
-            if actual != digest:
-                note = "the published file does not match its own manifest"
-                digest = actual
-        rows.append(ArtifactRow(name, digest, have.get(name), note))
+        actual = file_sha256(path) if name in want and path.is_file() else None
+        rows.append(ArtifactRow(name, want.get(name), have.get(name), actual))
     return rows
 
 
@@ -148,25 +150,24 @@ def _diffoscope(old: Path, new: Path, report: Path) -> list[str]:
         return ["diffoscope is not installed (scripts/setup installs diffoscope-minimal)"]
     report.parent.mkdir(parents=True, exist_ok=True)
     argv = ["diffoscope", "--text", str(report), "--no-progress", str(old), str(new)]
+    if old.is_dir():
+        # Extracted trees: their files' times and owners are the extraction's,
+        # not the image's, and would drown what differs inside the files.
+        argv[1:1] = ["--exclude-directory-metadata=yes"]
     log.info("$ %s", commands.quote(argv))
     try:
         done = subprocess.run(argv, capture_output=True, text=True, errors="replace",
                               timeout=DIFFOSCOPE_SECONDS)
     except subprocess.TimeoutExpired:
         return [f"diffoscope took longer than {DIFFOSCOPE_SECONDS} s; no report"]
-    if done.returncode not in (0, 1):  # 1: they differ
+    if done.returncode == 0 or not report.is_file():
+        # Equal contents: for rootfs.ext4 the difference is in the image itself
+        # (its metadata, times, owners or layout), not in the files it holds.
+        return ["diffoscope finds the contents equal: only the container's own bytes differ"
+                " (for rootfs.ext4: file metadata or the image's layout)"]
+    if done.returncode != 1:  # 1: they differ
         return [f"diffoscope failed: {done.stderr.strip()[-500:]}"]
     return report.read_text(errors="replace").splitlines()[:DIFFOSCOPE_SHOWN]
-
-
-def _ext4_tree(image: Path, dest: Path) -> None:
-    """The file tree inside an ext4 image, without mounting it."""
-    dest.mkdir(parents=True)
-    try:
-        commands.run(["debugfs", "-R", f"rdump / {dest}", image])
-    except CommandError as exc:
-        raise ArtifactsDiffer(f"cannot read the file tree of {image}:\n{exc.output_tail}") \
-            from None
 
 
 def explain(row: ArtifactRow, published: Path, rebuilt: Path, reports: Path) -> list[str]:
@@ -178,9 +179,16 @@ def explain(row: ArtifactRow, published: Path, rebuilt: Path, reports: Path) -> 
     if row.name != "rootfs.ext4":
         return _diffoscope(old, new, report)
     with tempfile.TemporaryDirectory(dir=reports.parent, prefix=".ext4-") as tmp:
-        _ext4_tree(old, Path(tmp) / "expected")
-        _ext4_tree(new, Path(tmp) / "rebuilt")
-        return _diffoscope(Path(tmp) / "expected", Path(tmp) / "rebuilt", report)
+        trees = []
+        for image, side in ((old, "expected"), (new, "rebuilt")):
+            tree = Path(tmp) / side
+            tree.mkdir()
+            try:  # the file tree inside the image, without mounting it
+                commands.run(["debugfs", "-R", f"rdump / {tree}", image])
+            except CommandError as exc:
+                return [f"cannot read the files of {image}: {exc.output_tail[-300:]}"]
+            trees.append(tree)
+        return _diffoscope(*trees, report)
 
 
 def _short(value: Any) -> str:
@@ -190,7 +198,7 @@ def _short(value: Any) -> str:
 
 def print_report(inputs: list[manifest.Difference], rows: list[ArtifactRow],
                  against: Path) -> None:
-    width = max(len(row.name) for row in rows)
+    width = max([len(row.name) for row in rows] + [8])
     print(f"\nrepro: artifacts, rebuilt vs {against}")
     for row in rows:
         status = "same" if row.same else "DIFFERS"
@@ -212,10 +220,12 @@ def compare(expected: dict[str, Any], published: Path, rebuilt_layout: Layout,
     got = manifest.load(rebuilt_layout.manifest)
     inputs = manifest.differences(expected["inputs"], got["inputs"])
     rows = artifact_rows(expected, published, got)
-    remove_tree(reports)
     explained = {}
-    for row in rows:
-        if not row.same:
+    for row in (row for row in rows if not row.same):
+        if len(explained) == DIFFOSCOPE_MOST:
+            explained[row.name] = [f"(not explained: diffoscope runs on the first "
+                                   f"{DIFFOSCOPE_MOST} that differ)"]
+        else:
             explained[row.name] = explain(row, published, rebuilt_layout.artifacts, reports)
     return inputs, rows, explained
 
@@ -224,6 +234,9 @@ def repro(settings: Settings) -> None:
     """The `repro` task."""
     layout = settings.layout
     against = against_path(settings)
+    # Nothing of an earlier repro may pass for this one's, whatever happens next.
+    layout.repro_report.unlink(missing_ok=True)
+    remove_tree(layout.repro_diffs)
     expected = manifest.load(against)
     published = against.parent
     fresh = rebuild_settings(settings, expected, published)
@@ -243,7 +256,7 @@ def repro(settings: Settings) -> None:
     report = {
         "against": str(against), "rebuilt": str(fresh.layout.build), "seconds": seconds,
         "inputs": [dataclasses.asdict(diff) for diff in inputs],
-        "artifacts": [{**dataclasses.asdict(row), "same": row.same,
+        "artifacts": [{**dataclasses.asdict(row), "same": row.same, "note": row.note,
                        "diffoscope": explained.get(row.name)} for row in rows],
     }
     atomic_write_text(layout.repro_report, json.dumps(report, indent=2, sort_keys=True) + "\n")

@@ -29,7 +29,7 @@ from .records import ConfigRecord, ImageRecord, KernelRecord, KmodRecord, Series
 from .settings import Settings
 from .sources import debian, gpg
 from .sources.treecache import extract_argv
-from .util import atomic_write_text
+from .util import write_if_changed
 
 RECORDS = (SourceRecord, SeriesRecord, ConfigRecord, KernelRecord, KmodRecord, ImageRecord)
 
@@ -304,6 +304,8 @@ def render(settings: Settings) -> str:
     # (passed into the container by `docker run -e` for runtime docker).
     if container:
         exports = ["# make runs in the toolchain container; its variables are on each line"]
+        if make.ccache:
+            exports.append(line(["mkdir", "-p", repro.container_ccache]))
     else:
         exports = ["# The kernel build's environment (reproducible-builds variables)",
                    *(f"export {name}={word(value)}" for name, value in make.env().items())]
@@ -325,8 +327,6 @@ def render(settings: Settings) -> str:
 def write(settings: Settings) -> Path:
     """The last step of `doit build`: reproducer.sh beside the artifacts."""
     dest = settings.layout.reproducer
-    text = render(settings)
-    if not dest.is_file() or dest.read_text() != text:
-        atomic_write_text(dest, text)
+    if write_if_changed(dest, render(settings)):
         dest.chmod(0o755)
     return dest

@@ -51,9 +51,11 @@ PACKAGES = {
 # linker and build tools do: recorded for the kernel for either runtime, so a
 # host build and a container build compare package by package.
 COMPILER_PACKAGES = re.compile(
-    r"^(gcc|cpp|binutils|libbinutils|libctf|libsframe|libgprofng|libc6|libc-dev-bin|"
-    r"linux-libc-dev|libgcc|libmpc|libmpfr|libgmp|libisl|libzstd|zlib1g|liblzma|libelf|libdw|"
-    r"libssl|make|bison|flex|bc|perl|dwarves|pahole|kmod|cpio|xz-utils|zstd)")
+    r"^(?:gcc|cpp|libgcc-s|libgcc|binutils|binutils-common|binutils-x86-64-linux-gnu|"
+    r"libbinutils|libctf0|libctf-nobfd0|libsframe|libgprofng|libc6|libc6-dev|libc-dev-bin|"
+    r"linux-libc-dev|libmpc|libmpfr|libgmp|libisl|libzstd|zlib1g|liblzma|libelf1|libelf-dev|"
+    r"libdw1|libssl|libssl-dev|make|bison|flex|bc|perl|perl-base|dwarves|kmod|cpio|"
+    r"xz-utils|zstd)(?:-?[0-9]+(?:-dev)?)?$")
 REPOSITORY = {"base": "kvm-pipeline/base", "toolchain": "kvm-pipeline/toolchain"}
 PIN_PREFIX = "tarball:"
 STATUS_FILE = "var/lib/dpkg/status"
@@ -98,16 +100,16 @@ def mmdebstrap_argv(suite: str, mirror: str, role: str, dest: Path) -> list[str 
             f"--include={','.join(PACKAGES[role])}", "--format=tar", suite, dest, mirror]
 
 
-def cache_name(suite: str, role: str, epoch: int) -> str:
-    """The cached tarball's name: a changed package list makes another one."""
-    wanted = hashlib.sha256(",".join(PACKAGES[role]).encode()).hexdigest()[:12]
+def cache_name(suite: str, mirror: str, role: str, epoch: int) -> str:
+    """The cached tarball's name: another package list or mirror makes another one."""
+    wanted = hashlib.sha256(f"{mirror} {','.join(PACKAGES[role])}".encode()).hexdigest()[:12]
     return f"{suite}-{role}-{wanted}-{epoch}.tar"
 
 
 def _made_by_mmdebstrap(settings: Settings, role: str) -> Path:
     image = settings.image
     cache = settings.layout.base_tarballs
-    tarball = cache / cache_name(image.suite, role, image.source_date_epoch)
+    tarball = cache / cache_name(image.suite, image.mirror, role, image.source_date_epoch)
     if tarball.exists():
         return tarball
     cache.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,17 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def write_if_changed(path: Path, text: str) -> bool:
+    """atomic_write_text unless `path` already holds `text` (its time then stays)."""
+    try:
+        if path.read_text() == text:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    atomic_write_text(path, text)
+    return True
+
+
 def atomic_copy(src: Path, dest: Path) -> None:
     """Copy `src` to `dest` (mode and times kept) so readers never see half a file."""
     dest.parent.mkdir(parents=True, exist_ok=True)

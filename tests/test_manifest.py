@@ -227,9 +227,38 @@ def test_artifact_rows_count_a_published_file_by_its_bytes(layout, tmp_path):
     rows = {row.name: row for row in repro.artifact_rows(expected, published, got)}
     assert not rows["bzImage"].same and "does not match its own manifest" in rows["bzImage"].note
     assert rows["rootfs.ext4"].same  # not published here: the manifest's digest counts
+    # A rebuild equal to the changed file still did not reproduce the manifest.
+    got["artifacts"]["bzImage"] = tarballs.file_sha256(published / "bzImage")
+    rows = {row.name: row for row in repro.artifact_rows(expected, published, got)}
+    assert not rows["bzImage"].same
     got["artifacts"]["kmod/extra.ko"] = "e" * 64
     rows = {row.name: row for row in repro.artifact_rows(expected, published, got)}
     assert rows["kmod/extra.ko"].expected is None and not rows["kmod/extra.ko"].same
+
+
+def test_diffoscope_on_equal_contents_says_so(tmp_path):
+    """rootfs.ext4 can differ while the files it holds do not: no report, no crash."""
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "file").write_text("same\n")
+    lines = repro._diffoscope(tmp_path / "a", tmp_path / "b", tmp_path / "report.txt")
+    assert lines[0].startswith("diffoscope finds the contents equal")
+    (tmp_path / "b" / "file").write_text("other\n")
+    lines = repro._diffoscope(tmp_path / "a", tmp_path / "b", tmp_path / "report.txt")
+    assert any("other" in line for line in lines) and (tmp_path / "report.txt").is_file()
+
+
+def test_manifest_names_a_git_tree_by_its_commit_only(layout):
+    save_build(layout, {SourceRecord: {
+        "kind": "git", "resolved": {"repo": "/home/alice/linux", "ref": "v6.12",
+                                    "commit": "c" * 40, "source_date_epoch": 1}},
+        ConfigRecord: {"fragments": ("/home/alice/extra.config",),
+                       "fragment_sha256": {"/home/alice/extra.config": "e" * 64}}})
+    text = manifest.dumps(manifest.build(layout))
+    assert "/home/alice" not in text and "v6.12" not in text
+    inputs = json.loads(text)["inputs"]
+    assert inputs["source"]["commit"] == "c" * 40
+    assert inputs["config"]["fragments"] == {"extra.config": "e" * 64}
 
 
 def test_inputs_and_artifacts_are_compared_apart(layout, tmp_path):
@@ -262,6 +291,7 @@ def test_reproducer_runs_make_where_the_kernel_step_did(layout, make_settings):
     assert f"kvm-pipeline/toolchain:{'5' * 16} make -C /build/src/linux O=/build/kbuild" \
         in container
     assert "INSTALL_MOD_PATH=/build/staging" in container
+    assert 'mkdir -p "$CACHE"/ccache-container' in container  # else dockerd makes it root's
     assert "M=/build/kmod W=1 modules" in container
     # Both package tarballs: beside the script, given, or made by mmdebstrap, then checked.
     for role in ("base", "toolchain"):
