@@ -258,6 +258,7 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
             "actions": [action("repro", repro.repro, config, run)],
             # Against the build's own manifest: that build first.
             "task_dep": [] if config.repro.against else ["build"],
+            "clean": [remover(layout.repro)],
             "verbosity": 2,
         }
 
