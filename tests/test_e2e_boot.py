@@ -122,7 +122,7 @@ def local_registry(tmp_path):
 
 def test_base_image_from_a_registry(kernel_build, local_registry, tmp_path):
     client = docker.from_env()
-    base_ref, _, _ = image.ensure_base(client, kernel_build)
+    base_ref, _, _ = image.ensure_base(client, kernel_build, reimport=False)
     pushed = f"{local_registry}/pipeline-base:bookworm"
     client.images.get(base_ref).tag(pushed)
     client.images.push(pushed)
@@ -144,7 +144,7 @@ def test_missing_registry_image_is_a_clear_error(kernel_build, local_registry):
     s = settings.load(ROOT, {"paths.build": E2E_BUILD,
                              "image.base": f"{local_registry}/nothing:here"})
     with pytest.raises(image.BaseImageError, match=r"cannot pull image\.base"):
-        image.ensure_base(docker.from_env(), s)
+        image.ensure_base(docker.from_env(), s, reimport=False)
 
 
 def test_qemu_that_cannot_start(kernel_build):

@@ -5,6 +5,7 @@ The build is shared (conftest.kernel_build) and kept in build/test between runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -77,8 +78,16 @@ def test_default_config_has_no_preempt_count(kernel_build):
 
 
 def test_nothing_changed_means_no_work(kernel_build):
+    layout = kernel_build.layout
+    written = {path: path.stat().st_mtime_ns for path in (layout.manifest, layout.reproducer)}
     proc = doit("build", f"paths.build={E2E_BUILD}")
-    assert tasks_run(proc) == [], proc.stdout
+    # Only `build` itself runs: it checks the reproducer and the manifest, rewrites
+    # neither, and ends with the manifest's sha256.
+    assert tasks_run(proc) == ["build"], proc.stdout
+    assert {path: path.stat().st_mtime_ns for path in written} == written
+    digest = hashlib.sha256(layout.manifest.read_bytes()).hexdigest()
+    assert proc.stdout.rstrip().endswith(f"manifest sha256 {digest}  "
+                                         f"{layout.manifest.relative_to(ROOT)}")
 
 
 def test_patch_is_active_in_kvm_ko_and_absent_without_it(kernel_build):
@@ -101,8 +110,8 @@ def test_patch_is_active_in_kvm_ko_and_absent_without_it(kernel_build):
         assert meta["patches"]["patches"] == []
     finally:
         proc = doit("build", f"paths.build={E2E_BUILD}")
-    # kmod and image stay up to date, and so does the reproducer (same digests).
-    assert tasks_run(proc) == ["patch", "config", "kernel"]
+    # kmod and image stay up to date (same digests); `build` always checks its files.
+    assert tasks_run(proc) == ["patch", "config", "kernel", "build"]
     assert preempt_count_updates(kvm, RUN_FUNCTION) == patched
 
 
