@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import E2E_BUILD, ROOT, doit
 
 from pipeline import manifest, records
 from pipeline.records import SourceRecord
@@ -50,6 +50,9 @@ def show(proc: subprocess.CompletedProcess) -> str:
 @pytest.fixture(scope="module")
 def docker_repro(kernel_build):
     """The clone's repro in the toolchain container against the e2e build's manifest."""
+    # Other tests rerun single steps of the shared build (which drops its manifest
+    # until the next `doit build`): a user would build first, and so do we.
+    doit("build", f"paths.build={E2E_BUILD}")
     shutil.rmtree(CLONE.parent, ignore_errors=True)
     CLONE.mkdir(parents=True)
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
