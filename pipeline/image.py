@@ -105,7 +105,7 @@ def ensure_base(client: docker.DockerClient, settings: Settings,
 def publish_tarball(tarball: PackageTarball, dest: Path) -> None:
     """Put a package tarball beside the artifacts (a hard link when it can be)."""
     if dest.exists() and dest.stat().st_size == tarball.path.stat().st_size \
-            and file_sha256(dest) == tarball.sha256:
+            and tarballs.sha256_of(dest) == tarball.sha256:
         return
     partial = dest.with_name(f".{dest.name}.partial")
     partial.unlink(missing_ok=True)

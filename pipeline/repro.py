@@ -77,7 +77,7 @@ def rebuild_settings(settings: Settings, expected: dict[str, Any], published: Pa
         candidate = published / f"{role}.tar"
         value, _ = tarballs.choice(settings, role)
         if wanted and value == "mmdebstrap" and candidate.is_file() \
-                and file_sha256(candidate) == wanted:
+                and tarballs.sha256_of(candidate) == wanted:
             log.info("repro: using the published %s tarball %s", role, candidate)
             image = dataclasses.replace(image, **{role: f"tarball:{candidate}",
                                                   f"{role}_sha256": wanted})

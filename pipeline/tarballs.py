@@ -135,7 +135,7 @@ def _pinned(settings: Settings, role: str) -> tuple[Path, str]:
     if not path.is_file():
         raise SettingsError(f"image.{role}={value}: {path} is not a file; name the {role} "
                             f"tarball a build published (build/artifacts/{role}.tar)")
-    got = file_sha256(path)
+    got = sha256_of(path)
     if got != sha256:
         raise SettingsError(
             f"image.{role}={value}: its sha256 is {got}, not image.{role}_sha256={sha256}; "
@@ -150,7 +150,7 @@ def ensure(settings: Settings, role: str) -> PackageTarball:
         path, sha256 = _pinned(settings, role)
         return PackageTarball(role, path, sha256, package_set(path), pinned=True)
     path = _made_by_mmdebstrap(settings, role)
-    return PackageTarball(role, path, file_sha256(path), package_set(path), pinned=False)
+    return PackageTarball(role, path, sha256_of(path), package_set(path), pinned=False)
 
 
 def parse_status(text: str) -> dict[str, str]:
@@ -185,6 +185,18 @@ def _package_set(path: Path, size: int, mtime: int) -> dict[str, str]:
 def package_set(path: Path) -> dict[str, str]:
     stat = path.stat()
     return dict(_package_set(path, stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: Path, size: int, mtime: int) -> str:
+    return file_sha256(path)
+
+
+def sha256_of(path: Path) -> str:
+    """A tarball's sha256, hashed once per file version: the config, kernel, kmod
+    and image steps (and repro) all ask for the same 470 MB file."""
+    stat = path.stat()
+    return _sha256(path, stat.st_size, stat.st_mtime_ns)
 
 
 def compiler_packages(versions: dict[str, str]) -> dict[str, str]:
