@@ -245,6 +245,23 @@ def test_ktap_run_selects_cases_without_a_hook(tmp_path):
     assert [t.name for t in suite.subtests] == ["b"] and suite.status is Status.PASSED
 
 
+def test_expect_names_the_condition_that_failed(tmp_path):
+    text = run_suite(tmp_path, """\
+case_holds() { n=3; expect "n above 0 (got $n)" [ "$n" -gt 0 ] && echo after; }
+case_fails() {
+	n=0
+	expect "n above 0 (got $n)" [ "$n" -gt 0 ] && expect "never reached" false
+}
+case_first_of_two() { expect "true holds" true && expect "a shell test (eval)" eval '[ 1 = 2 ]'; }
+ktap_run demo holds fails first_of_two
+""")
+    (suite,) = ktap.parse(text.splitlines()).subtests
+    holds, fails, first_of_two = suite.subtests
+    assert holds.status is Status.PASSED and holds.diagnostics == ["after"]
+    assert fails.status is Status.FAILED and fails.diagnostics == ["FAILED: n above 0 (got 0)"]
+    assert first_of_two.diagnostics == ["FAILED: a shell test (eval)"]
+
+
 def test_suites_source_only_the_libraries():
     """images/suites/ holds only suites; each sources images/lib/ files that exist."""
     sourced = set()

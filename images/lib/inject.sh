@@ -94,6 +94,12 @@ counters_add_up() {
 		   exit fires != sum }' "$INJ/stats"
 }
 
+no_corruption() {	# inject_target saw every register and flag intact
+	corruptions=$(stat_of "$TGT/stats" corruptions)
+	echo "corruptions: $corruptions in $(stat_of "$TGT/stats" iterations) iterations"
+	[ "$corruptions" = 0 ]
+}
+
 trampoline_balanced() {	# every injection entered the trampoline and left it
 	entries=$(stat_of "$INJ/stats" trampoline_entries)
 	exits=$(stat_of "$INJ/stats" trampoline_exits)

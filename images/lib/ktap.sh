@@ -35,6 +35,17 @@
 
 KTAP_SKIP=4
 
+# expect WHAT TEST...: run TEST (a command, e.g. [ "$n" -gt 0 ]); when it
+# fails, say which condition failed, so a case that is not ok names it.
+# WHAT carries the values it was judged on.
+expect() {
+	ktap_what=$1
+	shift
+	"$@" && return 0
+	echo "FAILED: $ktap_what"
+	return 1
+}
+
 ktap_selected() {	# ktap_selected SUITE NAME
 	[ -z "$PIPELINE_CASES" ] && return 0
 	old_ifs=$IFS
