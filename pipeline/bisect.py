@@ -33,9 +33,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import chain, commands, ktap
+from . import chain, commands, kselftest, ktap
 from .errors import CommandError, EnvironmentProblem, PipelineError, UserError
-from .guest import port_lines
+from .guest import read_results, selected_suites
 from .layout import Layout
 from .results import Outcome
 from .settings import Settings
@@ -199,6 +199,9 @@ def step_settings(settings: Settings, repo: str, commit: str) -> Settings:
         patch=dataclasses.replace(settings.patch,
                                   series=settings.bisect.series or settings.patch.series),
         test=dataclasses.replace(settings.test, repeat=1),
+        # The selftests only when a step runs them: each step would rebuild them.
+        kselftest=dataclasses.replace(settings.kselftest, build=settings.kselftest.build and (
+            kselftest.SUITE in selected_suites(settings).split(","))),
         paths=dataclasses.replace(settings.paths, build=str(layout.bisect_build),
                                   cache=str(layout.cache)),
     )
@@ -214,11 +217,11 @@ def run_once(settings: Settings, dest: Path) -> Run:
     reason = _reason(str(outcome.error)) if outcome.error else ""
     if layout.results.is_dir():
         shutil.copytree(layout.results, dest, dirs_exist_ok=True)
-    for name in ("kernel", "kmod"):
+    for name in ("kernel", "kmod", "selftests"):
         if outcome.code == 4 and layout.log(name).exists():
             shutil.copy(layout.log(name), dest / f"{name}.log")
     failed, passed = [], []
-    tree = ktap.parse(port_lines(layout.results / "ktap.log"))
+    tree, _ = read_results(settings, layout.results / "ktap.log")
     for names, test in tree.walk():
         if not test.subtests:
             if test.status in (ktap.Status.FAILED, ktap.Status.CRASHED):

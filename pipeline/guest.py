@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import console, history, ktap, qemu
+from . import console, history, kselftest, ktap, qemu
 from .errors import MissingStepError, PipelineError, UserError
 from .results import Outcome, RunReport, classify_outcome, summary, write_json, write_junit
 from .settings import Settings
@@ -43,6 +43,7 @@ class RunFailed(PipelineError):
 def kernel_cmdline(settings: Settings, suite: str, extra: tuple[str, ...] = ()) -> list[str]:
     return ["console=ttyS0", "root=/dev/vda", "rw", "panic=-1", f"init={INIT}",
             f"pipeline.suite={suite}", *settings.test.guest_parameters(),
+            *settings.kselftest.guest_parameters(),
             *settings.boot.cmdline.split(), *extra]
 
 
@@ -89,6 +90,13 @@ def port_lines(path: Path) -> Iterator[str]:
         return
 
 
+def read_results(settings: Settings, ktap_log: Path,
+                 suite: str = "main") -> tuple[ktap.Test, list[kselftest.Verdict]]:
+    """The parsed KTAP of a run, the kselftest suite's cases turned into verdicts."""
+    tree = ktap.parse(port_lines(ktap_log), name=suite)
+    return kselftest.merge(tree, settings.layout.kselftest_known)
+
+
 def accelerator(settings: Settings) -> qemu.Choice:
     layout = settings.layout
     return qemu.choose_accelerator(settings.boot.accel, layout.bzimage, layout.accel_verdict,
@@ -130,7 +138,7 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
                       marker_deadline=settings.boot.boot_timeout, on_line=_show)
 
     findings = console.classify(run.lines)
-    tree = ktap.parse(port_lines(results / "ktap.log"), name=suite)
+    tree, verdicts = read_results(settings, results / "ktap.log", suite)
     guest_status = _guest_status(results / "status")
     started_kernel = any("Linux version" in line for line in run.lines)
     outcome, why = classify_outcome(kernel_started=started_kernel, timed_out=run.timed_out,
@@ -140,7 +148,7 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
         why += ": " + " / ".join(run.lines[-3:])
     report = RunReport(
         suite=suite, outcome=outcome, why=why, accel=choice.accel.name, accel_why=choice.why,
-        guest_status=guest_status, findings=findings, qemu_argv=argv,
+        guest_status=guest_status, findings=findings, qemu_argv=argv, kselftests=verdicts,
         seconds={"total": time.monotonic() - started, "qemu": run.seconds,
                  "to_init": run.first_marker_seconds or 0.0},
     )
@@ -187,7 +195,7 @@ def repeat_suite(settings: Settings, suite: str, times: int) -> RunReport:
             runs.append((None, failure))
     per_case: dict[str, Counter[str]] = {}
     for number in range(1, times + 1):
-        tree = ktap.parse(port_lines(results / f"run-{number}" / "ktap.log"), name=suite)
+        tree, _ = read_results(settings, results / f"run-{number}" / "ktap.log", suite)
         for names, test in tree.walk():
             if not test.subtests:
                 per_case.setdefault(".".join(names), Counter())[test.status.value] += 1

@@ -33,7 +33,7 @@ import requests
 from . import commands, manifest, records, tarballs
 from .errors import CommandError, EnvironmentProblem, ImageError, UserError
 from .layout import Layout
-from .records import ImageRecord, KernelRecord, KmodRecord
+from .records import ImageRecord, KernelRecord, KmodRecord, SelftestsRecord
 from .settings import Settings
 from .tarballs import PackageTarball
 from .util import atomic_write_text, file_sha256, remove_tree
@@ -134,8 +134,10 @@ def render_dockerfile(settings: Settings, **values: object) -> str:
         raise ImageError(f"images/Dockerfile.j2 uses an undefined value: {exc}") from None
 
 
-def assemble_context(layout: Layout, dockerfile: str, with_kmod: bool) -> Path:
-    """The build context: the Dockerfile, images/ sources and the kernel's modules."""
+def assemble_context(layout: Layout, dockerfile: str, with_kmod: bool,
+                     with_selftests: bool) -> Path:
+    """The build context: the Dockerfile, images/ sources, the kernel's modules, our
+    modules and the KVM selftests."""
     context = layout.image_context
     remove_tree(context)
     shutil.copytree(layout.images_root, context, ignore=shutil.ignore_patterns("*.j2"))
@@ -143,6 +145,8 @@ def assemble_context(layout: Layout, dockerfile: str, with_kmod: bool) -> Path:
     shutil.copy(layout.artifacts_config, context / "kernel.config")
     if with_kmod:
         shutil.copytree(layout.kmod, context / "kmod")
+    if with_selftests:
+        shutil.copytree(layout.selftests, context / "selftests", symlinks=True)
     (context / "Dockerfile").write_text(dockerfile)
     return context
 
@@ -239,6 +243,8 @@ def build_image(settings: Settings) -> ImageRecord:
     layout = settings.layout
     kernel = records.require(KernelRecord, layout)
     with_kmod = records.load(KmodRecord, layout) is not None and layout.kmod.is_dir()
+    with_selftests = (records.load(SelftestsRecord, layout) is not None
+                      and layout.selftests.is_dir())
     client = docker_client()
     started = time.monotonic()
     manifest.invalidate(layout)
@@ -251,9 +257,9 @@ def build_image(settings: Settings) -> ImageRecord:
     dockerfile = render_dockerfile(settings, base_image=base_ref, toolchain_image=toolchain_ref,
                                    base_has_packages=base_tarball is not None,
                                    release=kernel.release, kvm_patch=kvm_patch,
-                                   with_kmod=with_kmod)
+                                   with_kmod=with_kmod, with_selftests=with_selftests)
     layout.image_work.mkdir(parents=True, exist_ok=True)
-    context = assemble_context(layout, dockerfile, with_kmod)
+    context = assemble_context(layout, dockerfile, with_kmod, with_selftests)
     tag = f"{GUEST_REPOSITORY}:{kernel.release}"
     image_id = docker_build(client, context, tag, layout.docker_log, nocache=reimport)
 
@@ -289,6 +295,7 @@ def build_image(settings: Settings) -> ImageRecord:
               "source_date_epoch": image.source_date_epoch},
         rootfs_sha256=file_sha256(layout.rootfs),
         with_kmod=with_kmod,
+        with_selftests=with_selftests,
         image_id=image_id,
         seconds=round(time.monotonic() - started, 1),
     )

@@ -40,7 +40,7 @@ def _tool_version(make: Make, argv: list[str]) -> str:
         return "unknown"
 
 
-def _publish_dir(staged: Path, dest: Path) -> None:
+def publish_dir(staged: Path, dest: Path) -> None:
     """Swap `staged` in for `dest`; readers never see a half-copied directory."""
     if dest.exists():
         old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
@@ -110,7 +110,7 @@ def build_kmod(settings: Settings) -> KmodRecord:
     try:
         for ko in sorted(work.glob("*.ko")):
             atomic_copy(ko, staged / ko.name)
-        _publish_dir(staged, layout.kmod)
+        publish_dir(staged, layout.kmod)
     finally:
         remove_tree(staged)
     digests = write_sha256_list(layout.kmod, layout.kmod_sha256)
@@ -135,7 +135,7 @@ def install_modules(make: Make, release: str, log_file: Path) -> None:
         modules = staging / "lib" / "modules" / release
         for link in HOST_LINKS:
             (modules / link).unlink(missing_ok=True)
-        _publish_dir(modules, layout.modules)
+        publish_dir(modules, layout.modules)
     finally:
         remove_tree(staging)
 

@@ -6,6 +6,7 @@ Layout.  The build dir:
     src/linux/          the kernel tree (hard links into the tree cache)
     kbuild/             make O=: objects, .config
     kmod/               a fresh copy of the project's kmod/, built with M=
+    selftests/          make O= of the KVM selftests: headers, objects, install/
     records/            each stage's record (source, series, config, kmod)
     logs/               one log per long step, holding its latest run
     bisect/             a bisection: its clone, its own build dir, verdicts, report
@@ -70,6 +71,16 @@ class Layout:
     @property
     def kmod_work(self) -> Path:
         return self.build / "kmod"
+
+    @property
+    def selftests_work(self) -> Path:
+        """The KVM selftests' O=: installed headers (usr/include), objects (kselftest/)."""
+        return self.build / "selftests"
+
+    @property
+    def selftests_install(self) -> Path:
+        """kselftest's INSTALL_PATH: run_kselftest.sh, kselftest-list.txt, kvm/."""
+        return self.selftests_work / "install"
 
     @property
     def records(self) -> Path:
@@ -182,6 +193,15 @@ class Layout:
         return self.artifacts / "kmod.sha256"
 
     @property
+    def selftests(self) -> Path:
+        """The guest's /usr/local/lib/kselftest (the kselftest install)."""
+        return self.artifacts / "selftests"
+
+    @property
+    def selftests_sha256(self) -> Path:
+        return self.artifacts / "selftests.sha256"
+
+    @property
     def kernel_json(self) -> Path:
         return self.artifacts / "kernel.json"
 
@@ -274,6 +294,11 @@ class Layout:
     @property
     def fragments_dir(self) -> Path:
         return self.project / "kconfig"
+
+    @property
+    def kselftest_known(self) -> Path:
+        """The KVM selftests that cannot pass here, with reasons (the image has a copy)."""
+        return self.images_root / "kselftest-known"
 
     @property
     def kmod_sources(self) -> Path:

@@ -13,7 +13,8 @@ can carry.  `doit repro` compares two manifests: inputs apart from artifacts.
                (images/ files, rendered Dockerfile, ext4 settings, the base's
                and the toolchain's package sets)
     artifacts  the sha256 of bzImage, each file under modules/, each .ko under
-               kmod/, rootfs.ext4
+               kmod/, each file under selftests/ (the KVM selftests, built
+               from the tree), rootfs.ext4
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ from typing import Any
 from . import records
 from .errors import UserError
 from .layout import Layout
-from .records import ConfigRecord, ImageRecord, KernelRecord, KmodRecord, SeriesRecord, SourceRecord
+from .records import (
+    ConfigRecord,
+    ImageRecord,
+    KernelRecord,
+    KmodRecord,
+    SelftestsRecord,
+    SeriesRecord,
+    SourceRecord,
+)
 from .util import write_if_changed
 
 SCHEMA = 1
@@ -57,10 +66,12 @@ def build(layout: Layout) -> dict[str, Any]:
         "kmod": {"sources": kmod.source_sha256},
         "image": {"files": image.inputs, "dockerfile_sha256": image.dockerfile_sha256,
                   "ext4": image.ext4, "with_kmod": image.with_kmod,
+                  "with_selftests": image.with_selftests,
                   "base": _package_set(image.base), "toolchain": _package_set(image.toolchain)},
     }
+    selftests = records.require(SelftestsRecord, layout) if image.with_selftests else None
     artifacts = {"bzImage": kernel.bzImage_sha256, **kernel.module_sha256, **kmod.sha256,
-                 "rootfs.ext4": image.rootfs_sha256}
+                 **(selftests.sha256 if selftests else {}), "rootfs.ext4": image.rootfs_sha256}
     return {"schema": SCHEMA, "inputs": inputs, "artifacts": dict(sorted(artifacts.items()))}
 
 

@@ -97,6 +97,16 @@ class KmodRecord:
 
 
 @dataclass(frozen=True)
+class SelftestsRecord:
+    """The kernel's KVM selftests, built from the tree and installed by kselftest."""
+
+    kernel_version: str
+    tests: tuple[str, ...]  # the kselftest list's entries, "kvm:NAME"
+    sha256: dict[str, str]  # selftests/<path> -> sha256, as in selftests.sha256
+    seconds: float = 0.0  # varies
+
+
+@dataclass(frozen=True)
 class ImageRecord:
     """build/artifacts/image.json: the guest's root filesystem."""
 
@@ -108,6 +118,7 @@ class ImageRecord:
     ext4: dict[str, Any]  # uuid, size_mb, source_date_epoch
     rootfs_sha256: str
     with_kmod: bool
+    with_selftests: bool
     image_id: str = ""  # varies: a local Docker id
     seconds: float = 0.0  # varies
 
@@ -119,11 +130,13 @@ _PATHS = {
     ConfigRecord: lambda layout: layout.record("config"),
     KernelRecord: lambda layout: layout.kernel_json,
     KmodRecord: lambda layout: layout.record("kmod"),
+    SelftestsRecord: lambda layout: layout.record("selftests"),
     ImageRecord: lambda layout: layout.image_json,
 }
 # The task that writes each record, for "run `doit X` first".
 _TASKS = {SourceRecord: "fetch", SeriesRecord: "patch", ConfigRecord: "config",
-          KernelRecord: "kernel", KmodRecord: "kmod", ImageRecord: "image"}
+          KernelRecord: "kernel", KmodRecord: "kmod", SelftestsRecord: "selftests",
+          ImageRecord: "image"}
 
 R = TypeVar("R")
 

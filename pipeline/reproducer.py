@@ -20,12 +20,20 @@ import re
 import shlex
 from pathlib import Path
 
-from . import kconfig, patch, records, tarballs
+from . import kconfig, patch, records, selftests, tarballs
 from .image import DOCKER_INJECTED, GUEST_HOSTNAME, GUEST_REPOSITORY, mkfs_argv
 from .kbuild import HOST_LINKS, kmod_argv
 from .kmake import Make
 from .layout import Layout
-from .records import ConfigRecord, ImageRecord, KernelRecord, KmodRecord, SeriesRecord, SourceRecord
+from .records import (
+    ConfigRecord,
+    ImageRecord,
+    KernelRecord,
+    KmodRecord,
+    SelftestsRecord,
+    SeriesRecord,
+    SourceRecord,
+)
 from .settings import Settings
 from .sources import debian, gpg
 from .sources.treecache import extract_argv
@@ -73,8 +81,9 @@ def _header(settings: Settings) -> list[str]:
     layout = settings.layout
     return [
         "#!/bin/sh",
-        "# Rebuilds this build's artifacts by hand: fetch, patch, config, kernel, kmod and",
-        "# the guest image.  Written by `doit build` from the records of every stage.",
+        "# Rebuilds this build's artifacts by hand: fetch, patch, config, kernel, kmod, the",
+        "# KVM selftests and the guest image.  Written by `doit build` from the records of",
+        "# every stage.",
         "#",
         "# Usage: reproducer.sh OUT   OUT: a new or empty directory; the build dir's layout",
         "#                            (src/linux, kbuild, kmod, artifacts) is made there.",
@@ -204,6 +213,20 @@ def _kmod(kmod: KmodRecord, make: Make) -> list[str]:
     return [*lines, line(["cp", *(layout.kmod_work / name for name in kmod.modules), layout.kmod])]
 
 
+def _selftests(record: SelftestsRecord | None, make: Make) -> list[str]:
+    layout = make.layout
+    if record is None:
+        return ["step selftests", "# kselftest.build was false: no KVM selftests"]
+    install = layout.selftests_install
+    return [
+        "step 'selftests: the KVM selftests, kselftest install'",
+        line(["mkdir", "-p", layout.selftests_work]),
+        make_line(make, selftests.headers_argv(make)),
+        make_line(make, selftests.install_argv(make)),
+        line(["mv", install, layout.selftests]),
+    ]
+
+
 def _tarballs(image: ImageRecord, layout: Layout) -> list[str]:
     """The package tarballs: given, published beside the script, or made by mmdebstrap."""
     base, epoch = image.base, str(image.ext4["source_date_epoch"])
@@ -252,6 +275,8 @@ def _image(image: ImageRecord, layout: Layout) -> list[str]:
     ]
     if image.with_kmod:
         lines.append(line(["cp", "-a", layout.kmod, context / "kmod"]))
+    if image.with_selftests:
+        lines.append(line(["cp", "-a", layout.selftests, context / "selftests"]))
     lines += [
         'cp "$HERE/Dockerfile" ' + word(context / "Dockerfile"),
         line(["docker", "build", "-t", guest_ref, context]),
@@ -279,10 +304,10 @@ def _image(image: ImageRecord, layout: Layout) -> list[str]:
 
 
 def _compare(layout: Layout, kernel: KernelRecord, kmod: KmodRecord,
-             image: ImageRecord) -> list[str]:
+             tests: SelftestsRecord | None, image: ImageRecord) -> list[str]:
     lines = ["step 'compare with the recorded artifacts'",
              line(["compare", kernel.bzImage_sha256, layout.bzimage])]
-    digests = {**kernel.module_sha256, **kmod.sha256}
+    digests = {**kernel.module_sha256, **kmod.sha256, **(tests.sha256 if tests else {})}
     lines += [line(["compare", digest, layout.artifacts / name])
               for name, digest in sorted(digests.items())]
     lines.append(line(["compare", image.rootfs_sha256, layout.rootfs]))
@@ -294,6 +319,7 @@ def render(settings: Settings) -> str:
     layout = settings.layout
     source, series, config, kernel, kmod, image = (records.require(cls, layout)
                                                    for cls in RECORDS)
+    tests = records.require(SelftestsRecord, layout) if image.with_selftests else None
     repro = Layout(project=PROJECT, build=OUT, cache=CACHE)
     container = None
     if kernel.toolchain.get("runtime") == "docker":
@@ -318,8 +344,9 @@ def render(settings: Settings) -> str:
         _config(config, make),
         _kernel(kernel, make),
         _kmod(kmod, make),
+        _selftests(tests, make),
         _image(image, repro),
-        _compare(repro, kernel, kmod, image),
+        _compare(repro, kernel, kmod, tests, image),
     ]
     return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
 

@@ -106,6 +106,18 @@ class TestSettings:
 
 
 @dataclass(frozen=True)
+class KselftestSettings:
+    build: bool
+    tests: str
+    timeout: int
+
+    def guest_parameters(self) -> list[str]:
+        """The kernel command-line words the kselftest suite reads."""
+        return [f"pipeline.kselftest_timeout={self.timeout}",
+                *([f"pipeline.kselftests={self.tests}"] if self.tests else [])]
+
+
+@dataclass(frozen=True)
 class BisectSettings:
     good: str
     bad: str
@@ -136,6 +148,7 @@ class Settings:
     image: ImageSettings
     boot: BootSettings
     test: TestSettings
+    kselftest: KselftestSettings
     bisect: BisectSettings
     repro: ReproSettings
     paths: PathSettings
@@ -167,6 +180,7 @@ SECTIONS = {
     "image": ImageSettings,
     "boot": BootSettings,
     "test": TestSettings,
+    "kselftest": KselftestSettings,
     "bisect": BisectSettings,
     "repro": ReproSettings,
     "paths": PathSettings,
@@ -202,6 +216,8 @@ MINIMUM = {
 }
 # Case globs travel on the kernel command line: no blanks, quotes or '='.
 CASES_RE = re.compile(r"^[A-Za-z0-9_.*?\[\],-]*$")
+# Selftest globs too; names are the kselftest list's (basenames, no '/').
+KSELFTESTS_RE = re.compile(r"^[A-Za-z0-9_*?\[\],-]*$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -342,6 +358,12 @@ def load(root: Path, overrides: dict[str, str] | None = None) -> Settings:
             f"test.cases in {origins[('test', 'cases')]} is {merged['test']['cases']!r}: it must "
             "be comma-separated globs over SUITE or SUITE.CASE names, e.g. "
             "'smoke,kvm.kvm_patch_effect' (no spaces, quotes or '=')"
+        )
+    if not KSELFTESTS_RE.match(merged["kselftest"]["tests"]):
+        raise SettingsError(
+            f"kselftest.tests in {origins[('kselftest', 'tests')]} is "
+            f"{merged['kselftest']['tests']!r}: it must be comma-separated globs over the KVM "
+            "selftests' names, e.g. 'state_test,svm_*' (no spaces, quotes, '/' or '=')"
         )
     for name in merged["kernel"]["fragments"]:
         if not (root / Path(name).expanduser()).is_file():

@@ -43,9 +43,10 @@ ROLES = ("base", "toolchain")
 PACKAGES = {
     # modprobe and depmod in the guest
     "base": ("kmod",),
-    # what `make bzImage modules` and the kmod build run, ccache included
+    # what `make bzImage modules`, the kmod build and kselftest's install of the
+    # KVM selftests (rsync) run, ccache included
     "toolchain": ("bc", "bison", "build-essential", "ccache", "cpio", "dwarves", "flex",
-                  "kmod", "libelf-dev", "libssl-dev", "perl", "xz-utils", "zstd"),
+                  "kmod", "libelf-dev", "libssl-dev", "perl", "rsync", "xz-utils", "zstd"),
 }
 # The packages whose versions decide what the kernel build's compiler, assembler,
 # linker and build tools do: recorded for the kernel for either runtime, so a

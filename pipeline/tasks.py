@@ -36,19 +36,28 @@ from . import (
     records,
     repro,
     reproducer,
+    selftests,
     settings,
     sources,
 )
 from .errors import PipelineError
-from .records import ConfigRecord, ImageRecord, KernelRecord, KmodRecord, SeriesRecord, SourceRecord
+from .records import (
+    ConfigRecord,
+    ImageRecord,
+    KernelRecord,
+    KmodRecord,
+    SelftestsRecord,
+    SeriesRecord,
+    SourceRecord,
+)
 from .util import remove_tree
 
 log = logging.getLogger("pipeline")
 
 # In the order `doit list` shows them: the table of contents.
-TASKS = ("fetch", "patch", "config", "kernel", "kmod", "image", "build", "boot", "test",
-         "bisect", "repro")
-BUILD_TASKS = ("fetch", "patch", "config", "kernel", "kmod", "image")
+TASKS = ("fetch", "patch", "config", "kernel", "kmod", "selftests", "image", "build", "boot",
+         "test", "bisect", "repro")
+BUILD_TASKS = ("fetch", "patch", "config", "kernel", "kmod", "selftests", "image")
 
 
 @dataclass
@@ -203,11 +212,28 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
                               record_of(KmodRecord))],
         }
 
+    def task_selftests():
+        """Build the kernel's KVM selftests from the same tree (kselftest install) for the image."""
+        return {
+            "actions": [action("selftests", selftests.build_selftests, config, run)],
+            # The tree and its patches (the uapi headers and the selftests' sources):
+            # a new kernel rebuilds them, a new config or anything else does not.
+            "file_dep": [record_of(SourceRecord), record_of(SeriesRecord)],
+            "uptodate": [unchanged({"build": config.kselftest.build, **runtime},
+                                   selftests, kmake, records),
+                         has_record(SelftestsRecord, config) if config.kselftest.build
+                         else (lambda: not layout.selftests.exists())],
+            "targets": [layout.selftests_sha256],
+            "clean": [remover(layout.selftests_work, layout.selftests, layout.selftests_sha256,
+                              record_of(SelftestsRecord))],
+        }
+
     def task_image():
         """Bake the guest image in Docker (images/) into build/artifacts/rootfs.ext4."""
         return {
             "actions": [action("image", image.build_image, config, run)],
-            "file_dep": [layout.modules_sha256, layout.kmod_sha256, *image.image_inputs(config)],
+            "file_dep": [layout.modules_sha256, layout.kmod_sha256, layout.selftests_sha256,
+                         *image.image_inputs(config)],
             "uptodate": [unchanged(config.digest("image"), image, records),
                          has_record(ImageRecord, config)],
             "targets": [layout.rootfs, layout.image_json, layout.dockerfile],
@@ -270,7 +296,8 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
             "verbosity": 2,
         },
     }
-    creators = (task_fetch, task_patch, task_config, task_kernel, task_kmod, task_image,
+    creators = (task_fetch, task_patch, task_config, task_kernel, task_kmod, task_selftests,
+                task_image,
                 task_build, task_boot, task_test, task_bisect, task_repro)
     namespace.update((creator.__name__, creator) for creator in creators)
     return namespace

@@ -48,6 +48,16 @@ kernelrelease:
 modules_install:
 \tmkdir -p $(INSTALL_MOD_PATH)/lib/modules/$(REL)/kernel
 \techo ko > $(INSTALL_MOD_PATH)/lib/modules/$(REL)/kernel/fake.ko
+headers_install:
+\tmkdir -p $(O)/usr/include/linux && echo '/* uapi */' > $(O)/usr/include/linux/kvm.h
+"""
+# tools/testing/selftests/Makefile: kselftest's install of one KVM "selftest".
+FAKE_KSELFTEST = """\
+install:
+\t$(if $(filter selftests,$(FAKE_FAIL)),@echo "kvm_util.c:1:1: error: fails" && false)
+\tmkdir -p $(INSTALL_PATH)/kvm
+\tprintf '#!/bin/sh\\n' > $(INSTALL_PATH)/kvm/fake_test
+\techo kvm:fake_test > $(INSTALL_PATH)/kselftest-list.txt
 """
 # merge_config.sh -m -O DIR BASE FRAGMENT...: append the fragments (last one wins).
 FAKE_MERGE = '#!/bin/sh\nbase=$4\nshift 4\ncat "$@" >>"$base"\n'
@@ -57,6 +67,7 @@ def fake_kernel_tarball(dest: Path) -> str:
     """A .tar.gz of the stand-in tree; returns its sha256."""
     merge = "scripts/kconfig/merge_config.sh"
     data = make_tarball({"Makefile": FAKE_MAKEFILE, merge: FAKE_MERGE,
+                         "tools/testing/selftests/Makefile": FAKE_KSELFTEST,
                          "arch/x86/kvm/x86.c": "int x;\n"}, executable=(merge,))
     dest.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
@@ -98,6 +109,8 @@ FAILURES = [
      "cannot be configured as asked"),
     ("kernel: does not compile", {}, "bzImage", ["kernel"], 4, "the kernel did not build"),
     ("kmod: does not compile", {}, "kmod", ["kmod"], 4, "kmod/ did not build"),
+    ("selftests: do not compile", {}, "selftests", ["selftests"], 4,
+     "the KVM selftests did not build"),
     ("image: no Docker engine", {}, "", ["image"], 3, "DOCKER_HOST=tcp://127.0.0.1:9"),
 ]
 

@@ -9,8 +9,8 @@ from conftest import ROOT, doit
 def test_doit_list_reads_like_a_table_of_contents():
     out = doit("list").stdout
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    assert names == ["fetch", "patch", "config", "kernel", "kmod", "image", "build", "boot",
-                     "test", "bisect", "repro"]
+    assert names == ["fetch", "patch", "config", "kernel", "kmod", "selftests", "image", "build",
+                     "boot", "test", "bisect", "repro"]
 
 
 def test_bad_setting_on_command_line_fails_cleanly(tmp_path):

@@ -72,8 +72,13 @@ def test_modules_build_against_linux_6_1(linux61_build):
         assert (linux61_build.layout.artifacts / "kmod" / name).is_file()
 
 
+# The KVM selftests the debug kernel runs (KASAN makes each several times slower).
+DEBUG_SELECTION = "state_test,xapic_state_test,sync_regs_test"
+
+
 def test_debug_kernel_runs_every_case_clean(debug_image):
-    """Cases 1-7 on PREEMPT_COUNT + lockdep + KASAN + ORC + return thunks + IBT,
+    """Cases 1-7 and a few KVM selftests alone and under injection, on
+    PREEMPT_COUNT + lockdep + KASAN + ORC + return thunks + IBT,
     with no lockdep, KASAN or might_sleep report (or any other) on the console.
     KASAN and lockdep under TCG are slow: the timeouts are the debug kernel's, and
     the smoke, kvm and lifecycle cases run shorter than the default suite's, with
@@ -86,12 +91,18 @@ def test_debug_kernel_runs_every_case_clean(debug_image):
                            "paths.build=build/test-debug", "kernel.variant=debug",
                            "boot.boot_timeout=400", "boot.test_timeout=2400",
                            "test.injection_seconds=5", "test.kvm_seconds=10",
-                           "test.lifecycle_cycles=20"],
+                           "test.lifecycle_cycles=20", f"kselftest.tests={DEBUG_SELECTION}"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:]
     results = json.loads((debug_image.layout.results / "results.json").read_text())
     assert results["console_findings"] == []
-    assert results["counts"]["passed"] == 15 and results["counts"]["skipped"] == 0
+    selftests = DEBUG_SELECTION.split(",")
+    assert results["counts"]["passed"] == 15 + len(selftests) + 1  # and count_only
+    assert results["counts"]["skipped"] == 0
+    # With PREEMPT_COUNT the ranges are all of kvm and kvm-amd: every selftest's
+    # threads get injections, and lockdep, KASAN and might_sleep stay silent.
+    for verdict in results["kselftests"]:
+        assert verdict["status"] == "passed" and verdict["injections"] > 0, verdict
     tree = ktap.parse((debug_image.layout.results / "ktap.log").read_text().splitlines())
     diagnostics = {".".join(names): "\n".join(test.diagnostics) for names, test in tree.walk()}
     # The PREEMPT_COUNT side of every kernel-dependent case ran.
@@ -102,3 +113,4 @@ def test_debug_kernel_runs_every_case_clean(debug_image):
         diagnostics["kvm.kvm_under_injection"]
     assert "PREEMPT_COUNT kernel: samples in kvm inside preempt-disabled sections" in \
         diagnostics["kvm.kvm_patch_effect"]
+    assert "ranges are all of kvm and kvm-amd's text" in diagnostics["kselftest.state_test"]

@@ -16,18 +16,20 @@ def test_dockerfile_renders_strictly():
     text = image.render_dockerfile(s, base_image="kvm-pipeline/base:abc",
                                    toolchain_image="kvm-pipeline/toolchain:def",
                                    base_has_packages=True, release="6.12.117",
-                                   kvm_patch="applied", with_kmod=True)
+                                   kvm_patch="applied", with_kmod=True, with_selftests=True)
     assert "FROM kvm-pipeline/toolchain:def AS builder" in text
     assert "\nFROM kvm-pipeline/base:abc\n" in text
     # The package tarballs hold everything: nothing is installed from the network.
     assert "apt-get" not in text
     assert "COPY modules/ /lib/modules/6.12.117/" in text
     assert "COPY kmod/ /lib/modules/6.12.117/extra/" in text
+    assert "COPY selftests/ /usr/local/lib/kselftest/" in text
     assert 'echo "applied" > /etc/pipeline/kvm-patch' in text
     without = image.render_dockerfile(s, base_image="b", toolchain_image="t",
                                       base_has_packages=False, release="r", kvm_patch="none",
-                                      with_kmod=False)
+                                      with_kmod=False, with_selftests=False)
     assert "kmod/" not in without.split("FROM b")[1]
+    assert "selftests/" not in without
     # A registry base lacks kmod: the final stage installs it.
     assert "apt-get install -y --no-install-recommends kmod" in without
 

@@ -14,6 +14,7 @@ from pipeline.records import (
     ImageRecord,
     KernelRecord,
     KmodRecord,
+    SelftestsRecord,
     SeriesRecord,
     SourceRecord,
 )
@@ -85,7 +86,11 @@ def save_build(layout, changes=None):
             toolchain=package_record("5" * 64, {"gcc-12": "12.2.0-14+deb12u1"}),
             inputs={"images/init": "6" * 64}, dockerfile_sha256="7" * 64,
             ext4={"uuid": "u", "size_mb": 1024, "source_date_epoch": 1700000000},
-            rootfs_sha256="8" * 64, with_kmod=True, image_id="sha256:local", seconds=60.0),
+            rootfs_sha256="8" * 64, with_kmod=True, with_selftests=True,
+            image_id="sha256:local", seconds=60.0),
+        SelftestsRecord: SelftestsRecord(kernel_version="6.12.57", tests=("kvm:state_test",),
+                                         sha256={"selftests/kvm/state_test": "9" * 64},
+                                         seconds=30.0),
     }
     for cls, change in (changes or {}).items():
         built[cls] = dataclasses.replace(built[cls], **change)

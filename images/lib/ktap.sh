@@ -23,6 +23,13 @@
 # last output line as the reason, anything else not ok.  ktap_run's own
 # status is 0 when nothing failed.
 #
+# A case may have subtests of its own (the kselftest suite's are the kernel
+# runner's results): it writes their KTAP document to the file named by
+# KTAP_NESTED, and ktap_run prints it one level deeper, before the case's
+# diagnostics and result line.  A suite may define ktap_suite_notes: its
+# output becomes diagnostic lines after the suite's plan (e.g. what it
+# leaves out, and why).
+#
 # Every result line, a case's and the suite's, is preceded by one diagnostic
 # line at its own indentation with the test's wall time in milliseconds,
 # measured on the guest's monotonic clock (/proc/uptime, centiseconds):
@@ -34,6 +41,7 @@
 # know it (kunit.py) keep it as an ordinary diagnostic line.
 
 KTAP_SKIP=4
+KTAP_NESTED=/tmp/ktap-nested
 
 # expect WHAT TEST...: run TEST (a command, e.g. [ "$n" -gt 0 ]); when it
 # fails, say which condition failed, so a case that is not ok names it.
@@ -89,6 +97,9 @@ ktap_run() {
 	echo "    KTAP version 1"
 	echo "    # Subtest: $suite"
 	echo "    1..$#"
+	if command -v ktap_suite_notes >/dev/null; then
+		ktap_suite_notes 2>&1 | sed 's/^/    # /'
+	fi
 	number=0
 	failures=0
 	for name in "$@"; do
@@ -98,8 +109,10 @@ ktap_run() {
 		fi
 		ktap_clock
 		ktap_case_start=$ktap_cs
+		rm -f "$KTAP_NESTED"
 		output=$("case_$name" 2>&1)
 		status=$?
+		[ -s "$KTAP_NESTED" ] && sed 's/^/        /' "$KTAP_NESTED"
 		[ -n "$output" ] && printf '%s\n' "$output" | sed 's/^/    # /'
 		ktap_duration "    " "$ktap_case_start"
 		if [ "$status" -eq 0 ]; then

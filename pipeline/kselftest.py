@@ -1,0 +1,205 @@
+"""The kselftest suite's results: each KVM selftest's verdict, alone and under injection.
+
+In the guest (images/suites/kselftest) every selftest is one case of the
+`kselftest` suite.  Its subtests are the KTAP document of the kernel's
+runner, which ran the test twice: as NAME alone and as NAME-injected, with
+the injector aimed at its process.  The case's own result says whether the
+injector's checks held (aimed, trampoline balanced, counters adding up,
+modules unloading), and a `kselftest_injections: N` diagnostic counts the
+injections into the test's threads.
+
+`merge()` replaces each such case by one leaf carrying the test's verdict:
+
+    alone     injected    the case
+    passed    passed      passed (with no injection at all it proves nothing
+                          about scheduling: noted, and listed in the summary)
+    passed    not passed  failed: passes alone, fails under injection
+    skipped   -           skipped, with the reason the test printed
+    failed    -           failed; a known failure (images/kselftest-known)
+                          is todo, with the list's reason
+    the injector's checks failed: failed;  the runner cut off: crashed
+
+The count-only case (`count_only`) is the suite's own and stays as it is,
+apart from its subtests (the runner's results, each test once more), whose
+failures it takes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .ktap import Status, Test
+
+SUITE = "kselftest"
+INJECTED_SUFFIX = "-injected"
+COUNT_ONLY = "count_only"
+# "ok 1 selftests: kvm: NAME": the runner's name for a test of collection kvm.
+_RUNNER_NAME = re.compile(r"^selftests: \S+: (\S+)$")
+_INJECTIONS = re.compile(r"^kselftest_injections:\s*([0-9]{1,12})$")
+# How kselftest's helpers say why a test skipped: "1..0 # SKIP - reason",
+# "ok 1 # SKIP reason" or a library's "SKIP: reason"; the runner prefixes "# ".
+_SKIP_REASON = re.compile(r"SKIP\b[\s:-]*(.*)$")
+# Lines of a failing test's output the summary shows.
+OUTPUT_TAIL = 15
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One selftest: how it did alone and under injection."""
+
+    name: str
+    status: str  # the merged case's Status value
+    alone: str
+    injected: str
+    injections: int | None  # None: the guest did not report a count
+    why: str
+
+
+def load_known(path: Path) -> list[tuple[str, str]]:
+    """images/kselftest-known: (glob, reason) pairs, comments and blank lines skipped."""
+    known = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        pattern, _, reason = line.partition("\t") if "\t" in line else line.partition(" ")
+        known.append((pattern.strip(), reason.strip()))
+    return known
+
+
+def known_reason(name: str, known: list[tuple[str, str]]) -> str | None:
+    return next((reason for pattern, reason in known if fnmatch.fnmatchcase(name, pattern)),
+                None)
+
+
+def _runner_name(test: Test) -> str:
+    match = _RUNNER_NAME.match(test.name)
+    return match.group(1) if match else test.name
+
+
+def _skip_reason(test: Test) -> str:
+    for line in reversed(test.diagnostics):
+        if match := _SKIP_REASON.search(line):
+            return match.group(1).strip() or "skipped"
+    return test.directive or "the test skipped (it printed no reason)"
+
+
+def _injections(case: Test) -> int | None:
+    for line in case.diagnostics:
+        if match := _INJECTIONS.match(line):
+            return int(match.group(1))
+    return None
+
+
+def _tail(test: Test) -> list[str]:
+    return test.diagnostics[-OUTPUT_TAIL:]
+
+
+def _verdict(case: Test, known: list[tuple[str, str]]) -> tuple[Test, Verdict]:
+    """The leaf replacing one selftest's case, and its verdict."""
+    runs = {_runner_name(sub): sub for sub in case.subtests}
+    alone = runs.get(case.name)
+    injected = runs.get(case.name + INJECTED_SUFFIX)
+    injections = _injections(case)
+    alone_status = alone.status if alone else Status.CRASHED
+    injected_status = injected.status if injected else Status.CRASHED
+    status, directive = Status.PASSED, ""
+    why = "passes alone and under injection"
+    output: list[str] = []
+    if case.status is Status.CRASHED or alone is None or \
+            alone_status is Status.CRASHED or injected_status is Status.CRASHED:
+        status, why = Status.CRASHED, "the runner's output ended before the test's result"
+    elif alone_status is Status.SKIPPED:
+        status = Status.SKIPPED
+        directive = why = _skip_reason(alone)
+    elif alone_status is not Status.PASSED:
+        reason = known_reason(case.name, known)
+        status = Status.TODO if reason else Status.FAILED
+        directive = f"known: {reason}" if reason else ""
+        why = f"fails alone{f' (known: {reason})' if reason else ''}"
+        output = _tail(alone)
+    elif injected_status is not Status.PASSED:
+        status, why = Status.FAILED, "passes alone, FAILS UNDER INJECTION"
+        output = _tail(injected)
+    elif case.status is Status.FAILED:
+        status, why = Status.FAILED, "the injector's checks failed (see the case's output)"
+    elif injections == 0:
+        why = "passes alone and under injection, but got no injection: proves nothing " \
+              "about scheduling"
+    head = [f"alone: {alone_status.value}", f"under injection: {injected_status.value}",
+            f"injections into its threads: {'?' if injections is None else injections}",
+            f"verdict: {why}"]
+    if output:
+        head += ["output:", *output]
+    diagnostics = head + [line for line in case.diagnostics if not _INJECTIONS.match(line)]
+    for run in (alone, injected):
+        if run is not None:
+            diagnostics += [f"[{run.name}] {line}" for line in run.diagnostics]
+    leaf = dataclasses.replace(case, status=status, directive=directive, subtests=[],
+                               diagnostics=diagnostics)
+    return leaf, Verdict(case.name, status.value, alone_status.value, injected_status.value,
+                         injections, why)
+
+
+def _count_only(case: Test) -> Test:
+    failed = [sub.name for sub in case.subtests if sub.status not in
+              (Status.PASSED, Status.SKIPPED)]
+    status = case.status
+    diagnostics = list(case.diagnostics)
+    if failed and status is Status.PASSED:
+        status = Status.FAILED
+        diagnostics.append(f"failed while counted (nothing injected): {', '.join(failed)}")
+    for sub in case.subtests:
+        diagnostics.append(f"[{sub.name}] {sub.status.value}")
+    return dataclasses.replace(case, status=status, subtests=[], diagnostics=diagnostics)
+
+
+def merge(tree: Test, known_file: Path) -> tuple[Test, list[Verdict]]:
+    """`tree` with the kselftest suite's cases turned into verdicts (no suite: unchanged);
+    known failures as `known_file` (images/kselftest-known) lists them."""
+    suite = next((top for top in tree.subtests if top.name == SUITE), None)
+    if suite is None:
+        return tree, []
+    known = load_known(known_file)
+    cases, verdicts = [], []
+    for case in suite.subtests:
+        if case.name == COUNT_ONLY:
+            cases.append(_count_only(case))
+        elif case.subtests:
+            leaf, verdict = _verdict(case, known)
+            cases.append(leaf)
+            verdicts.append(verdict)
+        else:
+            cases.append(case)  # e.g. skipped: no selftests in the image
+    merged_suite = dataclasses.replace(suite, subtests=cases)
+    tops = [merged_suite if top is suite else top for top in tree.subtests]
+    return dataclasses.replace(tree, subtests=tops), verdicts
+
+
+def summary_lines(verdicts: list[Verdict], tree: Test) -> list[str]:
+    """What the run summary says of the selftests beyond the table."""
+    if not verdicts:
+        return []
+    lines = ["", f"{'selftest':<32} {'alone':<8} {'injected':<9} injections"]
+    for verdict in verdicts:
+        count = "?" if verdict.injections is None else str(verdict.injections)
+        lines.append(f"{verdict.name:<32} {verdict.alone:<8} {verdict.injected:<9} {count}")
+    suite = next(top for top in tree.subtests if top.name == SUITE)
+    by_name = {case.name: case for case in suite.subtests}
+    for verdict in verdicts:
+        if verdict.alone == "passed" and verdict.injected != "passed":
+            lines.append(f"FAILS UNDER INJECTION: {verdict.name} (passes alone); its output:")
+            case = by_name[verdict.name]
+            start = case.diagnostics.index("output:") + 1 if "output:" in case.diagnostics else 0
+            lines += [f"  {line}" for line in case.diagnostics[start:start + OUTPUT_TAIL]]
+    idle = [v.name for v in verdicts if v.status == "passed" and v.injections == 0]
+    if idle:
+        lines.append(f"no injection at all (proves nothing about scheduling): {', '.join(idle)}")
+    passed_both = sum(v.alone == "passed" and v.injected == "passed" for v in verdicts)
+    lines.append(f"selftests: {passed_both} of {len(verdicts)} pass alone and under injection, "
+                 f"{sum(v.injections or 0 for v in verdicts)} injections in all")
+    return lines

@@ -1,0 +1,165 @@
+"""The kselftest suite's results: the kernel runner's nested KTAP merged into verdicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import ROOT
+
+from pipeline import kselftest, ktap
+from pipeline.results import Outcome, classify_outcome
+
+GOLDEN = Path(__file__).parent / "golden"
+KNOWN_FILE = ROOT / "images" / "kselftest-known"
+KNOWN = kselftest.load_known(KNOWN_FILE)
+
+
+def runner_result(number: int, name: str, result: str, output: tuple[str, ...]) -> list[str]:
+    return [f"        # selftests: kvm: {name}", *(f"        # {line}" for line in output),
+            f"        {result} {number} selftests: kvm: {name}"]
+
+
+def selftest_case(number: int, name: str, alone: str = "ok", injected: str = "ok",
+                  injections: int = 7, case_result: str = "ok",
+                  alone_output: tuple[str, ...] = ("1..1", "ok 1 it works"),
+                  injected_output: tuple[str, ...] = ("1..1", "ok 1 it works")) -> list[str]:
+    """One case as images/suites/kselftest prints it: the runner's document, then ours."""
+    return ["        TAP version 13", "        1..2",
+            "        # timeout set to 120",
+            *runner_result(1, name, alone, alone_output),
+            "        # timeout set to 120",
+            *runner_result(2, f"{name}-injected", injected, injected_output),
+            f"    # kselftest_injections: {injections}",
+            "    # injections 7, trampoline entries 7, exits 7",
+            f"    {case_result} {number} {name}"]
+
+
+def stream(*cases: list[str]) -> list[str]:
+    lines = ["KTAP version 1", "1..1", "    KTAP version 1", "    # Subtest: kselftest",
+             f"    1..{len(cases)}"]
+    for case in cases:
+        lines += case
+    return [*lines, "ok 1 kselftest"]
+
+
+def merged(*cases: list[str]) -> tuple[ktap.Test, dict[str, ktap.Test], list]:
+    tree, verdicts = kselftest.merge(ktap.parse(stream(*cases)), KNOWN_FILE)
+    suite = tree.subtests[0]
+    return tree, {case.name: case for case in suite.subtests}, verdicts
+
+
+def test_golden_guest_run_becomes_one_case_per_selftest():
+    """A real run of `doit test` (default kernel, TCG, every default suite and
+    selftest): each selftest's case becomes a leaf with its verdict, the
+    count-only case stays, nothing is lost or left nested, the other suites
+    are untouched."""
+    raw = ktap.parse((GOLDEN / "kselftest-run.ktap").read_text().splitlines())
+    suite = next(top for top in raw.subtests if top.name == "kselftest")
+    assert raw.errors == [] and len(suite.subtests) > 30
+    tree, verdicts = kselftest.merge(raw, KNOWN_FILE)
+    assert [top.name for top in tree.subtests] == [top.name for top in raw.subtests]
+    assert [top for top in tree.subtests if top.name != "kselftest"] == \
+        [top for top in raw.subtests if top.name != "kselftest"]
+    cases = next(top for top in tree.subtests if top.name == "kselftest").subtests
+    assert [c.name for c in cases] == [c.name for c in suite.subtests]
+    assert all(not c.subtests for c in cases)
+    assert cases[-1].name == "count_only"
+    assert [v.name for v in verdicts] == [c.name for c in cases[:-1]]
+    for verdict, case in zip(verdicts, suite.subtests[:-1], strict=True):
+        alone, injected = case.subtests
+        assert injected.name == f"selftests: kvm: {verdict.name}-injected"
+        assert (verdict.alone, verdict.injected) == (alone.status.value, injected.status.value)
+        assert verdict.injections is not None
+    assert any(v.injections for v in verdicts)  # the emulator ranges do get hit
+    counts = next(top for top in tree.subtests if top.name == "kselftest").counts()
+    assert counts.total == len(cases) and counts.failed == counts.crashed == 0
+    # Skip reasons come from the tests' own output, never left empty.
+    for case in cases:
+        if case.status is ktap.Status.SKIPPED:
+            assert case.directive and case.directive != "skipped", case.name
+
+
+def test_passes_alone_fails_under_injection_fails_and_is_named_with_its_output():
+    tree, cases, verdicts = merged(
+        selftest_case(1, "state_test", injected="not ok",
+                      injected_output=("==== Test Assertion Failure ====",
+                                       "x86_64/state_test.c:99: r == 0")),
+        selftest_case(2, "smm_test"))
+    failed = cases["state_test"]
+    assert failed.status is ktap.Status.FAILED
+    assert "verdict: passes alone, FAILS UNDER INJECTION" in failed.diagnostics
+    assert "x86_64/state_test.c:99: r == 0" in failed.diagnostics
+    assert cases["smm_test"].status is ktap.Status.PASSED
+    lines = kselftest.summary_lines(verdicts, tree)
+    assert "FAILS UNDER INJECTION: state_test (passes alone); its output:" in lines
+    assert "  x86_64/state_test.c:99: r == 0" in lines
+    outcome, _ = classify_outcome(kernel_started=True, timed_out=None, findings=[],
+                                  guest_status=0, tree=tree)
+    assert outcome is Outcome.TEST_FAILURES
+
+
+def test_a_skip_keeps_the_tests_reason_and_is_allowed_under_tcg():
+    # The runner says "# SKIP" on its result line for exit code 4.
+    tree, cases, _ = merged([line.replace("ok 1 selftests: kvm: svm_nested_soft_inject_test",
+                                          "ok 1 selftests: kvm: svm_nested_soft_inject_test "
+                                          "# SKIP")
+                             for line in selftest_case(
+                                 1, "svm_nested_soft_inject_test",
+                                 alone_output=("1..0 # SKIP - Requires: NRIPS",))])
+    skipped = cases["svm_nested_soft_inject_test"]
+    assert skipped.status is ktap.Status.SKIPPED and skipped.directive == "Requires: NRIPS"
+    outcome, _ = classify_outcome(kernel_started=True, timed_out=None, findings=[],
+                                  guest_status=0, tree=tree, skips_allowed=False)
+    assert outcome is Outcome.PASSED
+
+
+def test_a_failure_alone_is_known_only_when_the_list_names_it():
+    _, cases, verdicts = merged(selftest_case(1, "debug_regs", alone="not ok"),
+                                selftest_case(2, "state_test", alone="not ok"))
+    known = cases["debug_regs"]
+    assert known.status is ktap.Status.TODO and known.directive.startswith("known: ")
+    assert cases["state_test"].status is ktap.Status.FAILED
+    assert [v.why for v in verdicts][1] == "fails alone"
+
+
+def test_no_injection_is_reported_and_the_injectors_checks_count():
+    tree, cases, verdicts = merged(selftest_case(1, "cpuid_test", injections=0),
+                                   selftest_case(2, "smm_test", case_result="not ok"))
+    assert cases["cpuid_test"].status is ktap.Status.PASSED
+    assert "proves nothing about scheduling" in " ".join(cases["cpuid_test"].diagnostics)
+    assert cases["smm_test"].status is ktap.Status.FAILED
+    assert verdicts[0].injections == 0
+    lines = kselftest.summary_lines(verdicts, tree)
+    assert "no injection at all (proves nothing about scheduling): cpuid_test" in lines
+    assert lines[-1].startswith("selftests: 2 of 2 pass alone and under injection")
+
+
+def test_a_run_cut_off_inside_the_runner_is_crashed():
+    lines = stream(selftest_case(1, "state_test"))
+    cut = lines[:lines.index("        # selftests: kvm: state_test-injected") + 1]
+    tree, verdicts = kselftest.merge(ktap.parse(cut), KNOWN_FILE)
+    case = tree.subtests[0].subtests[0]
+    assert case.status is ktap.Status.CRASHED
+    assert tree.counts().crashed == 1 and verdicts[0].status == "crashed"
+
+
+def test_count_only_takes_on_a_failure_of_its_runs():
+    count_only = ["        TAP version 13", "        1..1",
+                  *runner_result(1, "state_test-counted", "not ok", ()),
+                  "    ok 1 count_only"]
+    _, cases, verdicts = merged(count_only)
+    assert cases["count_only"].status is ktap.Status.FAILED and verdicts == []
+    assert "failed while counted (nothing injected): selftests: kvm: state_test-counted" \
+        in cases["count_only"].diagnostics
+
+
+def test_other_suites_are_left_alone():
+    tree = ktap.parse(["KTAP version 1", "1..1", "    KTAP version 1", "    # Subtest: smoke",
+                       "    1..1", "    ok 1 a", "ok 1 smoke"])
+    assert kselftest.merge(tree, KNOWN_FILE) == (tree, [])
+
+
+def test_the_known_list_gives_a_reason_for_every_entry():
+    assert KNOWN and all(pattern and reason for pattern, reason in KNOWN)
+    assert kselftest.known_reason("vmx_dirty_log_test", KNOWN).startswith("needs Intel VMX")
+    assert kselftest.known_reason("state_test", KNOWN) is None
