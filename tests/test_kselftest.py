@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from conftest import ROOT
@@ -163,3 +164,30 @@ def test_the_known_list_gives_a_reason_for_every_entry():
     assert KNOWN and all(pattern and reason for pattern, reason in KNOWN)
     assert kselftest.known_reason("vmx_dirty_log_test", KNOWN).startswith("needs Intel VMX")
     assert kselftest.known_reason("state_test", KNOWN) is None
+
+
+def test_selftests_inputs_key_sees_only_patches_they_build_from(make_settings, tmp_path):
+    """The KVM series (arch/x86/kvm) does not rebuild the selftests; a patch to
+    a uapi header or tools/ does, and so does a fresh tree."""
+    from pipeline import selftests
+    from pipeline.records import SeriesRecord, SourceRecord
+
+    s = make_settings()
+    series_dir = s.root / "patches" / "kvm" / "9.9"
+    series_dir.mkdir(parents=True)
+    (series_dir / "0001-kvm.patch").write_text("--- a/arch/x86/kvm/x86.c\n+++ b/arch/x86/kvm/x86.c\n")
+    (series_dir / "0002-uapi.patch").write_text(
+        "--- a/include/uapi/linux/kvm.h\n+++ b/include/uapi/linux/kvm.h\n")
+    source = SourceRecord(kind="local", identity={}, resolved={}, kernel_version="9.9.0",
+                          source_date_epoch=0, tree_id="tree-1")
+
+    def series(*names: str) -> SeriesRecord:
+        return SeriesRecord(tree_id="tree-1", kernel_version="9.9.0",
+                            series="patches/kvm/9.9/series" if names else None,
+                            patches=names, patch_sha256={n: n for n in names}, digest="d")
+
+    stock = selftests.inputs_key(s, source, series())
+    assert selftests.inputs_key(s, source, series("0001-kvm.patch")) == stock
+    assert selftests.inputs_key(s, source, series("0001-kvm.patch", "0002-uapi.patch")) != stock
+    fresh = dataclasses.replace(source, tree_id="tree-2")
+    assert selftests.inputs_key(s, fresh, series()) != stock

@@ -88,7 +88,8 @@ def save_build(layout, changes=None):
             ext4={"uuid": "u", "size_mb": 1024, "source_date_epoch": 1700000000},
             rootfs_sha256="8" * 64, with_kmod=True, with_selftests=True,
             image_id="sha256:local", seconds=60.0),
-        SelftestsRecord: SelftestsRecord(kernel_version="6.12.57", tests=("kvm:state_test",),
+        SelftestsRecord: SelftestsRecord(kernel_version="6.12.57", inputs_key="k" * 64,
+                                         tests=("kvm:state_test",),
                                          sha256={"selftests/kvm/state_test": "9" * 64},
                                          seconds=30.0),
     }
