@@ -155,6 +155,8 @@ def _count_only(case: Test) -> Test:
         diagnostics.append(f"failed while counted (nothing injected): {', '.join(failed)}")
     for sub in case.subtests:
         diagnostics.append(f"[{sub.name}] {sub.status.value}")
+        if sub.name in failed:
+            diagnostics += [f"[{sub.name}] {line}" for line in _tail(sub)]
     return dataclasses.replace(case, status=status, subtests=[], diagnostics=diagnostics)
 
 

@@ -146,12 +146,13 @@ def test_a_run_cut_off_inside_the_runner_is_crashed():
 
 def test_count_only_takes_on_a_failure_of_its_runs():
     count_only = ["        TAP version 13", "        1..1",
-                  *runner_result(1, "state_test-counted", "not ok", ()),
+                  *runner_result(1, "state_test-counted", "not ok", ("it broke",)),
                   "    ok 1 count_only"]
     _, cases, verdicts = merged(count_only)
     assert cases["count_only"].status is ktap.Status.FAILED and verdicts == []
     assert "failed while counted (nothing injected): selftests: kvm: state_test-counted" \
         in cases["count_only"].diagnostics
+    assert "[selftests: kvm: state_test-counted] it broke" in cases["count_only"].diagnostics
 
 
 def test_other_suites_are_left_alone():
