@@ -267,6 +267,8 @@ def _image(image: ImageRecord, layout: Layout) -> list[str]:
                         base["reference"]])]
     lines += [
         "step 'image: docker build of the rendered Dockerfile kept beside this script'",
+        # The image's sources as the build had them (a changed suite would change it).
+        *(line(["check", digest, PROJECT / name]) for name, digest in sorted(image.inputs.items())),
         line(["mkdir", "-p", context]),
         line(["cp", "-a", f"{PROJECT / 'images'}/.", context]),
         line(["find", context, "-name", "*.j2", "-delete"]),
