@@ -57,6 +57,7 @@ class Verdict:
     injected: str
     injections: int | None  # None: the guest did not report a count
     why: str
+    output: tuple[str, ...] = ()  # the failing run's last lines
 
 
 def load_known(path: Path) -> list[tuple[str, str]]:
@@ -66,8 +67,8 @@ def load_known(path: Path) -> list[tuple[str, str]]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        pattern, _, reason = line.partition("\t") if "\t" in line else line.partition(" ")
-        known.append((pattern.strip(), reason.strip()))
+        pattern, reason = [*line.split(None, 1), ""][:2]
+        known.append((pattern, reason.strip()))
     return known
 
 
@@ -110,8 +111,7 @@ def _verdict(case: Test, known: list[tuple[str, str]]) -> tuple[Test, Verdict]:
     status, directive = Status.PASSED, ""
     why = "passes alone and under injection"
     output: list[str] = []
-    if case.status is Status.CRASHED or alone is None or \
-            alone_status is Status.CRASHED or injected_status is Status.CRASHED:
+    if Status.CRASHED in (case.status, alone_status, injected_status):
         status, why = Status.CRASHED, "the runner's output ended before the test's result"
     elif alone_status is Status.SKIPPED:
         status = Status.SKIPPED
@@ -142,7 +142,7 @@ def _verdict(case: Test, known: list[tuple[str, str]]) -> tuple[Test, Verdict]:
     leaf = dataclasses.replace(case, status=status, directive=directive, subtests=[],
                                diagnostics=diagnostics)
     return leaf, Verdict(case.name, status.value, alone_status.value, injected_status.value,
-                         injections, why)
+                         injections, why, tuple(output))
 
 
 def _count_only(case: Test) -> Test:
@@ -182,7 +182,7 @@ def merge(tree: Test, known_file: Path) -> tuple[Test, list[Verdict]]:
     return dataclasses.replace(tree, subtests=tops), verdicts
 
 
-def summary_lines(verdicts: list[Verdict], tree: Test) -> list[str]:
+def summary_lines(verdicts: list[Verdict]) -> list[str]:
     """What the run summary says of the selftests beyond the table."""
     if not verdicts:
         return []
@@ -190,14 +190,10 @@ def summary_lines(verdicts: list[Verdict], tree: Test) -> list[str]:
     for verdict in verdicts:
         count = "?" if verdict.injections is None else str(verdict.injections)
         lines.append(f"{verdict.name:<32} {verdict.alone:<8} {verdict.injected:<9} {count}")
-    suite = next(top for top in tree.subtests if top.name == SUITE)
-    by_name = {case.name: case for case in suite.subtests}
     for verdict in verdicts:
         if verdict.alone == "passed" and verdict.injected != "passed":
             lines.append(f"FAILS UNDER INJECTION: {verdict.name} (passes alone); its output:")
-            case = by_name[verdict.name]
-            start = case.diagnostics.index("output:") + 1 if "output:" in case.diagnostics else 0
-            lines += [f"  {line}" for line in case.diagnostics[start:start + OUTPUT_TAIL]]
+            lines += [f"  {line}" for line in verdict.output]
     idle = [v.name for v in verdicts if v.status == "passed" and v.injections == 0]
     if idle:
         lines.append(f"no injection at all (proves nothing about scheduling): {', '.join(idle)}")

@@ -174,7 +174,7 @@ def summary(report: RunReport, tree: Test) -> str:
     width = max([len(name) for name, _, _ in rows] + [4])
     lines = [f"{'test':<{width}}  {'time/s':>7}  result", f"{'-' * width}  -------  ------"]
     lines += [f"{name:<{width}}  {seconds:>7}  {status}" for name, seconds, status in rows]
-    lines += kselftest.summary_lines(report.kselftests, tree)
+    lines += kselftest.summary_lines(report.kselftests)
     counts = tree.counts()
     lines.append("")
     lines.append(f"{report.suite}: {report.outcome.label} ({report.why})")

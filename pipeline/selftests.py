@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from .errors import BuildError, CommandError
 from .kmake import Make
 from .records import SelftestsRecord, SeriesRecord, SourceRecord
 from .settings import Settings
-from .util import atomic_write_text, remove_tree
+from .util import atomic_write_text, code_version, remove_tree
 
 log = logging.getLogger("pipeline")
 
@@ -54,10 +55,9 @@ def inputs_key(settings: Settings, source: SourceRecord, series: SeriesRecord) -
     directory = layout.project / Path(series.series).parent if series.series else None
     patches = {name: series.patch_sha256[name] for name in series.patches
                if directory and INPUT_PATHS.search((directory / name).read_text())}
-    code = hashlib.sha256(Path(__file__).read_bytes() + Path(kmake.__file__).read_bytes())
     data = {"tree_id": source.tree_id, "patches": patches, "runtime": settings.kernel.runtime,
             "toolchain": [settings.image.toolchain, settings.image.toolchain_sha256],
-            "code": code.hexdigest()}
+            "code": code_version(sys.modules[__name__], kmake)}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -125,11 +125,8 @@ def build_selftests(settings: Settings) -> SelftestsRecord | None:
     if not tests:
         raise BuildError(f"kselftest installed no KVM selftest ({listing} lists none; full "
                          f"log: {log_file})")
-    staged = layout.artifacts / ".selftests-staging"
-    remove_tree(staged)
     layout.artifacts.mkdir(parents=True, exist_ok=True)
-    layout.selftests_install.rename(staged)
-    kbuild.publish_dir(staged, layout.selftests)
+    kbuild.publish_dir(layout.selftests_install, layout.selftests)
     digests = kbuild.write_sha256_list(layout.selftests, layout.selftests_sha256)
     record = SelftestsRecord(kernel_version=source.kernel_version, inputs_key=key, tests=tests,
                              sha256=digests, seconds=round(time.monotonic() - started, 1))

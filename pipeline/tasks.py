@@ -14,7 +14,6 @@ or its record changed; a record of another schema counts as missing.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 from collections.abc import Callable
@@ -50,7 +49,7 @@ from .records import (
     SeriesRecord,
     SourceRecord,
 )
-from .util import remove_tree
+from .util import code_version, remove_tree
 
 log = logging.getLogger("pipeline")
 
@@ -96,14 +95,6 @@ def action(step: str, func: Callable[[settings.Settings], object], config: setti
 
     run_step.__name__ = f"{step}_step"
     return run_step
-
-
-def code_version(*modules: object) -> str:
-    """A digest of the modules implementing a step: changed code makes the step stale."""
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()
 
 
 def unchanged(settings_part: object, *modules: object) -> config_changed:

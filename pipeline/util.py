@@ -72,3 +72,11 @@ def remove_tree(path: Path) -> None:
         path.unlink()
     elif path.exists():
         shutil.rmtree(path)
+
+
+def code_version(*modules: object) -> str:
+    """A digest of the modules implementing a step: changed code makes the step stale."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()

@@ -91,7 +91,7 @@ def test_passes_alone_fails_under_injection_fails_and_is_named_with_its_output()
     assert "verdict: passes alone, FAILS UNDER INJECTION" in failed.diagnostics
     assert "x86_64/state_test.c:99: r == 0" in failed.diagnostics
     assert cases["smm_test"].status is ktap.Status.PASSED
-    lines = kselftest.summary_lines(verdicts, tree)
+    lines = kselftest.summary_lines(verdicts)
     assert "FAILS UNDER INJECTION: state_test (passes alone); its output:" in lines
     assert "  x86_64/state_test.c:99: r == 0" in lines
     outcome, _ = classify_outcome(kernel_started=True, timed_out=None, findings=[],
@@ -124,13 +124,13 @@ def test_a_failure_alone_is_known_only_when_the_list_names_it():
 
 
 def test_no_injection_is_reported_and_the_injectors_checks_count():
-    tree, cases, verdicts = merged(selftest_case(1, "cpuid_test", injections=0),
+    _, cases, verdicts = merged(selftest_case(1, "cpuid_test", injections=0),
                                    selftest_case(2, "smm_test", case_result="not ok"))
     assert cases["cpuid_test"].status is ktap.Status.PASSED
     assert "proves nothing about scheduling" in " ".join(cases["cpuid_test"].diagnostics)
     assert cases["smm_test"].status is ktap.Status.FAILED
     assert verdicts[0].injections == 0
-    lines = kselftest.summary_lines(verdicts, tree)
+    lines = kselftest.summary_lines(verdicts)
     assert "no injection at all (proves nothing about scheduling): cpuid_test" in lines
     assert lines[-1].startswith("selftests: 2 of 2 pass alone and under injection")
 
