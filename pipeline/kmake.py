@@ -66,8 +66,22 @@ class Make:
         if parallel:
             argv.append(f"-j{self.jobs}")
         if self.ccache:
-            argv += ["CC=ccache gcc", "HOSTCC=ccache gcc"]
+            argv += ["CC=ccache gcc", "HOSTCC=ccache gcc", f"KCPPFLAGS={self.relative_maps()}"]
         return argv + list(targets)
+
+    def relative_maps(self) -> str:
+        """The prefix maps for the relative paths ccache hands the compiler.
+
+        ccache runs with CCACHE_BASEDIR at the build dir (see env()), so gcc sees
+        "../src/linux/include/linux/srcu.h" where it would see the absolute path,
+        and the kernel's own -fmacro-prefix-map (and kmod/Kbuild's) match only
+        the absolute one.  These map the relative form to the same __FILE__, so
+        an object is the same byte for byte with ccache or without, from any
+        build dir.  They are the same in every build dir and in the container.
+        """
+        kbuild = self.paths.kbuild
+        return " ".join(f"-fmacro-prefix-map={os.path.relpath(path, kbuild)}/="
+                        for path in (self.paths.tree, self.paths.kmod_work))
 
     def reproducible_env(self) -> dict[str, str]:
         """Variables that make the build independent of when, where and by whom it ran."""
@@ -85,12 +99,12 @@ class Make:
         """The variables every make of the pipeline adds to the environment."""
         env = self.reproducible_env()
         if self.ccache:
-            # Shared by every build dir and kept by `doit clean`.  No CCACHE_BASEDIR:
-            # it would hand the compiler relative paths, which then land in __FILE__
-            # ("../src/linux/include/linux/srcu.h" instead of the prefix-mapped
-            # "include/linux/srcu.h"), so objects built with ccache would differ from
-            # objects built without it.  Hits are then per build dir.
+            # Shared by every build dir and kept by `doit clean`.  CCACHE_BASEDIR
+            # makes the paths ccache hashes relative to the build dir, so a second
+            # build dir (a bisection's, another checkout's) hits the objects of the
+            # first; relative_maps() keeps those relative paths out of __FILE__.
             env["CCACHE_DIR"] = str(self.paths.ccache)
+            env["CCACHE_BASEDIR"] = str(self.paths.build)
         return env
 
     def container_argv(self, workdir: Path | None, user: str = "",
