@@ -101,7 +101,7 @@ class SelftestsRecord:
     """The kernel's KVM selftests, built from the tree and installed by kselftest."""
 
     kernel_version: str
-    inputs_key: str  # pipeline.selftests.inputs_key: the tree, relevant patches, runtime
+    inputs_key: str  # pipeline.selftests.inputs_key: the files they build from, runtime
     tests: tuple[str, ...]  # the kselftest list's entries, "kvm:NAME"
     sha256: dict[str, str]  # selftests/<path> -> sha256, as in selftests.sha256
     seconds: float = 0.0  # varies

@@ -15,9 +15,10 @@ build/artifacts/selftests/ with selftests.sha256, and the image puts it at
 
 The selftests read the tree's uapi headers and tools/, nothing that the
 kernel's config or the KVM series (which patches KVM itself) changes: a
-rebuild whose inputs_key (the tree, the patches touching those paths, the
+rebuild whose inputs_key (a digest of those files of the patched tree, the
 runtime and this code) matches the record's is skipped, so switching
-patch.enabled or the variant in a build dir costs no selftests build.
+patch.enabled or the variant in a build dir, or a bisection step that
+changes the kernel proper, costs no selftests build.
 
 The binaries are built with -g: the prefix map keeps the build dir's path
 out of their debug information and __FILE__, so they are the same bytes
@@ -30,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,17 +46,46 @@ from .util import atomic_write_text, code_version, remove_tree
 log = logging.getLogger("pipeline")
 
 TARGET = "kvm"
-# Where a patch would change what the selftests are built from.
-INPUT_PATHS = re.compile(r"^\+\+\+ b/(tools/|include/uapi/|arch/x86/include/uapi/)", re.M)
+# What the selftests are built from: kselftest's sources under tools/, and the
+# uapi headers headers_install makes from the uapi trees, the syscall tables,
+# scripts/ and the top Makefiles.  Nothing else of the tree reaches them.
+INPUT_PATHS = ("tools", "include/uapi", "arch/x86/include/uapi", "arch/x86/entry/syscalls",
+               "scripts", "usr", "Makefile", "arch/x86/Makefile")
 
 
-def inputs_key(settings: Settings, source: SourceRecord, series: SeriesRecord) -> str:
-    """What the selftests' bytes depend on; equal keys, equal selftests."""
-    layout = settings.layout
-    directory = layout.project / Path(series.series).parent if series.series else None
-    patches = {name: series.patch_sha256[name] for name in series.patches
-               if directory and INPUT_PATHS.search((directory / name).read_text())}
-    data = {"tree_id": source.tree_id, "patches": patches, "runtime": settings.kernel.runtime,
+def tree_inputs_digest(tree: Path) -> str:
+    """A digest of the files under INPUT_PATHS (names, modes, contents, link targets)."""
+    digest = hashlib.sha256()
+    for top in INPUT_PATHS:
+        for path in _files_under(tree / top):
+            name = path.relative_to(tree).as_posix()
+            if path.is_symlink():
+                mode, content = "l", os.readlink(path).encode()
+            else:
+                mode, content = "x" if os.access(path, os.X_OK) else "-", path.read_bytes()
+            digest.update(f"{name}\0{mode}\0{len(content)}\0".encode() + content)
+    return digest.hexdigest()
+
+
+def _files_under(path: Path) -> list[Path]:
+    if path.is_symlink() or path.is_file():
+        return [path]
+    found = []
+    for directory, dirs, files in os.walk(path):
+        dirs.sort()
+        found += [Path(directory) / name for name in sorted(files)]
+        found += [Path(directory) / name for name in dirs if (Path(directory) / name).is_symlink()]
+    return found
+
+
+def inputs_key(settings: Settings, tree: Path) -> str:
+    """What the selftests' bytes depend on; equal keys, equal selftests.
+
+    The tree's files they are built from (patched: a KVM series that touches
+    none of them, like ours, costs no rebuild), the runtime and this code.  So
+    a bisection step whose commits change only the kernel proper keeps them.
+    """
+    data = {"inputs": tree_inputs_digest(tree), "runtime": settings.kernel.runtime,
             "toolchain": [settings.image.toolchain, settings.image.toolchain_sha256],
             "code": code_version(sys.modules[__name__], kmake)}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -95,10 +125,10 @@ def build_selftests(settings: Settings) -> SelftestsRecord | None:
     """The `selftests` task: headers, then kselftest's install of the kvm target."""
     layout = settings.layout
     source = records.require(SourceRecord, layout)
-    series = records.require(SeriesRecord, layout)
+    records.require(SeriesRecord, layout)  # the tree is patched
     if not settings.kselftest.build:
         return _without_selftests(settings)
-    key = inputs_key(settings, source, series)
+    key = inputs_key(settings, layout.tree)
     built = records.load(SelftestsRecord, layout)
     if built is not None and built.inputs_key == key and layout.selftests.is_dir() \
             and layout.selftests_sha256.is_file():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from conftest import ROOT
@@ -167,28 +166,39 @@ def test_the_known_list_gives_a_reason_for_every_entry():
     assert kselftest.known_reason("state_test", KNOWN) is None
 
 
-def test_selftests_inputs_key_sees_only_patches_they_build_from(make_settings, tmp_path):
-    """The KVM series (arch/x86/kvm) does not rebuild the selftests; a patch to
-    a uapi header or tools/ does, and so does a fresh tree."""
+def test_selftests_inputs_key_sees_only_the_files_they_build_from(make_settings, tmp_path):
+    """A change to KVM (what our series patches) or the kernel proper keeps the
+    selftests; a change to a uapi header, tools/, a syscall table or a new file
+    there rebuilds them."""
     from pipeline import selftests
-    from pipeline.records import SeriesRecord, SourceRecord
 
     s = make_settings()
-    series_dir = s.root / "patches" / "kvm" / "9.9"
-    series_dir.mkdir(parents=True)
-    (series_dir / "0001-kvm.patch").write_text("--- a/arch/x86/kvm/x86.c\n+++ b/arch/x86/kvm/x86.c\n")
-    (series_dir / "0002-uapi.patch").write_text(
-        "--- a/include/uapi/linux/kvm.h\n+++ b/include/uapi/linux/kvm.h\n")
-    source = SourceRecord(kind="local", identity={}, resolved={}, kernel_version="9.9.0",
-                          source_date_epoch=0, tree_id="tree-1")
+    tree = tmp_path / "linux"
+    files = {"Makefile": "VERSION = 9\n", "arch/x86/kvm/x86.c": "int x;\n",
+             "kernel/time/timer.c": "int t;\n", "include/uapi/linux/kvm.h": "#define A 1\n",
+             "tools/testing/selftests/kvm/x86/state_test.c": "int main(void) {}\n",
+             "arch/x86/entry/syscalls/syscall_64.tbl": "0 common read sys_read\n"}
+    for name, text in files.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text(text)
+    stock = selftests.inputs_key(s, tree)
 
-    def series(*names: str) -> SeriesRecord:
-        return SeriesRecord(tree_id="tree-1", kernel_version="9.9.0",
-                            series="patches/kvm/9.9/series" if names else None,
-                            patches=names, patch_sha256={n: n for n in names}, digest="d")
+    def key_after(name: str, text: str) -> str:
+        before = (tree / name).read_text() if (tree / name).exists() else None
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text(text)
+        try:
+            return selftests.inputs_key(s, tree)
+        finally:
+            (tree / name).unlink()
+            if before is not None:
+                (tree / name).write_text(before)
 
-    stock = selftests.inputs_key(s, source, series())
-    assert selftests.inputs_key(s, source, series("0001-kvm.patch")) == stock
-    assert selftests.inputs_key(s, source, series("0001-kvm.patch", "0002-uapi.patch")) != stock
-    fresh = dataclasses.replace(source, tree_id="tree-2")
-    assert selftests.inputs_key(s, fresh, series()) != stock
+    assert key_after("arch/x86/kvm/x86.c", "int x; /* patched */\n") == stock
+    assert key_after("kernel/time/timer.c", "int t2;\n") == stock
+    assert key_after("include/uapi/linux/kvm.h", "#define A 2\n") != stock
+    assert key_after("tools/testing/selftests/kvm/lib/new.c", "\n") != stock
+    assert key_after("arch/x86/entry/syscalls/syscall_64.tbl", "\n") != stock
+    assert selftests.inputs_key(s, tree) == stock
+    (tree / "tools/testing/selftests/kvm/x86/state_test.c").chmod(0o755)
+    assert selftests.inputs_key(s, tree) != stock
