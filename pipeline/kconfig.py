@@ -22,8 +22,8 @@ from .util import file_sha256, remove_tree
 log = logging.getLogger("pipeline")
 
 VARIANT_FRAGMENTS = {
-    "default": ("guest.config", "kvm.config", "production.config"),
-    "debug": ("guest.config", "kvm.config", "debug.config"),
+    "default": ("guest.config", "kvm.config", "selftests.config", "production.config"),
+    "debug": ("guest.config", "kvm.config", "selftests.config", "debug.config"),
 }
 _SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
