@@ -207,8 +207,9 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
         """Build the kernel's KVM selftests from the same tree (kselftest install) for the image."""
         return {
             "actions": [action("selftests", selftests.build_selftests, config, run)],
-            # The tree and its patches (the uapi headers and the selftests' sources):
-            # a new kernel rebuilds them, a new config or anything else does not.
+            # A new tree or series runs the action, which rebuilds only when the files
+            # the selftests are built from changed (selftests.inputs_key); a new
+            # config or anything else does not run it.
             "file_dep": [record_of(SourceRecord), record_of(SeriesRecord)],
             "uptodate": [unchanged({"build": config.kselftest.build, **runtime},
                                    selftests, kmake, records),
