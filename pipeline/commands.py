@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,14 @@ from .errors import CommandError, EnvironmentProblem
 log = logging.getLogger("pipeline")
 
 TAIL_LINES = 40
+# The user (and password) part of a URL: "scheme://USER:PASSWORD@host".
+_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s|'\"]+@", re.I)
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URL in it replaced by ***: what is
+    logged, recorded or raised never carries a password."""
+    return _URL_USERINFO.sub(r"\1***@", text)
 
 
 def quote(argv: Sequence[str | os.PathLike]) -> str:
@@ -22,13 +31,13 @@ def quote(argv: Sequence[str | os.PathLike]) -> str:
 
 
 def describe(argv: Sequence[str | os.PathLike], cwd: Path | None, env: Mapping[str, str] | None):
-    """The command as a user would retype it in a shell."""
+    """The command as a user would retype it in a shell (credentials redacted)."""
     prefix = ""
     if cwd is not None:
         prefix += f"cd {shlex.quote(str(cwd))} && "
     if env:
         prefix += " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " "
-    return prefix + quote(argv)
+    return redact(prefix + quote(argv))
 
 
 def run(

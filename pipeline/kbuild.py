@@ -10,6 +10,7 @@ bytes changes nothing downstream.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import platform
@@ -17,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-from . import kmake, manifest, records
+from . import ccache, kmake, manifest, records
 from .errors import BuildError, CommandError, MissingStepError
 from .kmake import Make
 from .layout import Layout
@@ -70,6 +71,30 @@ def fresh_log(layout: Layout, step: str) -> Path:
     return log_file
 
 
+def fresh_stats_log(make: Make, step: str) -> Path | None:
+    """Where ccache logs what it does for this step's make (none without ccache)."""
+    if not make.ccache:
+        return None
+    stats_log = make.layout.ccache_stats(step)
+    stats_log.parent.mkdir(parents=True, exist_ok=True)
+    stats_log.unlink(missing_ok=True)
+    return stats_log
+
+
+def report_cache(make: Make, stats_log: Path | None) -> dict[str, object]:
+    """Log what ccache did for a build; the same for its record (never the manifest)."""
+    if stats_log is None:
+        return {}
+    stats = ccache.Stats.from_log(stats_log)
+    remote = make.remote.shown if make.remote else ""
+    log.info("%s%s", stats.summary(), f" (remote {remote})" if remote else "")
+    if stats.remote_errors:
+        log.warning("the remote ccache %s failed %d times during this build: those objects were "
+                    "compiled here instead; check the server", remote, stats.remote_errors)
+    return {**dataclasses.asdict(stats), "remote": remote,
+            "remote_mode": make.remote.mode if make.remote else ""}
+
+
 def kmod_sources(settings: Settings) -> list[Path]:
     return sorted(p for p in settings.layout.kmod_sources.iterdir() if p.is_file())
 
@@ -95,8 +120,9 @@ def build_kmod(settings: Settings) -> KmodRecord:
     for path in sources:
         atomic_copy(path, work / path.name)
     log_file = fresh_log(layout, "kmod")
+    stats_log = fresh_stats_log(make, "kmod")
     try:
-        output = make.run(kmod_argv(make), echo=True, log_file=log_file)
+        output = make.run(kmod_argv(make), echo=True, log_file=log_file, stats_log=stats_log)
     except CommandError as exc:
         raise BuildError(f"kmod/ did not build (full log: {log_file}):\n"
                          f"{exc.output_tail}") from None
@@ -113,6 +139,7 @@ def build_kmod(settings: Settings) -> KmodRecord:
         publish_dir(staged, layout.kmod)
     finally:
         remove_tree(staged)
+    report_cache(make, stats_log)
     digests = write_sha256_list(layout.kmod, layout.kmod_sha256)
     record = KmodRecord(
         release=kernel.release,
@@ -152,9 +179,11 @@ def build_kernel(settings: Settings) -> KernelRecord:
     toolchain = kmake.toolchain_record(settings)  # before the compile: dpkg may be missing
     manifest.invalidate(layout)
     log_file = fresh_log(layout, "kernel")
+    stats_log = fresh_stats_log(make, "kernel")
     started = time.monotonic()
     try:
-        make.run(make.argv("bzImage", "modules", parallel=True), echo=True, log_file=log_file)
+        make.run(make.argv("bzImage", "modules", parallel=True), echo=True, log_file=log_file,
+                 stats_log=stats_log)
         build_seconds = time.monotonic() - started
         release = make.run(make.argv("-s", "kernelrelease")).strip()
         layout.artifacts.mkdir(parents=True, exist_ok=True)
@@ -164,6 +193,7 @@ def build_kernel(settings: Settings) -> KernelRecord:
             f"the kernel did not build (full log: {log_file}):\n{exc.output_tail}\n"
             f"command: {exc.argv_text}"
         ) from None
+    cache = report_cache(make, stats_log)
     module_sha256 = write_sha256_list(layout.modules, layout.modules_sha256)
     atomic_copy(layout.kernel_image, layout.bzimage)
     atomic_copy(layout.kbuild / "System.map", layout.system_map)
@@ -190,6 +220,7 @@ def build_kernel(settings: Settings) -> KernelRecord:
         },
         seconds={"build": round(build_seconds, 1),
                  "total": round(time.monotonic() - started, 1)},
+        ccache_stats=cache,
     )
     records.save(record, layout)
     log.info("built Linux %s: %s", release, layout.bzimage)

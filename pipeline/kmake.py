@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import commands, image, tarballs
-from .errors import SettingsError
+from . import ccache, commands, image, tarballs
+from .errors import EnvironmentProblem, SettingsError
 from .layout import Layout
 from .settings import Settings
 
@@ -39,6 +39,7 @@ class Make:
     ccache: bool
     source_date_epoch: int
     container: str | None = None  # the toolchain image; None: the host's make and compiler
+    remote: ccache.Remote | None = None  # a shared cache behind the local one (ccache on)
 
     @property
     def paths(self) -> Layout:
@@ -95,8 +96,9 @@ class Make:
             "LC_ALL": "C",
         }
 
-    def env(self) -> dict[str, str]:
-        """The variables every make of the pipeline adds to the environment."""
+    def env(self, stats_log: Path | None = None) -> dict[str, str]:
+        """The variables every make of the pipeline adds to the environment; with
+        `stats_log` (a host path) ccache writes what it did for this make there."""
         env = self.reproducible_env()
         if self.ccache:
             # Shared by every build dir and kept by `doit clean`.  CCACHE_BASEDIR
@@ -105,28 +107,51 @@ class Make:
             # first; relative_maps() keeps those relative paths out of __FILE__.
             env["CCACHE_DIR"] = str(self.paths.ccache)
             env["CCACHE_BASEDIR"] = str(self.paths.build)
+            if stats_log:
+                env["CCACHE_STATSLOG"] = str(self.inside(stats_log))
+            if stats_log and self.remote:
+                # The remote lives in a config file this make alone reads: its
+                # credentials stay out of every argv and environment, and the
+                # file is how a failing server gets cut off (ccache.remote_session).
+                env["CCACHE_CONFIGPATH"] = str(self.inside(ccache.config_path(stats_log)))
         return env
 
-    def container_argv(self, workdir: Path | None, user: str = "",
-                       name: str = "") -> list[str]:
-        """`docker run ...` up to the image: mounts, user, variables, no network."""
+    def container_argv(self, workdir: Path | None, user: str = "", name: str = "",
+                       stats_log: Path | None = None) -> list[str]:
+        """`docker run ...` up to the image: mounts, user, variables, no network
+        (the host's, when a remote cache is to be reached: it may be 127.0.0.1)."""
         assert self.container is not None
         seen, host = CONTAINER_LAYOUT, self.layout
+        env = self.env(stats_log)
         argv = ["docker", "run", "--rm", *(["--name", name] if name else []),
-                "--network", "none", "--user", user or f"{os.getuid()}:{os.getgid()}",
+                "--network", "host" if "CCACHE_CONFIGPATH" in env else "none",
+                "--user", user or f"{os.getuid()}:{os.getgid()}",
                 "-v", f"{host.build}:{seen.build}", "-v", f"{host.project}:{seen.project}:ro"]
         if self.ccache:
             argv += ["-v", f"{host.container_ccache}:{seen.ccache}"]
         argv += ["-w", str(workdir or seen.build), "-e", "HOME=/tmp"]
-        for name, value in self.env().items():
+        for name, value in env.items():
             argv += ["-e", f"{name}={value}"]
         return [*argv, self.container]
 
     def run(self, argv: Sequence[str | os.PathLike], cwd: Path | None = None,
-            **kwargs: object) -> str:
-        """Run one command of the build where kernel.runtime says, logged as run."""
+            stats_log: Path | None = None, **kwargs: object) -> str:
+        """Run one command of the build where kernel.runtime says, logged as run.
+        A compiling make passes `stats_log` (see env()): it then uses the remote
+        cache too, if there is one."""
+        remote = self.remote if self.ccache and stats_log else None
+        with ccache.remote_session(remote, stats_log, self.primary_ccache_config()):
+            return self._run(argv, cwd, stats_log, **kwargs)
+
+    def primary_ccache_config(self) -> Path:
+        """The local cache's own ccache.conf (e.g. a max_size set with ccache -M)."""
+        cache = self.layout.container_ccache if self.container else self.layout.ccache
+        return cache / "ccache.conf"
+
+    def _run(self, argv: Sequence[str | os.PathLike], cwd: Path | None,
+             stats_log: Path | None, **kwargs: object) -> str:
         if not self.container:
-            return commands.run(argv, cwd=cwd, env=self.env(), **kwargs)
+            return commands.run(argv, cwd=cwd, env=self.env(stats_log), **kwargs)
         if self.ccache:
             self.layout.container_ccache.mkdir(parents=True, exist_ok=True)
         workdir = self.inside(cwd) if cwd else None
@@ -134,7 +159,8 @@ class Make:
         # client would leave make running in the build dir.
         name = f"kvm-pipeline-make-{uuid.uuid4().hex[:12]}"
         try:
-            return commands.run([*self.container_argv(workdir, name=name), *argv], **kwargs)
+            return commands.run([*self.container_argv(workdir, name=name, stats_log=stats_log),
+                                 *argv], **kwargs)
         except BaseException:
             subprocess.run(["docker", "rm", "-f", name], capture_output=True)
             raise
@@ -158,8 +184,16 @@ def for_settings(settings: Settings, source_date_epoch: int) -> Make:
         tarball = tarballs.ensure(settings, "toolchain")
         container = tarballs.docker_image(image.docker_client(), tarball,
                                           reimport=not settings.image.docker_cache)
-    return Make(settings.layout, jobs(settings), use_ccache(settings), source_date_epoch,
-                container)
+    with_ccache = use_ccache(settings)
+    remote = None
+    if settings.kernel.ccache_remote:
+        if not with_ccache:
+            raise EnvironmentProblem("kernel.ccache_remote is set but ccache is not installed: "
+                                     "run scripts/setup, or set kernel.ccache_remote=\"\"")
+        remote = ccache.Remote(settings.kernel.ccache_remote, settings.kernel.ccache_remote_mode)
+        ccache.check_reachable(remote)
+    return Make(settings.layout, jobs(settings), with_ccache, source_date_epoch, container,
+                remote)
 
 
 def toolchain_record(settings: Settings) -> dict[str, object]:

@@ -97,6 +97,10 @@ class Layout:
     def log(self, step: str) -> Path:
         return self.logs / f"{step}.log"
 
+    def ccache_stats(self, step: str) -> Path:
+        """ccache's stats log of a step's latest make (`ccache --show-log-stats` reads it)."""
+        return self.logs / f"{step}.ccache-stats"
+
     @property
     def image_work(self) -> Path:
         return self.build / "image"

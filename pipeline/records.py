@@ -84,6 +84,8 @@ class KernelRecord:
     jobs: int  # the same
     environment: dict[str, Any] = field(default_factory=dict)  # varies: tool versions, host
     seconds: dict[str, float] = field(default_factory=dict)  # varies
+    # varies: what ccache did (pipeline.ccache.Stats; the remote, credentials redacted)
+    ccache_stats: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

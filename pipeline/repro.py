@@ -87,7 +87,7 @@ def rebuild_settings(settings: Settings, expected: dict[str, Any], published: Pa
         source = dataclasses.replace(source, version=want_source["version"])
     return dataclasses.replace(
         settings, source=source, image=image,
-        kernel=dataclasses.replace(settings.kernel, ccache="off"),
+        kernel=dataclasses.replace(settings.kernel, ccache="off", ccache_remote=""),
         paths=dataclasses.replace(settings.paths, build=str(layout.repro_build)))
 
 

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from . import ccache
 from .errors import SettingsError
 from .layout import Layout
 
@@ -58,6 +59,8 @@ class KernelSettings:
     fragments: tuple[str, ...]
     jobs: int
     ccache: str
+    ccache_remote: str
+    ccache_remote_mode: str
     runtime: str
 
 
@@ -189,6 +192,7 @@ ALLOWED = {
     ("source", "kind"): SOURCE_KINDS,
     ("kernel", "variant"): VARIANTS,
     ("kernel", "ccache"): CCACHE_MODES,
+    ("kernel", "ccache_remote_mode"): ccache.REMOTE_MODES,
     ("kernel", "runtime"): RUNTIMES,
     ("boot", "accel"): ACCELERATORS,
     ("bisect", "find"): BISECT_FIND,
@@ -371,6 +375,7 @@ def load(root: Path, overrides: dict[str, str] | None = None) -> Settings:
                 f"kernel.fragments in {origins[('kernel', 'fragments')]} names {name!r}, which "
                 f"is not a file (paths are relative to {root}); fix the name or drop it"
             )
+    _check_ccache_remote(merged["kernel"], origins)
     if bool(source["signature_url"]) != bool(source["keyring"]):
         raise SettingsError(
             "source.signature_url and source.keyring go together: the signature is "
@@ -381,6 +386,21 @@ def load(root: Path, overrides: dict[str, str] | None = None) -> Settings:
         root=root,
         **{name: cls(**merged[name]) for name, cls in SECTIONS.items()},
     )
+
+
+def _check_ccache_remote(kernel: dict, origins: dict) -> None:
+    url = kernel["ccache_remote"]
+    if not url:
+        return
+    origin = origins[("kernel", "ccache_remote")]
+    ccache.parse(url, origin)
+    if kernel["ccache"] == "off":
+        raise SettingsError(f"kernel.ccache_remote in {origin} needs ccache, but kernel.ccache "
+                            "is \"off\": set kernel.ccache to \"auto\" or \"on\", or drop the "
+                            "remote")
+    if kernel["runtime"] == "docker" and url.startswith("redis+unix:"):
+        raise SettingsError(f"kernel.ccache_remote in {origin} is a unix socket, which the "
+                            "kernel.runtime=docker container cannot reach: use redis://HOST:PORT")
 
 
 def _check_package_sets(image: dict, origins: dict) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -164,3 +166,46 @@ def tasks_run(proc: subprocess.CompletedProcess) -> list[str]:
 def kernel_build() -> settings.Settings:
     doit("build", f"paths.build={E2E_BUILD}")
     return settings.load(ROOT, {"paths.build": E2E_BUILD})
+
+
+class RedisServer:
+    """A real redis-server on 127.0.0.1 and a free port, in memory only, with a password."""
+
+    PASSWORD = "s3cret-pw"
+
+    def __init__(self, workdir: Path):
+        with socket.socket() as sock:  # a free port (a tiny race, fine for tests)
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"redis://{self.PASSWORD}@127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--requirepass", self.PASSWORD, "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            if self.cli("ping") == "PONG":
+                return
+            time.sleep(0.05)
+        self.kill()
+        raise AssertionError(f"redis-server did not answer on port {self.port}")
+
+    def cli(self, *args: str) -> str:
+        proc = subprocess.run(["redis-cli", "-p", str(self.port), "-a", self.PASSWORD,
+                               "--no-auth-warning", *args], capture_output=True, text=True)
+        return proc.stdout.strip()
+
+    def keys(self) -> int:
+        return int(self.cli("dbsize") or 0)
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies as a crashed or unplugged one would."""
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.kill()

@@ -1,0 +1,195 @@
+"""kernel.ccache_remote: ccache's remote storage on a real redis-server, per-build stats,
+credentials kept out of what is logged.
+
+The compiles are real gcc and ccache on one translation unit as kbuild
+compiles it (test_kmake's helpers); the kernel-sized proof is
+test_e2e_ccache_remote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+from pathlib import Path
+
+import pytest
+from test_kmake import build_dir
+
+from pipeline import ccache, commands
+from pipeline.errors import EnvironmentProblem, SettingsError
+from pipeline.kmake import Make
+
+
+def compile_logged(make: Make, stats_log: Path | None) -> bytes:
+    """One compile run by Make as a build runs make, ccache's stats log at `stats_log`."""
+    tree, kbuild = make.layout.tree, make.layout.kbuild
+    argv = ["ccache", "gcc", "-O2", "-c", f"-I{tree}/include", f"-fmacro-prefix-map={tree}/=",
+            *make.relative_maps().split(), str(tree / "init.c"), "-o", "init.o"]
+    make.run(argv, cwd=kbuild, stats_log=stats_log)
+    return (kbuild / "init.o").read_bytes()
+
+
+def many_objects(make: Make, count: int) -> list[str]:
+    """A makefile in kbuild/ compiling `count` distinct translation units: make's argv."""
+    kbuild = make.layout.kbuild
+    for number in range(count):
+        (kbuild / f"unit{number}.c").write_text(f"int unit{number}(void) {{ return {number}; }}\n")
+    objects = " ".join(f"unit{number}.o" for number in range(count))
+    (kbuild / "Makefile").write_text(f"all: {objects}\n%.o: %.c\n\tccache gcc -c $< -o $@\n")
+    return ["make", "-C", str(kbuild), "-j1"]
+
+
+def test_a_second_machine_gets_the_object_from_redis(tmp_path, redis_server):
+    """Machine A compiles and fills redis; machine B (its own, empty local cache, another
+    build dir) gets the object from redis, byte-identical; no credential on disk."""
+    remote = ccache.Remote(redis_server.url)
+    a = Make(build_dir(tmp_path / "a", tmp_path / "cache-a"), 1, True, 0, remote=remote)
+    b = Make(build_dir(tmp_path / "b", tmp_path / "cache-b"), 1, True, 0, remote=remote)
+    plain = Make(build_dir(tmp_path / "c", tmp_path / "cache-c"), 1, False, 0)
+
+    from_a = compile_logged(a, tmp_path / "a.stats")
+    assert not ccache.config_path(tmp_path / "a.stats").exists()  # it held the password
+    assert ccache.Stats.from_log(tmp_path / "a.stats") == ccache.Stats(1, 0, 0, 1, 0)
+    assert redis_server.keys() > 0  # the result (and its manifest) went to the server
+    from_b = compile_logged(b, tmp_path / "b.stats")
+    assert ccache.Stats.from_log(tmp_path / "b.stats") == ccache.Stats(1, 0, 1, 0, 0)
+    assert from_a == from_b == compile_logged(plain, None)
+
+
+def test_read_only_never_writes_and_reshare_uploads_local_hits(tmp_path, redis_server):
+    layout = build_dir(tmp_path / "a", tmp_path / "cache")
+    stats_log = tmp_path / "stats"
+    read_only = Make(layout, 1, True, 0, remote=ccache.Remote(redis_server.url, "read-only"))
+    compile_logged(read_only, stats_log)
+    assert "remote_storage_miss" in stats_log.read_text()  # asked, and then wrote nothing
+    assert redis_server.keys() == 0
+    # The object is now a local hit: plain read-write leaves the server empty, reshare fills it.
+    compile_logged(dataclasses.replace(read_only, remote=ccache.Remote(redis_server.url)),
+                   stats_log)
+    assert redis_server.keys() == 0
+    compile_logged(dataclasses.replace(read_only, remote=ccache.Remote(redis_server.url,
+                                                                       "reshare")), stats_log)
+    assert redis_server.keys() > 0
+
+
+def test_a_killed_server_costs_a_local_compile_and_is_counted(tmp_path, redis_server):
+    make = Make(build_dir(tmp_path / "a", tmp_path / "cache"), 1, True, 0,
+                remote=ccache.Remote(redis_server.url))
+    redis_server.kill()
+    compile_logged(make, tmp_path / "stats")
+    stats = ccache.Stats.from_log(tmp_path / "stats")
+    assert (stats.misses, stats.remote_errors) == (1, 1)
+    assert "the remote failed 1 times" in stats.summary()
+
+
+def test_a_hung_server_is_cut_off_after_a_few_compiles(tmp_path, redis_server, caplog):
+    """A stopped server accepts connections and never answers: each compile would wait
+    out the operation timeout.  After CUTOFF_FAILURES the make stops asking it."""
+    make = Make(build_dir(tmp_path / "a", tmp_path / "cache"), 1, True, 0,
+                remote=ccache.Remote(redis_server.url))
+    argv = many_objects(make, 16)
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        with caplog.at_level(logging.WARNING, logger="pipeline"):
+            make.run(argv, stats_log=tmp_path / "stats")
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    stats = ccache.Stats.from_log(tmp_path / "stats")
+    assert stats.misses == 16  # every object compiled, here
+    # Cut off at the fifth failure; the compile running while the watcher looked may add one.
+    assert ccache.CUTOFF_FAILURES <= stats.remote_errors <= ccache.CUTOFF_FAILURES + 2
+    assert "uses the local cache only" in caplog.text and redis_server.PASSWORD not in caplog.text
+
+
+def test_the_check_before_a_build(redis_server):
+    ccache.check_reachable(ccache.Remote(redis_server.url))
+    wrong = redis_server.url.replace(redis_server.PASSWORD, "wrong")
+    with pytest.raises(SettingsError, match="refused the credentials") as refused:
+        ccache.check_reachable(ccache.Remote(wrong))
+    assert "wrong" not in str(refused.value)
+    redis_server.kill()
+    with pytest.raises(EnvironmentProblem, match=r"does not answer .*kernel.ccache_remote=\"\"")\
+            as dead:
+        ccache.check_reachable(ccache.Remote(redis_server.url))
+    assert redis_server.PASSWORD not in str(dead.value)
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("ftp://cache:1", "the scheme must be"),
+    ("redis://", "names no host"),
+    ("redis://host:port", "port is not a number"),
+    ("redis://host/cache", "database number"),
+    ("redis+unix:", "no socket path"),
+    ("redis://pw@host|read-only", "percent-encode"),
+])
+def test_bad_urls_name_the_problem_and_the_forms(make_settings, url, problem):
+    with pytest.raises(SettingsError, match=problem) as bad:
+        make_settings(**{"kernel.ccache_remote": url})
+    assert "redis://[[USER:]PASSWORD@]HOST[:PORT][/DB]" in str(bad.value)
+    assert "pw" not in str(bad.value)  # the credentials are redacted from the message too
+
+
+def test_settings_that_cannot_go_together(make_settings):
+    with pytest.raises(SettingsError, match="needs ccache"):
+        make_settings(**{"kernel.ccache_remote": "redis://h", "kernel.ccache": "off"})
+    with pytest.raises(SettingsError, match="cannot reach"):
+        make_settings(**{"kernel.ccache_remote": "redis+unix:/run/redis.sock",
+                         "kernel.runtime": "docker"})
+    with pytest.raises(SettingsError, match="allowed values are read-write, read-only"):
+        make_settings(**{"kernel.ccache_remote_mode": "write-only"})
+    s = make_settings(**{"kernel.ccache_remote": "redis://u:p@h:7/2",
+                         "kernel.ccache_remote_mode": "read-only"})
+    assert s.kernel.ccache_remote == "redis://u:p@h:7/2"
+
+
+def test_the_config_a_compiling_make_reads(tmp_path, caplog):
+    """The remote reaches ccache through a 0600 config file that exists while the make
+    runs and keeps the local cache's own settings; nothing logged shows the password."""
+    remote = ccache.Remote("redis://user:pw@cache.lan:6379/1", "read-only")
+    assert remote.storage() == ("redis://user:pw@cache.lan:6379/1|connect-timeout=500"
+                                "|operation-timeout=2000|read-only")
+    assert remote.shown == "redis://***@cache.lan:6379/1"
+    assert ccache.Remote("redis://h", "reshare").config().endswith("reshare = true\n")
+    layout = build_dir(tmp_path / "a", tmp_path / "cache")
+    layout.ccache.mkdir(parents=True)
+    (layout.ccache / "ccache.conf").write_text("max_size = 20G\n")
+    stats_log = layout.ccache_stats("kernel")
+    host = Make(layout, 1, True, 0, remote=remote)
+    assert host.env(stats_log)["CCACHE_STATSLOG"] == str(layout.logs / "kernel.ccache-stats")
+    show = ["sh", "-c", 'stat -c %a "$CCACHE_CONFIGPATH"; ccache --get-config remote_storage; '
+            "ccache --get-config max_size"]
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        out = host.run(show, stats_log=stats_log)
+    assert out.splitlines() == ["600", remote.storage(), "20.0G"]
+    assert "CCACHE_CONFIGPATH=" in caplog.text and "pw" not in caplog.text
+    assert not ccache.config_path(stats_log).exists()
+    assert "CCACHE_CONFIGPATH" not in host.env()  # a make that does not compile
+    assert "CCACHE_STATSLOG" not in Make(layout, 1, False, 0).env(stats_log)
+    # The container reaches the server over the host's network (it may be 127.0.0.1).
+    container = dataclasses.replace(host, container="toolchain:1")
+    argv = container.container_argv(None, stats_log=stats_log)
+    assert argv[argv.index("--network") + 1] == "host" and "pw" not in " ".join(argv)
+    offline = dataclasses.replace(container, remote=None)
+    argv = offline.container_argv(None, stats_log=stats_log)
+    assert argv[argv.index("--network") + 1] == "none"
+
+
+def test_logged_commands_never_show_url_credentials():
+    line = commands.describe(["curl", "https://me:pw@host/x"], None,
+                             {"CCACHE_REMOTE": "redis://pw@h:1|read-only"})
+    assert line == "CCACHE_REMOTE='redis://***@h:1|read-only' curl https://***@host/x"
+
+
+def test_stats_of_a_real_log(tmp_path):
+    log = tmp_path / "stats"
+    log.write_text("# a.c\ndirect_cache_hit\nlocal_storage_hit\nlocal_storage_read_hit\n"
+                   "# b.c\ncache_miss\nlocal_storage_miss\nremote_storage_timeout\n"
+                   "# c.c\npreprocessed_cache_hit\nremote_storage_hit\n"
+                   "# vmlinux\ncalled_for_link\n")
+    stats = ccache.Stats.from_log(log)
+    assert stats == ccache.Stats(compiles=3, local_hits=1, remote_hits=1, misses=1,
+                                 remote_errors=1)
+    assert stats.summary() == ("ccache: 2 of 3 compiles from the cache (1 local, 1 remote), "
+                               "1 compiled; the remote failed 1 times")
+    assert ccache.Stats.from_log(tmp_path / "none").summary() == "ccache: no cacheable compile"
