@@ -67,22 +67,8 @@ class Make:
         if parallel:
             argv.append(f"-j{self.jobs}")
         if self.ccache:
-            argv += ["CC=ccache gcc", "HOSTCC=ccache gcc", f"KCPPFLAGS={self.relative_maps()}"]
+            argv += ["CC=ccache gcc", "HOSTCC=ccache gcc"]
         return argv + list(targets)
-
-    def relative_maps(self) -> str:
-        """The prefix maps for the relative paths ccache hands the compiler.
-
-        ccache runs with CCACHE_BASEDIR at the build dir (see env()), so gcc sees
-        "../src/linux/include/linux/srcu.h" where it would see the absolute path,
-        and the kernel's own -fmacro-prefix-map (and kmod/Kbuild's) match only
-        the absolute one.  These map the relative form to the same __FILE__, so
-        an object is the same byte for byte with ccache or without, from any
-        build dir.  They are the same in every build dir and in the container.
-        """
-        kbuild = self.paths.kbuild
-        return " ".join(f"-fmacro-prefix-map={os.path.relpath(path, kbuild)}/="
-                        for path in (self.paths.tree, self.paths.kmod_work))
 
     def reproducible_env(self) -> dict[str, str]:
         """Variables that make the build independent of when, where and by whom it ran."""
@@ -101,12 +87,15 @@ class Make:
         `stats_log` (a host path) ccache writes what it did for this make there."""
         env = self.reproducible_env()
         if self.ccache:
-            # Shared by every build dir and kept by `doit clean`.  CCACHE_BASEDIR
-            # makes the paths ccache hashes relative to the build dir, so a second
-            # build dir (a bisection's, another checkout's) hits the objects of the
-            # first; relative_maps() keeps those relative paths out of __FILE__.
+            # Shared by every build dir and kept by `doit clean`.  No CCACHE_BASEDIR:
+            # it would hand the compiler relative paths, which then land in __FILE__
+            # ("../src/linux/include/linux/srcu.h" instead of the prefix-mapped
+            # "include/linux/srcu.h"); mapping those too is not enough, because
+            # ccache also normalises them ("arch/x86/kvm/../../../virt/kvm/kvm_main.c",
+            # as KVM's Makefile names it, becomes "virt/kvm/kvm_main.c"), so objects
+            # built with ccache would differ from objects built without it.  Hits
+            # (local and remote) are then per build-dir path.
             env["CCACHE_DIR"] = str(self.paths.ccache)
-            env["CCACHE_BASEDIR"] = str(self.paths.build)
             if stats_log:
                 env["CCACHE_STATSLOG"] = str(self.inside(stats_log))
             if stats_log and self.remote:

@@ -19,9 +19,8 @@ Layout.  The build dir:
 
 No absolute path of the build dir reaches the artifacts: the kernel maps its
 source tree's path out of __FILE__ (-fmacro-prefix-map), kmod/Kbuild does the
-same for our modules, and ccache's relative paths (CCACHE_BASEDIR is the build
-dir, so every build dir shares the cache's objects) are mapped the same way
-(`kmake.Make.relative_maps`).  So a build dir may live anywhere; the
+same for our modules, and ccache runs without CCACHE_BASEDIR (whose relative
+paths would reach __FILE__).  So a build dir may live anywhere; the
 reproducer script uses this same layout under its own directory.
 """
 
