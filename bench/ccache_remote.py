@@ -106,7 +106,7 @@ def build(build_dir: Path, cache: Path, url: str, kill_at: int = 0,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--build-root", default=None,
-                        help="where the three build dirs go (default: a temporary dir)")
+                        help="where its build dir and cache dirs go (default: a temporary dir)")
     args = parser.parse_args()
     shared = settings.load(ROOT, {}).layout.cache
     with tempfile.TemporaryDirectory(dir=args.build_root) as tmp:

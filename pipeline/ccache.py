@@ -22,23 +22,25 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
 import requests
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from .commands import redact
 from .errors import EnvironmentProblem, SettingsError
 
 log = logging.getLogger("pipeline")
 
-SCHEMES = ("redis", "redis+unix", "http", "https")
+# What Debian 12's ccache 4.7 was built with (`ccache --version`: no https).
+SCHEMES = ("redis", "redis+unix", "http")
+# Characters ccache's URL parser takes in the user and password part; others
+# must be percent-encoded (or ccache refuses the URL on every compile).
+USERINFO_RE = re.compile(r"^(?:[A-Za-z0-9\-._~!$&'()*+,;=:]|%[0-9A-Fa-f]{2})*$")
 REMOTE_MODES = ("read-write", "read-only", "reshare")
 # Milliseconds.  ccache's defaults (100 ms to connect, 10 s an operation) let
 # a hung server cost 10 s a compile; an object is at most a few MB, which a
@@ -59,6 +61,9 @@ class Remote:
 
     url: str
     mode: str = "read-write"
+    # Hashed into every entry: machines whose toolchains differ (gcc's driver is
+    # all ccache checks; binutils too make the object) never share objects.
+    namespace: str = ""
 
     def storage(self) -> str:
         """ccache's remote_storage: the URL and its attributes."""
@@ -72,6 +77,7 @@ class Remote:
         """The lines of a ccache config file that use this remote."""
         # reshare: local hits are uploaded too.
         return (f"remote_storage = {self.storage()}\n"
+                + (f"namespace = {self.namespace}\n" if self.namespace else "")
                 + ("reshare = true\n" if self.mode == "reshare" else ""))
 
     @property
@@ -84,11 +90,18 @@ def parse(url: str, origin: str = "the settings") -> urllib.parse.SplitResult:
     forms = ('"redis://[[USER:]PASSWORD@]HOST[:PORT][/DB]", "redis+unix:/PATH/TO/SOCKET" '
              'or "http://HOST[:PORT]/PATH"')
     parts = urllib.parse.urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
     problem = ""
     if parts.scheme not in SCHEMES:
         problem = f"the scheme must be one of {', '.join(SCHEMES)}"
     elif any(c in url for c in " |"):
         problem = "it holds a space or '|' (ccache's separators): percent-encode them"
+    elif not USERINFO_RE.match(userinfo):
+        problem = ("its user or password holds a character ccache's URL parser refuses: "
+                   "percent-encode it (%XX)")
+    elif parts.scheme == "redis+unix" and not \
+            urllib.parse.parse_qs(parts.query).get("db", ["0"])[0].isdigit():
+        problem = "its db= is not a number"
     elif parts.scheme == "redis+unix" and not parts.path:
         problem = "it names no socket path"
     elif parts.scheme != "redis+unix" and not parts.hostname:
@@ -112,20 +125,28 @@ def check_reachable(remote: Remote) -> None:
     parts = parse(remote.url)
     fix = ("start it, fix kernel.ccache_remote, or set kernel.ccache_remote=\"\" to build "
            "with the local cache only")
+    import redis  # here: only a build with a remote needs it
+
+    refused = (f"the remote ccache {remote.shown} refused the credentials in "
+               "kernel.ccache_remote")
     try:
         if parts.scheme.startswith("redis"):
             _ping_redis(parts)
-        else:
-            requests.head(remote.url, timeout=CHECK_TIMEOUT_S, allow_redirects=False)
+        elif requests.head(remote.url, timeout=CHECK_TIMEOUT_S,
+                           allow_redirects=False).status_code in (401, 403):
+            raise SettingsError(refused)
     except redis.AuthenticationError as exc:
-        raise SettingsError(f"the remote ccache {remote.shown} refused the credentials in "
-                            f"kernel.ccache_remote: {exc}") from None
+        raise SettingsError(f"{refused}: {exc}") from None
     except (redis.RedisError, requests.RequestException, OSError) as exc:
         raise EnvironmentProblem(f"the remote ccache {remote.shown} does not answer "
                                  f"({redact(str(exc))}): {fix}") from None
 
 
 def _ping_redis(parts: urllib.parse.SplitResult) -> None:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     # ccache's rule, not redis-py's: "user:password@" or just "password@".
     username, password = parts.username, parts.password
     if password is None and username is not None:
@@ -156,39 +177,46 @@ def config_path(stats_log: Path) -> Path:
 
 @contextlib.contextmanager
 def remote_session(remote: Remote | None, stats_log: Path | None,
-                   primary: Path) -> Iterator[None]:
+                   primary: tuple[Path, ...]) -> Iterator[None]:
     """ccache's config for one make, with the remote in it (mode 0600, removed after).
 
     Every compile is a new ccache that knows nothing of the last one's failure,
     so a dead or hung server would cost its timeout again on each of thousands
     of compiles.  A watcher counts the failures in the stats log and, at
     CUTOFF_FAILURES, rewrites the config without the remote: the rest of the
-    build uses the local cache only.  `primary` is the local cache's own
-    config, which this file replaces for the make and therefore includes.
+    build uses the local cache only.  `primary`: the config files ccache would
+    read without CCACHE_CONFIGPATH (the system's and the local cache's own),
+    which this file replaces for the make and therefore includes.
     """
     if remote is None or stats_log is None:
         yield
         return
     conf = config_path(stats_log)
-    local_only = primary.read_text() if primary.is_file() else ""
-    _write_private(conf, local_only + remote.config())
+    local_only = "".join(path.read_text() for path in primary if path.is_file())
     watcher = _Cutoff(remote, stats_log, conf, local_only)
-    watcher.start()
     try:
+        _write_private(conf, local_only + remote.config())
+        watcher.start()
         yield
     finally:
-        watcher.finish()
-        conf.unlink(missing_ok=True)
+        try:
+            if watcher.is_alive():
+                watcher.finish()
+        finally:
+            conf.unlink(missing_ok=True)
 
 
 def _write_private(path: Path, text: str) -> None:
     """Write `text` to `path` atomically, readable by its owner only (credentials)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = path.with_name(f".{path.name}.tmp")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(staged, path)
+    try:
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 class _Cutoff(threading.Thread):
@@ -202,12 +230,17 @@ class _Cutoff(threading.Thread):
         self.offset, self.partial, self.failures = 0, b"", 0
 
     def run(self) -> None:
-        while not self.done.wait(POLL_SECONDS):
-            if self._count_failures() >= CUTOFF_FAILURES:
-                _write_private(self.conf, self.local_only)
-                log.warning("the remote ccache %s failed %d times: the rest of this build "
-                            "uses the local cache only", self.remote.shown, self.failures)
-                return
+        try:
+            while not self.done.wait(POLL_SECONDS):
+                if self._count_failures() >= CUTOFF_FAILURES:
+                    _write_private(self.conf, self.local_only)
+                    log.warning("the remote ccache %s failed %d times: the rest of this "
+                                "build uses the local cache only", self.remote.shown,
+                                self.failures)
+                    return
+        except OSError as exc:  # a full disk, say: the build goes on without the cutoff
+            log.warning("cannot follow ccache's stats log %s (%s): a failing remote will "
+                        "not be cut off in this build", self.stats_log, exc)
 
     def _count_failures(self) -> int:
         try:
@@ -241,15 +274,21 @@ class Stats:
 
     @classmethod
     def from_log(cls, path: Path) -> Stats:
-        counts = collections.Counter(
-            line.strip() for line in path.read_text().splitlines()
-            if line.strip() and not line.startswith("#")) if path.exists() else {}
-        hits = counts.get("direct_cache_hit", 0) + counts.get("preprocessed_cache_hit", 0)
-        misses = counts.get("cache_miss", 0)
-        return cls(compiles=hits + misses, local_hits=counts.get("local_storage_hit", 0),
-                   remote_hits=counts.get("remote_storage_hit", 0), misses=misses,
-                   remote_errors=sum(counts.get(name.decode(), 0)
-                                     for name in FAILURE_COUNTERS))
+        """Each compile is a block ("# FILE" then the counters that moved); a hit is
+        remote when the block has a remote hit (a local manifest hit may precede it)."""
+        text = path.read_text() if path.exists() else ""
+        counts: collections.Counter[str] = collections.Counter()
+        for block in text.split("\n#"):
+            moved = set(block.splitlines()[1:])
+            hit = bool(moved & {"direct_cache_hit", "preprocessed_cache_hit"})
+            counts["hits"] += hit
+            counts["misses"] += "cache_miss" in moved
+            counts["remote_hits"] += hit and "remote_storage_hit" in moved
+            counts["failures"] += sum(name.decode() in moved for name in FAILURE_COUNTERS)
+        return cls(compiles=counts["hits"] + counts["misses"],
+                   local_hits=counts["hits"] - counts["remote_hits"],
+                   remote_hits=counts["remote_hits"], misses=counts["misses"],
+                   remote_errors=counts["failures"])
 
     def summary(self) -> str:
         if not self.compiles:

@@ -6,7 +6,7 @@ same command lines for its own directory.
 kernel.runtime = "docker" runs every make in the toolchain image
 (`pipeline.tarballs`) instead of on the host: the build dir is mounted at
 /build and the project at /project (read-only), the container has no
-network, and ccache (when on) uses a cache of its own: ccache keys on the
+network (the host's, for a compiling make that uses kernel.ccache_remote), and ccache (when on) uses a cache of its own: ccache keys on the
 compiler driver only, so the host's cache would hand host-compiled objects
 back.  make then sees the same paths and the same compiler wherever and on
 whatever host it runs.
@@ -14,6 +14,8 @@ whatever host it runs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -132,10 +134,12 @@ class Make:
         with ccache.remote_session(remote, stats_log, self.primary_ccache_config()):
             return self._run(argv, cwd, stats_log, **kwargs)
 
-    def primary_ccache_config(self) -> Path:
-        """The local cache's own ccache.conf (e.g. a max_size set with ccache -M)."""
-        cache = self.layout.container_ccache if self.container else self.layout.ccache
-        return cache / "ccache.conf"
+    def primary_ccache_config(self) -> tuple[Path, ...]:
+        """The config files ccache reads without CCACHE_CONFIGPATH: the system's (on the
+        host) and the local cache's own (e.g. a max_size set with ccache -M)."""
+        if self.container:
+            return (self.layout.container_ccache / "ccache.conf",)
+        return (Path("/etc/ccache.conf"), self.layout.ccache / "ccache.conf")
 
     def _run(self, argv: Sequence[str | os.PathLike], cwd: Path | None,
              stats_log: Path | None, **kwargs: object) -> str:
@@ -166,8 +170,10 @@ def use_ccache(settings: Settings) -> bool:
     return mode == "on" or (mode == "auto" and shutil.which("ccache") is not None)
 
 
-def for_settings(settings: Settings, source_date_epoch: int) -> Make:
-    """The Make of these settings, in the toolchain container for runtime docker."""
+def for_settings(settings: Settings, source_date_epoch: int, compiles: bool = False) -> Make:
+    """The Make of these settings, in the toolchain container for runtime docker.
+    `compiles`: for the kernel and kmod builds, which use kernel.ccache_remote
+    (the server is asked first)."""
     container = None
     if settings.kernel.runtime == "docker":
         tarball = tarballs.ensure(settings, "toolchain")
@@ -175,11 +181,13 @@ def for_settings(settings: Settings, source_date_epoch: int) -> Make:
                                           reimport=not settings.image.docker_cache)
     with_ccache = use_ccache(settings)
     remote = None
-    if settings.kernel.ccache_remote:
+    if settings.kernel.ccache_remote and compiles:
         if not with_ccache:
             raise EnvironmentProblem("kernel.ccache_remote is set but ccache is not installed: "
                                      "run scripts/setup, or set kernel.ccache_remote=\"\"")
-        remote = ccache.Remote(settings.kernel.ccache_remote, settings.kernel.ccache_remote_mode)
+        toolchain = json.dumps(toolchain_record(settings), sort_keys=True).encode()
+        remote = ccache.Remote(settings.kernel.ccache_remote, settings.kernel.ccache_remote_mode,
+                               namespace=hashlib.sha256(toolchain).hexdigest()[:16])
         ccache.check_reachable(remote)
     return Make(settings.layout, jobs(settings), with_ccache, source_date_epoch, container,
                 remote)

@@ -97,7 +97,7 @@ class Layout:
         return self.logs / f"{step}.log"
 
     def ccache_stats(self, step: str) -> Path:
-        """ccache's stats log of a step's latest make (`ccache --show-log-stats` reads it)."""
+        """ccache's stats log of a step's latest make (CCACHE_STATSLOG=THIS ccache --show-log-stats)."""
         return self.logs / f"{step}.ccache-stats"
 
     @property

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import ccache, commands
+from pipeline import ccache, commands, kmake
 from pipeline.errors import EnvironmentProblem, SettingsError
 from pipeline.kmake import Make
 from pipeline.layout import Layout
@@ -142,6 +142,9 @@ def test_the_check_before_a_build(redis_server):
     ("redis://host/cache", "database number"),
     ("redis+unix:", "no socket path"),
     ("redis://pw@host|read-only", "percent-encode"),
+    ("https://pw@cache.lan/ccache", "the scheme must be"),  # Debian's ccache has no https
+    ('redis://u:p"w@host', "refuses"),
+    ("redis+unix:/run/redis.sock?db=x", "db= is not a number"),
 ])
 def test_bad_urls_name_the_problem_and_the_forms(make_settings, url, problem):
     with pytest.raises(SettingsError, match=problem) as bad:
@@ -195,6 +198,20 @@ def test_the_config_a_compiling_make_reads(tmp_path, caplog):
     assert argv[argv.index("--network") + 1] == "none"
 
 
+def test_only_the_compiling_builds_ask_the_server(make_settings, monkeypatch):
+    """config and the selftests do not depend on the server; the kernel and kmod builds
+    check it and key their entries by the toolchain."""
+    asked = []
+    monkeypatch.setattr(ccache, "check_reachable", asked.append)
+    monkeypatch.setattr(kmake, "use_ccache", lambda settings: True)
+    s = make_settings(**{"kernel.ccache_remote": "redis://pw@h:1"})
+    assert kmake.for_settings(s, 0).remote is None and asked == []
+    remote = kmake.for_settings(s, 0, compiles=True).remote
+    assert asked == [remote] and remote.url == "redis://pw@h:1" and len(remote.namespace) == 16
+    assert f"namespace = {remote.namespace}" in remote.config()
+    assert kmake.for_settings(make_settings(), 0, compiles=True).remote is None
+
+
 def test_logged_commands_never_show_url_credentials():
     line = commands.describe(["curl", "https://me:pw@host/x"], None,
                              {"CCACHE_REMOTE": "redis://pw@h:1|read-only"})
@@ -203,9 +220,10 @@ def test_logged_commands_never_show_url_credentials():
 
 def test_stats_of_a_real_log(tmp_path):
     log = tmp_path / "stats"
+    # c.c: the manifest was a local hit, the result came from the server.
     log.write_text("# a.c\ndirect_cache_hit\nlocal_storage_hit\nlocal_storage_read_hit\n"
                    "# b.c\ncache_miss\nlocal_storage_miss\nremote_storage_timeout\n"
-                   "# c.c\npreprocessed_cache_hit\nremote_storage_hit\n"
+                   "# c.c\npreprocessed_cache_hit\nlocal_storage_hit\nremote_storage_hit\n"
                    "# vmlinux\ncalled_for_link\n")
     stats = ccache.Stats.from_log(log)
     assert stats == ccache.Stats(compiles=3, local_hits=1, remote_hits=1, misses=1,

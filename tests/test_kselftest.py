@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 from conftest import ROOT
@@ -202,3 +204,20 @@ def test_selftests_inputs_key_sees_only_the_files_they_build_from(make_settings,
     assert selftests.inputs_key(s, tree) == stock
     (tree / "tools/testing/selftests/kvm/x86/state_test.c").chmod(0o755)
     assert selftests.inputs_key(s, tree) != stock
+
+
+def test_selection_globs_match_names_not_the_files_beside_the_suite(tmp_path):
+    """kselftest.tests=* selects every test, whatever files the guest's current
+    directory holds (an unquoted glob would expand to those file names)."""
+    suite = (ROOT / "images" / "suites" / "kselftest").read_text()
+    wanted = re.search(r"^wanted\(\) \{\n.*?^\}\n", suite, re.M | re.S)[0]
+    (tmp_path / "some_file").write_text("")
+    script = (f"{wanted}\nfor name in state_test rseq_test; do wanted $name && echo $name; done\n"
+              "for f in *; do echo seen $f; done\n")
+    out = subprocess.run(["dash", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PIPELINE_KSELFTESTS": "*", "PATH": "/usr/bin:/bin"}).stdout
+    assert out.split("\n") == ["state_test", "rseq_test", "seen some_file", ""]
+    only = subprocess.run(["dash", "-c", f"{wanted}\nwanted state_test || echo no"], cwd=tmp_path,
+                          capture_output=True, text=True,
+                          env={"PIPELINE_KSELFTESTS": "svm_*,smm_test"}).stdout
+    assert only == "no\n"
