@@ -6,7 +6,8 @@ same command lines for its own directory.
 kernel.runtime = "docker" runs every make in the toolchain image
 (`pipeline.tarballs`) instead of on the host: the build dir is mounted at
 /build and the project at /project (read-only), the container has no
-network (the host's, for a compiling make that uses kernel.ccache_remote), and ccache (when on) uses a cache of its own: ccache keys on the
+network (the host's, for a compiling make that uses kernel.ccache_remote),
+and ccache (when on) uses a cache of its own: ccache keys on the
 compiler driver only, so the host's cache would hand host-compiled objects
 back.  make then sees the same paths and the same compiler wherever and on
 whatever host it runs.

@@ -97,7 +97,9 @@ class Layout:
         return self.logs / f"{step}.log"
 
     def ccache_stats(self, step: str) -> Path:
-        """ccache's stats log of a step's latest make (CCACHE_STATSLOG=THIS ccache --show-log-stats)."""
+        """ccache's stats log of a step's latest make.
+
+        `CCACHE_STATSLOG=<it> ccache --show-log-stats` prints it."""
         return self.logs / f"{step}.ccache-stats"
 
     @property
