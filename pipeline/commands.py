@@ -94,6 +94,6 @@ def run(
                     log_handle.write(line)
         returncode = proc.wait()
     if returncode != 0:
-        tail = "".join(lines[-TAIL_LINES:]).rstrip("\n")
+        tail = redact("".join(lines[-TAIL_LINES:]).rstrip("\n"))
         raise CommandError(text, returncode, tail, hint)
     return "".join(lines)

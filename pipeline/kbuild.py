@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-from . import ccache, commands, kmake, manifest, records
+from . import ccache, kmake, manifest, records
 from .errors import BuildError, CommandError, MissingStepError
 from .kmake import Make
 from .layout import Layout
@@ -125,7 +125,7 @@ def build_kmod(settings: Settings) -> KmodRecord:
         output = make.run(kmod_argv(make), echo=True, log_file=log_file, stats_log=stats_log)
     except CommandError as exc:
         raise BuildError(f"kmod/ did not build (full log: {log_file}):\n"
-                         f"{commands.redact(exc.output_tail)}") from None
+                         f"{exc.output_tail}") from None
     warnings = [line for line in output.splitlines()
                 if any(marker in line for marker in WARNING_MARKERS)]
     if warnings:
@@ -175,8 +175,9 @@ def build_kernel(settings: Settings) -> KernelRecord:
     config = records.require(ConfigRecord, layout)
     if not layout.kernel_config.exists():
         raise MissingStepError(f"{layout.kernel_config}", "config")
-    make = kmake.for_settings(settings, source.source_date_epoch, compiles=True)
     toolchain = kmake.toolchain_record(settings)  # before the compile: dpkg may be missing
+    make = kmake.for_settings(settings, source.source_date_epoch, compiles=True,
+                              toolchain=toolchain)
     manifest.invalidate(layout)
     log_file = fresh_log(layout, "kernel")
     stats_log = fresh_stats_log(make, "kernel")
@@ -190,8 +191,7 @@ def build_kernel(settings: Settings) -> KernelRecord:
         install_modules(make, release, log_file)
     except CommandError as exc:
         raise BuildError(
-            f"the kernel did not build (full log: {log_file}):\n"
-            f"{commands.redact(exc.output_tail)}\n"
+            f"the kernel did not build (full log: {log_file}):\n{exc.output_tail}\n"
             f"command: {exc.argv_text}"
         ) from None
     cache = report_cache(make, stats_log)

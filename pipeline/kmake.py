@@ -131,8 +131,7 @@ class Make:
         """Run one command of the build where kernel.runtime says, logged as run.
         A compiling make passes `stats_log` (see env()): it then uses the remote
         cache too, if there is one."""
-        remote = self.remote if self.ccache and stats_log else None
-        with ccache.remote_session(remote, stats_log, self.primary_ccache_config()):
+        with ccache.remote_session(self.remote, stats_log, self.primary_ccache_config()):
             return self._run(argv, cwd, stats_log, **kwargs)
 
     def primary_ccache_config(self) -> tuple[Path, ...]:
@@ -171,10 +170,12 @@ def use_ccache(settings: Settings) -> bool:
     return mode == "on" or (mode == "auto" and shutil.which("ccache") is not None)
 
 
-def for_settings(settings: Settings, source_date_epoch: int, compiles: bool = False) -> Make:
+def for_settings(settings: Settings, source_date_epoch: int, compiles: bool = False,
+                 toolchain: dict[str, object] | None = None) -> Make:
     """The Make of these settings, in the toolchain container for runtime docker.
     `compiles`: for the kernel and kmod builds, which use kernel.ccache_remote
-    (the server is asked first)."""
+    (the server is asked first; `toolchain`, when the caller has it, saves
+    toolchain_record() a second dpkg query)."""
     container = None
     if settings.kernel.runtime == "docker":
         tarball = tarballs.ensure(settings, "toolchain")
@@ -186,9 +187,9 @@ def for_settings(settings: Settings, source_date_epoch: int, compiles: bool = Fa
         if not with_ccache:
             raise EnvironmentProblem("kernel.ccache_remote is set but ccache is not installed: "
                                      "run scripts/setup, or set kernel.ccache_remote=\"\"")
-        toolchain = json.dumps(toolchain_record(settings), sort_keys=True).encode()
+        packages = json.dumps(toolchain or toolchain_record(settings), sort_keys=True)
         remote = ccache.Remote(settings.kernel.ccache_remote, settings.kernel.ccache_remote_mode,
-                               namespace=hashlib.sha256(toolchain).hexdigest()[:16])
+                               namespace=hashlib.sha256(packages.encode()).hexdigest()[:16])
         ccache.check_reachable(remote)
     return Make(settings.layout, jobs(settings), with_ccache, source_date_epoch, container,
                 remote)
