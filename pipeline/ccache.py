@@ -282,7 +282,7 @@ class Stats:
             moved = set(block.splitlines()[1:])
             hit = bool(moved & {"direct_cache_hit", "preprocessed_cache_hit"})
             counts["hits"] += hit
-            counts["misses"] += "cache_miss" in moved
+            counts["misses"] += bool(moved & {"cache_miss", "recache"})  # compiled
             counts["remote_hits"] += hit and "remote_storage_hit" in moved
             counts["failures"] += sum(name.decode() in moved for name in FAILURE_COUNTERS)
         return cls(compiles=counts["hits"] + counts["misses"],

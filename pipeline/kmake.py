@@ -43,6 +43,7 @@ class Make:
     source_date_epoch: int
     container: str | None = None  # the toolchain image; None: the host's make and compiler
     remote: ccache.Remote | None = None  # a shared cache behind the local one (ccache on)
+    recache: bool = False  # compile everything, read no hit, store the objects (ccache on)
 
     @property
     def paths(self) -> Layout:
@@ -99,6 +100,8 @@ class Make:
             # built with ccache would differ from objects built without it.  Hits
             # (local and remote) are then per build-dir path.
             env["CCACHE_DIR"] = str(self.paths.ccache)
+            if self.recache:
+                env["CCACHE_RECACHE"] = "1"
             if stats_log:
                 env["CCACHE_STATSLOG"] = str(self.inside(stats_log))
             if stats_log and self.remote:
@@ -167,7 +170,10 @@ def use_ccache(settings: Settings) -> bool:
     mode = settings.kernel.ccache
     if settings.kernel.runtime == "docker":
         return mode != "off"  # the toolchain image has it
-    return mode == "on" or (mode == "auto" and shutil.which("ccache") is not None)
+    if mode == "recache" and shutil.which("ccache") is None:
+        raise EnvironmentProblem("kernel.ccache is \"recache\" but ccache is not installed: "
+                                 "run scripts/setup, or set kernel.ccache=\"off\"")
+    return mode in ("on", "recache") or (mode == "auto" and shutil.which("ccache") is not None)
 
 
 def for_settings(settings: Settings, source_date_epoch: int, compiles: bool = False,
@@ -192,7 +198,7 @@ def for_settings(settings: Settings, source_date_epoch: int, compiles: bool = Fa
                                namespace=hashlib.sha256(packages.encode()).hexdigest()[:16])
         ccache.check_reachable(remote)
     return Make(settings.layout, jobs(settings), with_ccache, source_date_epoch, container,
-                remote)
+                remote, recache=settings.kernel.ccache == "recache")
 
 
 def toolchain_record(settings: Settings) -> dict[str, object]:

@@ -163,6 +163,21 @@ class Layout:
     def bisect_step(self, commit: str) -> Path:
         return self.bisect / "steps" / commit
 
+    # ---------------------------------------------------------- a matrix
+
+    @property
+    def matrix(self) -> Path:
+        """build/matrix/: a build dir per cell (build/matrix/CELL), the summary."""
+        return self.build / "matrix"
+
+    @property
+    def matrix_summary(self) -> Path:
+        return self.matrix / "summary.json"
+
+    @property
+    def matrix_junit(self) -> Path:
+        return self.matrix / "junit.xml"
+
     # ---------------------------------------------------------- artifacts
 
     @property

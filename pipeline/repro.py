@@ -1,7 +1,9 @@
 """`doit repro`: rebuild everything from nothing and compare with a manifest.
 
 The rebuild runs the whole build chain in <build>/repro/build, made afresh,
-with every cache that could hide a difference off: ccache off, the tree
+with every cache that could hide a difference off: ccache reads nothing (its
+"recache" mode: every object is compiled afresh, then stored, so a later
+build at the same paths, e.g. any kernel.runtime=docker build, is warm), the tree
 extracted from its archive (not linked from the tree cache), the package
 tarballs imported into dockerd again and `docker build --no-cache`.  Its
 manifest is then compared with the build's own or with repro.against (one a
@@ -85,9 +87,13 @@ def rebuild_settings(settings: Settings, expected: dict[str, Any], published: Pa
     want_source = expected["inputs"]["source"]
     if source.kind == "debian" and not source.version and want_source.get("kind") == "debian":
         source = dataclasses.replace(source, version=want_source["version"])
+    ccache = "off"
+    if settings.kernel.ccache != "off" and (settings.kernel.runtime == "docker"
+                                            or shutil.which("ccache")):
+        ccache = "recache"
     return dataclasses.replace(
         settings, source=source, image=image,
-        kernel=dataclasses.replace(settings.kernel, ccache="off", ccache_remote=""),
+        kernel=dataclasses.replace(settings.kernel, ccache=ccache, ccache_remote=""),
         paths=dataclasses.replace(settings.paths, build=str(layout.repro_build)))
 
 
@@ -117,7 +123,8 @@ def rebuild(settings: Settings) -> float:
     """The whole build chain in a fresh directory; return its duration."""
     build = settings.layout.build
     remove_tree(build)
-    print(f"repro: rebuilding in {build}: ccache off, tree extracted afresh, package "
+    cache = "ccache off" if settings.kernel.ccache == "off" else "ccache compiling afresh"
+    print(f"repro: rebuilding in {build}: {cache}, tree extracted afresh, package "
           "tarballs imported again, docker build --no-cache", flush=True)
     started = time.monotonic()
     outcome = chain.run(["build"], settings)

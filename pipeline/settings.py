@@ -26,7 +26,7 @@ from .layout import Layout
 USER_FILE = "pipeline.toml"
 SOURCE_KINDS = ("debian", "tarball", "local", "git")
 VARIANTS = ("default", "debug")
-CCACHE_MODES = ("auto", "on", "off")
+CCACHE_MODES = ("auto", "on", "off", "recache")
 RUNTIMES = ("host", "docker")
 ACCELERATORS = ("auto", "kvm", "tcg")
 BISECT_FIND = ("regression", "fix")
@@ -138,6 +138,15 @@ class ReproSettings:
 
 
 @dataclass(frozen=True)
+class MatrixSettings:
+    lines: tuple[str, ...]
+    variants: tuple[str, ...]
+    patch: tuple[str, ...]
+    cells: str
+    settings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class PathSettings:
     build: str
     cache: str
@@ -154,6 +163,7 @@ class Settings:
     kselftest: KselftestSettings
     bisect: BisectSettings
     repro: ReproSettings
+    matrix: MatrixSettings
     paths: PathSettings
     root: Path  # the project directory; relative paths are resolved against it
 
@@ -186,6 +196,7 @@ SECTIONS = {
     "kselftest": KselftestSettings,
     "bisect": BisectSettings,
     "repro": ReproSettings,
+    "matrix": MatrixSettings,
     "paths": PathSettings,
 }
 ALLOWED = {
@@ -220,6 +231,12 @@ MINIMUM = {
 }
 # Case globs travel on the kernel command line: no blanks, quotes or '='.
 CASES_RE = re.compile(r"^[A-Za-z0-9_.*?\[\],-]*$")
+# Matrix cells: a kernel line (a Debian linux-source package), a variant, the
+# series applied or not; "GLOB:section.key=value" sets a key for some cells.
+MATRIX_LINE_RE = re.compile(r"^linux-source-[0-9][0-9.]*$")
+MATRIX_PATCH = ("patched", "stock")
+MATRIX_WORD_RE = re.compile(r"^([A-Za-z0-9_.*?\[\]-]+):([a-z_]+)\.([a-z_0-9]+)=(.*)$")
+MATRIX_SPLIT_RE = re.compile(r",(?=[A-Za-z0-9_.*?\[\]-]+:[a-z_]+\.[a-z_0-9]+=)")
 # Selftest globs too; names are the kselftest list's (basenames, no '/').
 KSELFTESTS_RE = re.compile(r"^[A-Za-z0-9_*?\[\],-]*$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -294,6 +311,10 @@ def _parse_override(section: str, key: str, text: str, origin: str) -> Any:
             raise SettingsError(
                 f"{section}.{key}={text} in {origin}: it must be a whole number"
             ) from None
+    if (section, key) == ("matrix", "settings"):
+        # A value may hold commas itself ("6.1-*:test.cases=smoke,kvm"): an entry
+        # starts only where the next GLOB:section.key= does.
+        return [part for part in MATRIX_SPLIT_RE.split(text) if part]
     if ftype.startswith("tuple"):
         return [part for part in text.split(",") if part]
     return text
@@ -327,8 +348,32 @@ def load(root: Path, overrides: dict[str, str] | None = None) -> Settings:
     elif (root / USER_FILE).exists():
         _merge(merged, origins, _read_toml(root / USER_FILE), str(root / USER_FILE))
 
-    for name, text in overrides.items():
-        origin = "the command line"
+    _apply_words(merged, origins, overrides, "the command line")
+    return _finish(root, merged, origins)
+
+
+def apply(base: Settings, words: dict[str, str], origin: str) -> Settings:
+    """`base` with `section.key -> text` words applied as the command line's are,
+    every check of load() made again (a matrix cell's settings)."""
+    merged = {name: dataclasses.asdict(getattr(base, name)) for name in SECTIONS}
+    origins = _Origins(f"the settings {origin} started from")
+    _apply_words(merged, origins, words, origin)
+    return _finish(base.root, merged, origins)
+
+
+class _Origins(dict):
+    """Where each value came from; values not set here came from `fallback`."""
+
+    def __init__(self, fallback: str):
+        super().__init__()
+        self.fallback = fallback
+
+    def __missing__(self, key: tuple[str, str]) -> str:
+        return self.fallback
+
+
+def _apply_words(merged: dict, origins: dict, words: dict[str, str], origin: str) -> None:
+    for name, text in words.items():
         section, _, key = name.partition(".")
         if section not in SECTIONS or key not in _field_types(section):
             known = ", ".join(f"{s}.{k}" for s in SECTIONS for k in _field_types(s))
@@ -337,6 +382,9 @@ def load(root: Path, overrides: dict[str, str] | None = None) -> Settings:
         merged[section][key] = _check_value(section, key, value, origin)
         origins[(section, key)] = origin
 
+
+def _finish(root: Path, merged: dict, origins: dict) -> Settings:
+    """Check what only the merged layers can tell, and make the Settings."""
     source = merged["source"]
     for key in REQUIRED_BY_KIND[source["kind"]]:
         if not source[key]:
@@ -376,6 +424,7 @@ def load(root: Path, overrides: dict[str, str] | None = None) -> Settings:
                 f"is not a file (paths are relative to {root}); fix the name or drop it"
             )
     _check_ccache_remote(merged["kernel"], origins)
+    _check_matrix(merged["matrix"], origins)
     if bool(source["signature_url"]) != bool(source["keyring"]):
         raise SettingsError(
             "source.signature_url and source.keyring go together: the signature is "
@@ -386,6 +435,33 @@ def load(root: Path, overrides: dict[str, str] | None = None) -> Settings:
         root=root,
         **{name: cls(**merged[name]) for name, cls in SECTIONS.items()},
     )
+
+
+def _check_matrix(matrix: dict, origins: dict) -> None:
+    def where(key: str) -> str:
+        return f"matrix.{key} in {origins[('matrix', key)]}"
+
+    for key, allowed in (("variants", VARIANTS), ("patch", MATRIX_PATCH)):
+        wrong = [value for value in matrix[key] if value not in allowed]
+        if wrong or not matrix[key]:
+            raise SettingsError(f"{where(key)} is {list(matrix[key])}: it must list one or "
+                                f"more of {', '.join(allowed)}")
+    wrong = [line for line in matrix["lines"] if not MATRIX_LINE_RE.match(line)]
+    if wrong or not matrix["lines"]:
+        raise SettingsError(f"{where('lines')} is {list(matrix['lines'])}: it must list one or "
+                            "more Debian kernel source packages, e.g. linux-source-6.12 "
+                            "(`apt-cache search ^linux-source-` lists them)")
+    if not CASES_RE.match(matrix["cells"]):
+        raise SettingsError(f"{where('cells')} is {matrix['cells']!r}: it must be "
+                            "comma-separated globs over cell names, e.g. '6.12-*,6.1-default-*'")
+    for word in matrix["settings"]:
+        match = MATRIX_WORD_RE.match(word)
+        if not match or match[2] not in SECTIONS or match[3] not in _field_types(match[2]):
+            raise SettingsError(f"{where('settings')} holds {word!r}: each entry is "
+                                "CELL-GLOB:section.key=value, e.g. "
+                                "'*-debug-*:boot.boot_timeout=400', with a known key")
+        _check_value(match[2], match[3], _parse_override(match[2], match[3], match[4], where(
+            "settings")), where("settings"))
 
 
 def _check_ccache_remote(kernel: dict, origins: dict) -> None:

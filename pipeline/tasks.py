@@ -31,6 +31,7 @@ from . import (
     kconfig,
     kmake,
     manifest,
+    matrix,
     patch,
     records,
     repro,
@@ -55,7 +56,7 @@ log = logging.getLogger("pipeline")
 
 # In the order `doit list` shows them: the table of contents.
 TASKS = ("fetch", "patch", "config", "kernel", "kmod", "selftests", "image", "build", "boot",
-         "test", "bisect", "repro")
+         "test", "bisect", "repro", "matrix")
 BUILD_TASKS = ("fetch", "patch", "config", "kernel", "kmod", "selftests", "image")
 
 
@@ -271,12 +272,43 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
         }
 
     def task_repro():
-        """Rebuild everything afresh, every cache off; compare with the manifest (repro.against)."""
+        """Rebuild everything afresh, no cache read; compare with the manifest (repro.against)."""
         return {
             "actions": [action("repro", repro.repro, config, run)],
             # Against the build's own manifest: that build first.
             "task_dep": [] if config.repro.against else ["build"],
             "clean": [remover(layout.repro)],
+            "verbosity": 2,
+        }
+
+    def task_matrix():
+        """Build and test every cell (kernel line x variant x patched/stock); one summary."""
+        try:
+            cells = matrix.picked_cells(config)
+        except PipelineError as exc:
+            # Only `doit matrix` reports it: other tasks do not need the matrix.
+            def refuse(_config: settings.Settings, error: PipelineError = exc) -> None:
+                raise error
+
+            cells, summary = [], action("matrix", refuse, config, run)
+        else:
+            summary = action("matrix", matrix.finish, config, run)
+        for cell in cells:
+            yield {
+                "name": cell.name,
+                "doc": f"{cell.line}, {cell.variant} variant, {cell.patch}: build and test in "
+                       f"{matrix.cell_dir(layout, cell)}",
+                "actions": [action(f"matrix {cell.name}",
+                                   lambda c, cell=cell: matrix.run_cell(c, cell), config, run)],
+                "clean": [remover(matrix.cell_dir(layout, cell))],
+                "verbosity": 2,
+            }
+        # The cells' failures are rows of the summary, which runs after them all.
+        yield {
+            "name": "summary",
+            "actions": [summary],
+            "task_dep": [f"matrix:{cell.name}" for cell in cells],
+            "clean": [remover(layout.matrix_summary, layout.matrix_junit)],
             "verbosity": 2,
         }
 
@@ -290,6 +322,6 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
     }
     creators = (task_fetch, task_patch, task_config, task_kernel, task_kmod, task_selftests,
                 task_image,
-                task_build, task_boot, task_test, task_bisect, task_repro)
+                task_build, task_boot, task_test, task_bisect, task_repro, task_matrix)
     namespace.update((creator.__name__, creator) for creator in creators)
     return namespace

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -166,6 +168,42 @@ def tasks_run(proc: subprocess.CompletedProcess) -> list[str]:
 def kernel_build() -> settings.Settings:
     doit("build", f"paths.build={E2E_BUILD}")
     return settings.load(ROOT, {"paths.build": E2E_BUILD})
+
+
+# A checkout path of another length than the project's: in the container the
+# build dir is /build whatever it is; on the host the layout keeps it out of
+# the objects (measured).
+CLONE = ROOT / "build" / "test-repro-from-a-checkout-at-a-longer-path" / "kvm-pipeline"
+def clone_pipeline(*words: str, timeout: int = 3600) -> subprocess.CompletedProcess:
+    """`python -m pipeline` of the clone, run from the clone."""
+    return subprocess.run([sys.executable, "-m", "pipeline", *words], cwd=CLONE,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def show(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout[-5000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def docker_repro(kernel_build):
+    """The clone's repro in the toolchain container against the e2e build's manifest
+    (test_e2e_repro).  Its clean rebuild (ccache recache) leaves the container's
+    ccache warm for the bisection's builds (test_e2e_bisect), which run in the
+    container too: one cold kernel build fewer in CI."""
+    # Other tests rerun single steps of the shared build (which drops its manifest
+    # until the next `doit build`): a user would build first, and so do we.
+    doit("build", f"paths.build={E2E_BUILD}")
+    shutil.rmtree(CLONE.parent, ignore_errors=True)
+    CLONE.mkdir(parents=True)
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                             check=True).stdout
+    subprocess.run(["rsync", "-a", "--from0", "--files-from=-", f"{ROOT}/", f"{CLONE}/"],
+                   input=tracked, check=True)
+    proc = clone_pipeline("repro", "kernel.runtime=docker",
+                    f"repro.against={kernel_build.layout.manifest}")
+    report_path = CLONE / "build" / "repro" / "report.json"
+    assert report_path.is_file(), show(proc)
+    return proc, json.loads(report_path.read_text())
 
 
 class RedisServer:

@@ -77,6 +77,22 @@ def test_a_second_machine_gets_the_object_from_redis(tmp_path, redis_server):
     assert from_a == from_b == compile_logged(plain, None)
 
 
+def test_recache_compiles_afresh_and_stores_for_the_next_build(tmp_path):
+    """kernel.ccache=recache (doit repro's): a warm cache gives no hit, yet the object
+    compiled is stored, so the next ordinary build at the same paths hits it."""
+    cache = tmp_path / "cache"
+    warm = Make(build_dir(tmp_path / "ci", cache), 1, True, 0)
+    compile_logged(warm, tmp_path / "warm.stats")
+    recache = dataclasses.replace(warm, recache=True)
+    compile_logged(recache, tmp_path / "recache.stats")
+    assert ccache.Stats.from_log(tmp_path / "recache.stats") == ccache.Stats(1, 0, 0, 1, 0)
+    shutil.rmtree(cache)
+    fresh = Make(build_dir(tmp_path / "ci", cache), 1, True, 0)
+    compile_logged(dataclasses.replace(fresh, recache=True), tmp_path / "fill.stats")
+    compile_logged(fresh, tmp_path / "next.stats")
+    assert ccache.Stats.from_log(tmp_path / "next.stats") == ccache.Stats(1, 1, 0, 0, 0)
+
+
 def test_read_only_never_writes_and_reshare_uploads_local_hits(tmp_path, redis_server):
     layout = build_dir(tmp_path / "a", tmp_path / "cache")
     stats_log = tmp_path / "stats"

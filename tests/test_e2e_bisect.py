@@ -15,6 +15,12 @@ checkout of 87,000 files):
     C6 documentation only           bisect.bad
 
 Every commit has the same date, so unchanged objects rebuild to the same bytes.
+
+The steps build in the toolchain container (kernel.runtime=docker), where
+every build dir is /build: the repro test's clean container rebuild of the
+same tree (the docker_repro fixture, ccache recache) left every object in the
+container's ccache, so the first step is warm instead of CI's third cold
+kernel build (about ten minutes here).
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ def pristine_tree(kernel_build, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def kernel_history(kernel_build, tmp_path_factory) -> tuple[Path, list[str]]:
+def kernel_history(kernel_build, docker_repro, tmp_path_factory) -> tuple[Path, list[str]]:
     tmp = tmp_path_factory.mktemp("history")
     repo = tmp / "linux"
     env = {**os.environ, **DATE, "GIT_DIR": str(repo / ".git"),
@@ -109,7 +115,7 @@ def pipeline_bisect(repo: Path, good: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pipeline", "bisect", "source.kind=git", f"source.repo={repo}",
          f"bisect.good={good}", "bisect.bad=master", "test.cases=smoke.injection_rate",
-         "test.injection_seconds=5", f"paths.build={BISECT_BUILD}"],
+         "test.injection_seconds=5", "kernel.runtime=docker", f"paths.build={BISECT_BUILD}"],
         cwd=ROOT, capture_output=True, text=True, timeout=3600)
 
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import E2E_BUILD, ROOT, doit
+from conftest import CLONE, show
+from conftest import clone_pipeline as pipeline
 
 from pipeline import manifest, records
 from pipeline.records import SourceRecord
@@ -27,43 +26,10 @@ from pipeline.util import file_sha256
 
 pytestmark = pytest.mark.slow
 
-# A checkout path of another length than the project's: in the container the
-# build dir is /build whatever it is; on the host the layout keeps it out of
-# the objects (measured).
-CLONE = ROOT / "build" / "test-repro-from-a-checkout-at-a-longer-path" / "kvm-pipeline"
 # The compiler, assembler and linker: when the host's and the toolchain
 # tarball's versions of these agree, the two builds must be identical.  (The
 # manifest records more, e.g. perl and libssl, which do not reach the bytes.)
 COMPILER = re.compile(r"^(gcc|cpp|binutils|libbinutils|libgcc|libc6-dev|make)(-|$)")
-
-
-def pipeline(*words: str, timeout: int = 3600) -> subprocess.CompletedProcess:
-    """`python -m pipeline` of the clone, run from the clone."""
-    return subprocess.run([sys.executable, "-m", "pipeline", *words], cwd=CLONE,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def show(proc: subprocess.CompletedProcess) -> str:
-    return proc.stdout[-5000:] + proc.stderr[-3000:]
-
-
-@pytest.fixture(scope="module")
-def docker_repro(kernel_build):
-    """The clone's repro in the toolchain container against the e2e build's manifest."""
-    # Other tests rerun single steps of the shared build (which drops its manifest
-    # until the next `doit build`): a user would build first, and so do we.
-    doit("build", f"paths.build={E2E_BUILD}")
-    shutil.rmtree(CLONE.parent, ignore_errors=True)
-    CLONE.mkdir(parents=True)
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
-                             check=True).stdout
-    subprocess.run(["rsync", "-a", "--from0", "--files-from=-", f"{ROOT}/", f"{CLONE}/"],
-                   input=tracked, check=True)
-    proc = pipeline("repro", "kernel.runtime=docker",
-                    f"repro.against={kernel_build.layout.manifest}")
-    report_path = CLONE / "build" / "repro" / "report.json"
-    assert report_path.is_file(), show(proc)
-    return proc, json.loads(report_path.read_text())
 
 
 def test_container_rebuild_matches_the_host_build(docker_repro, kernel_build):

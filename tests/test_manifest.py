@@ -188,14 +188,17 @@ def expected_manifest(layout):
 def test_rebuild_settings_turn_every_cache_off_and_pin_published_tarballs(layout,
                                                                           make_settings,
                                                                           tmp_path):
-    config = make_settings()
+    config = make_settings(**{"kernel.runtime": "docker",
+                              "kernel.ccache_remote": "redis://127.0.0.1:1"})
     published = tmp_path / "ci"
     published.mkdir()
     base = status_tarball(published / "base.tar")
     expected = expected_manifest(layout)
     expected["inputs"]["image"]["base"]["sha256"] = tarballs.file_sha256(base)
     fresh = repro.rebuild_settings(config, expected, published)
-    assert fresh.kernel.ccache == "off" and not fresh.image.docker_cache
+    # ccache reads nothing (recache) and no shared server is asked.
+    assert fresh.kernel.ccache == "recache" and not fresh.kernel.ccache_remote
+    assert not fresh.image.docker_cache
     assert not fresh.source.tree_cache
     assert fresh.layout.build == config.layout.repro_build
     assert fresh.image.base == f"tarball:{base}"
@@ -203,6 +206,9 @@ def test_rebuild_settings_turn_every_cache_off_and_pin_published_tarballs(layout
     assert fresh.image.toolchain == "mmdebstrap"
     # An unpinned Debian source takes the manifest's version.
     assert fresh.source.version == "6.12.57-1"
+    # ccache off stays off.
+    off = make_settings(**{"kernel.ccache": "off"})
+    assert repro.rebuild_settings(off, expected, published).kernel.ccache == "off"
 
 
 def test_a_moved_package_set_is_an_unavailable_input(layout, make_settings, tmp_path):

@@ -1,0 +1,292 @@
+"""`doit matrix`: the chain over kernel lines x variants x patched/stock, one summary.
+
+Each cell is the whole chain (`build`, then `test`) in a build dir of its own,
+<paths.build>/matrix/CELL, with the settings of the run plus the cell's
+(source.package, kernel.variant, patch.enabled) and the matrix.settings
+entries whose glob matches its name.  A cell's failure is a row of the
+summary, not the end of the matrix: every picked cell runs, then the summary
+(a table on stdout, summary.json, one junit.xml with a testsuite per cell)
+says how each went; the matrix fails with the first failing cell's exit code.
+
+`doit -n N matrix` runs cells in parallel processes.  Builds may overlap, but
+a guest waits for a free guest slot: one per `boot.smp` cores, at least one,
+so guests never share cores with each other (a case's timing would then
+measure the contention, and its thresholds stay as they are).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import fnmatch
+import json
+import os
+import re
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import chain, settings
+from .errors import PipelineError, SettingsError
+from .ktap import Status
+from .layout import Layout
+from .settings import Settings
+from .util import atomic_write_text
+
+# Each cell's headline counters: (name, case, the diagnostic line's number).
+HEADLINES = (
+    ("injections", "smoke.injection_rate", r"injections (\d+) in \d+ s"),
+    ("kvm_injections", "kvm.kvm_under_injection", r"injections in KVM code: (\d+)"),
+    ("patch_effect_seen", "kvm.kvm_patch_effect", r"preempt-disabled sections: (\d+)"),
+    ("patch_effect_would_inject", "kvm.kvm_patch_effect", r"would be injected: (\d+)"),
+)
+GUEST_SLOT_POLL = 2.0  # seconds between looks for a free guest slot
+
+
+class MatrixFailed(PipelineError):
+    """A cell of the matrix failed; the exit code is the first failing cell's."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Cell:
+    line: str  # a Debian kernel source package: linux-source-6.12
+    variant: str
+    patch: str  # "patched" or "stock"
+
+    @property
+    def name(self) -> str:
+        return f"{self.line.removeprefix('linux-source-')}-{self.variant}-{self.patch}"
+
+
+def all_cells(config: Settings) -> list[Cell]:
+    matrix = config.matrix
+    return [Cell(line, variant, patch) for line in matrix.lines for variant in matrix.variants
+            for patch in matrix.patch]
+
+
+def picked_cells(config: Settings) -> list[Cell]:
+    """The cells matrix.cells picks (all when empty); a glob that picks none is an error."""
+    cells = all_cells(config)
+    globs = [glob for glob in config.matrix.cells.split(",") if glob]
+    if not globs:
+        return cells
+    for glob in globs:
+        if not any(fnmatch.fnmatchcase(cell.name, glob) for cell in cells):
+            raise SettingsError(f"matrix.cells picks no cell with {glob!r}; the cells are "
+                                f"{', '.join(cell.name for cell in cells)}")
+    return [cell for cell in cells
+            if any(fnmatch.fnmatchcase(cell.name, glob) for glob in globs)]
+
+
+def cell_settings(config: Settings, cell: Cell) -> Settings:
+    """The run's settings with the cell's own, then matrix.settings' matching entries."""
+    words = {
+        "source.kind": "debian", "source.package": cell.line, "source.version": "",
+        "kernel.variant": cell.variant, "patch.enabled": str(cell.patch == "patched"),
+        # One run per cell: test.repeat is for hunting a flake in one build dir.
+        "test.repeat": "1",
+        "paths.build": str(cell_dir(config.layout, cell)),
+    }
+    for entry in config.matrix.settings:
+        match = settings.MATRIX_WORD_RE.match(entry)
+        assert match  # settings.load checked every entry
+        if fnmatch.fnmatchcase(cell.name, match[1]):
+            words[f"{match[2]}.{match[3]}"] = match[4]
+    return settings.apply(config, words, f"matrix cell {cell.name}")
+
+
+def cell_dir(layout: Layout, cell: Cell) -> Path:
+    return layout.matrix / cell.name
+
+
+def cell_record(layout: Layout, cell: Cell) -> Path:
+    return cell_dir(layout, cell) / "matrix-cell.json"
+
+
+def guest_slots(config: Settings) -> int:
+    return max(1, (os.cpu_count() or 1) // config.boot.smp)
+
+
+@contextmanager
+def guest_slot(config: Settings, cell: Cell) -> Iterator[None]:
+    """Hold one of the guest slots (a lock file each) while a cell's guest runs."""
+    locks = config.layout.matrix / "guest-slots"
+    locks.mkdir(parents=True, exist_ok=True)
+    slots = guest_slots(config)
+    said = False
+    while True:
+        for number in range(slots):
+            handle = open(locks / f"slot-{number}", "w")  # noqa: SIM115 (held past the loop)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            try:
+                yield
+            finally:
+                handle.close()  # releases the lock
+            return
+        if not said:
+            print(f"matrix: {cell.name} built; waiting for a guest slot "
+                  f"({slots} on {os.cpu_count()} cores, boot.smp={config.boot.smp})",
+                  flush=True)
+            said = True
+        time.sleep(GUEST_SLOT_POLL)
+
+
+def run_cell(config: Settings, cell: Cell) -> dict:
+    """Build and test one cell; record and return how it went (a failure included)."""
+    cell_config = cell_settings(config, cell)
+    record = cell_record(config.layout, cell)
+    record.unlink(missing_ok=True)
+    print(f"=== matrix cell {cell.name}: {cell_config.layout.build}", flush=True)
+    started = time.monotonic()
+    outcome = chain.run(["build"], cell_config)
+    stage = "build"
+    if outcome.ok:
+        with guest_slot(config, cell):
+            stage = "test"
+            outcome = chain.run(["test"], cell_config)
+    result = {
+        "cell": cell.name, "line": cell.line, "variant": cell.variant, "patch": cell.patch,
+        "exit_code": outcome.code, "failed_at": None if outcome.ok else stage,
+        "error": str(outcome.error) if outcome.error else "",
+        "seconds": round(time.monotonic() - started, 1),
+        "build_dir": str(cell_config.layout.build),
+    }
+    atomic_write_text(record, json.dumps(result, indent=2) + "\n")
+    print(f"=== matrix cell {cell.name}: "
+          f"{'passed' if outcome.ok else f'failed at {stage} (exit {outcome.code})'}",
+          flush=True)
+    return result
+
+
+def headline(results: dict) -> dict[str, int]:
+    """The HEADLINES counters found in a cell's results.json."""
+    diagnostics = {}
+
+    def walk(test: dict, names: list[str]) -> None:
+        for sub in test["subtests"]:
+            walk(sub, [*names, sub["name"]])
+        diagnostics[".".join(names)] = "\n".join(test["diagnostics"])
+
+    walk(results["tests"], [])
+    found = {}
+    for name, case, pattern in HEADLINES:
+        match = re.search(pattern, diagnostics.get(case, ""))
+        if match:
+            found[name] = int(match[1])
+    return found
+
+
+def leaves(test: dict, names: list[str] | None = None) -> Iterator[tuple[str, dict]]:
+    names = names or []
+    for sub in test["subtests"]:
+        yield from leaves(sub, [*names, sub["name"]])
+    if not test["subtests"] and names:
+        yield ".".join(names), test
+
+
+def summarize(config: Settings, cells: list[Cell]) -> dict:
+    """summary.json and the merged junit.xml of these cells; print the table."""
+    rows = []
+    for cell in cells:
+        record_path = cell_record(config.layout, cell)
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {
+            "cell": cell.name, "exit_code": None, "failed_at": "not run", "error": "",
+            "seconds": None}
+        results_path = cell_dir(config.layout, cell) / "results" / "results.json"
+        results = None
+        if record.get("failed_at") != "build" and results_path.is_file():
+            results = json.loads(results_path.read_text())
+        record["outcome"] = results["outcome"] if results else (
+            "not run" if record["exit_code"] is None else f"failed at {record['failed_at']}")
+        record["cases"] = {name: test["status"] for name, test in leaves(results["tests"])} \
+            if results else {}
+        record["headline"] = headline(results) if results else {}
+        rows.append((record, results))
+    summary = {"cells": [record for record, _ in rows],
+               "passed": all(record["exit_code"] == 0 for record, _ in rows)}
+    atomic_write_text(config.layout.matrix_summary, json.dumps(summary, indent=2) + "\n")
+    write_junit(config.layout.matrix_junit, rows)
+    print(table(summary["cells"]), flush=True)
+    return summary
+
+
+def table(cells: list[dict]) -> str:
+    """Cases down, cells across: a result letter each; then each cell's line."""
+    letter = {Status.PASSED.value: "ok", Status.FAILED.value: "FAIL",
+              Status.SKIPPED.value: "skip", Status.CRASHED.value: "CRASH"}
+    names = list(dict.fromkeys(name for cell in cells for name in cell["cases"]))  # run order
+    width = max([len(name) for name in names] + [4])
+    columns = [cell["cell"] for cell in cells]
+    lines = [f"{'case':<{width}}  " + "  ".join(columns)]
+    for name in names:
+        marks = [letter.get(cell["cases"].get(name, ""), cell["cases"].get(name, "-"))
+                 for cell in cells]
+        cells_text = "  ".join(f"{mark:<{len(column)}}"
+                               for mark, column in zip(marks, columns, strict=True))
+        lines.append(f"{name:<{width}}  {cells_text}".rstrip())
+    lines.append("")
+    for cell in cells:
+        counters = ", ".join(f"{k} {v}" for k, v in cell["headline"].items())
+        seconds = f", {cell['seconds']:.0f} s" if cell["seconds"] is not None else ""
+        lines.append(f"{cell['cell']}: {cell['outcome']}{seconds}"
+                     + (f"; {counters}" if counters else "")
+                     + (f"\n    {cell['error']}" if cell["error"] else ""))
+    return "\n".join(lines)
+
+
+def write_junit(path: Path, rows: list[tuple[dict, dict | None]]) -> None:
+    """One <testsuite> per cell (its cases as <testcase>s named SUITE.CASE); a cell
+    that did not get to its tests is one failing <testcase>."""
+    suites = ET.Element("testsuites", name="matrix")
+    for record, results in rows:
+        cases = list(leaves(results["tests"])) if results else []
+        failed = sum(test["status"] == Status.FAILED.value for _, test in cases)
+        crashed = sum(test["status"] == Status.CRASHED.value for _, test in cases)
+        skipped = sum(test["status"] in (Status.SKIPPED.value, Status.TODO.value)
+                      for _, test in cases)
+        broken = record["exit_code"] != 0 and not (failed or crashed)
+        suite = ET.SubElement(suites, "testsuite", name=record["cell"],
+                              tests=str(len(cases) + broken),
+                              failures=str(failed + broken), errors=str(crashed),
+                              skipped=str(skipped))
+        for name, test in cases:
+            case = ET.SubElement(suite, "testcase", classname=record["cell"], name=name)
+            if test["seconds"] is not None:
+                case.set("time", f"{test['seconds']:.3f}")
+            text = "\n".join(test["diagnostics"])
+            if test["status"] == Status.FAILED.value:
+                ET.SubElement(case, "failure", message="not ok").text = text
+            elif test["status"] == Status.CRASHED.value:
+                ET.SubElement(case, "error", message="the test did not finish").text = text
+            elif test["status"] in (Status.SKIPPED.value, Status.TODO.value):
+                ET.SubElement(case, "skipped", message=test["directive"] or "")
+        if broken:
+            case = ET.SubElement(suite, "testcase", classname=record["cell"], name="cell")
+            ET.SubElement(case, "failure", message=record["outcome"]).text = record["error"]
+    ET.indent(suites)
+    atomic_write_text(path, ET.tostring(suites, encoding="unicode") + "\n")
+
+
+def finish(config: Settings) -> None:
+    """The `matrix:summary` step: summarise the picked cells; fail if one failed."""
+    summary = summarize(config, picked_cells(config))
+    shown = config.layout.matrix_summary
+    print(f"matrix summary: {shown} and {config.layout.matrix_junit}", flush=True)
+    failing = [cell for cell in summary["cells"] if cell["exit_code"] != 0]
+    if failing:
+        first = failing[0]
+        raise MatrixFailed(
+            f"{len(failing)} of {len(summary['cells'])} cells failed: "
+            f"{', '.join(cell['cell'] for cell in failing)} (first: {first['cell']}, "
+            f"{first['outcome']}; its build dir {first.get('build_dir', '?')})",
+            first["exit_code"] or 1)
