@@ -67,7 +67,7 @@ def test_a_cell_has_its_settings_and_the_matching_entries(make_settings):
     assert old.test.cases == "smoke,kvm.kvm_patch_effect"
     # A value the checks refuse names the cell it came from.
     bad = make_settings(**{"matrix.settings": "6.1-*:test.cases=smoke kvm"})
-    with pytest.raises(SettingsError, match="test.cases in matrix cell 6.1-default-stock"):
+    with pytest.raises(SettingsError, match=r"test\.cases in matrix cell 6\.1-default-stock"):
         matrix.cell_settings(bad, Cell("linux-source-6.1", "default", "stock"))
 
 
