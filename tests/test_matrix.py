@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import doit
+from conftest import ROOT, doit
 
 from pipeline import ktap, matrix
 from pipeline.errors import SettingsError
@@ -183,3 +185,25 @@ def test_doit_lists_a_task_per_cell_and_the_summary():
     bad = doit("matrix:summary", "matrix.cells=7.0-*", check=False)
     assert bad.returncode != 0 and "picks no cell with '7.0-*'" in bad.stdout + bad.stderr
     assert doit("list", "matrix.cells=7.0-*").returncode == 0
+
+
+def test_parallel_cells_that_fail_are_rows_of_the_summary(tmp_path):
+    """`doit -n 2 matrix` with two cells whose kernel line does not exist: both fail
+    at fetch, side by side, and the summary says so with the first one's exit code."""
+    build = tmp_path / "m"
+    proc = doit("-n", "2", "matrix", "matrix.lines=linux-source-6.99,linux-source-6.98",
+                "matrix.variants=default", "matrix.patch=stock", f"paths.build={build}",
+                check=False)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((build / "matrix" / "summary.json").read_text())
+    assert [c["outcome"] for c in summary["cells"]] == ["failed at build"] * 2
+    assert all("linux-source-6.9" in c["error"] for c in summary["cells"])
+    assert "2 of 2 cells failed: 6.99-default-stock, 6.98-default-stock" in \
+        proc.stdout + proc.stderr
+    # `python -m pipeline matrix` exits with the first failing cell's code: 2, no
+    # such source package (the cells' records are rewritten).
+    again = subprocess.run([sys.executable, "-m", "pipeline", "matrix",
+                            "matrix.lines=linux-source-6.99", "matrix.variants=default",
+                            "matrix.patch=stock", f"paths.build={build}"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2, again.stdout[-3000:] + again.stderr[-3000:]
