@@ -178,6 +178,11 @@ class Layout:
     def matrix_junit(self) -> Path:
         return self.matrix / "junit.xml"
 
+    @property
+    def lava(self) -> Path:
+        """build/lava/: `doit lava`'s job definitions."""
+        return self.build / "lava"
+
     # ---------------------------------------------------------- artifacts
 
     @property

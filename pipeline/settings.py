@@ -147,6 +147,14 @@ class MatrixSettings:
 
 
 @dataclass(frozen=True)
+class LavaSettings:
+    artifacts_url: str
+    device_type: str
+    kvm: bool
+    matrix: bool
+
+
+@dataclass(frozen=True)
 class PathSettings:
     build: str
     cache: str
@@ -164,6 +172,7 @@ class Settings:
     bisect: BisectSettings
     repro: ReproSettings
     matrix: MatrixSettings
+    lava: LavaSettings
     paths: PathSettings
     root: Path  # the project directory; relative paths are resolved against it
 
@@ -197,6 +206,7 @@ SECTIONS = {
     "bisect": BisectSettings,
     "repro": ReproSettings,
     "matrix": MatrixSettings,
+    "lava": LavaSettings,
     "paths": PathSettings,
 }
 ALLOWED = {

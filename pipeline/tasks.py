@@ -30,6 +30,7 @@ from . import (
     kbuild,
     kconfig,
     kmake,
+    lava,
     manifest,
     matrix,
     patch,
@@ -56,7 +57,7 @@ log = logging.getLogger("pipeline")
 
 # In the order `doit list` shows them: the table of contents.
 TASKS = ("fetch", "patch", "config", "kernel", "kmod", "selftests", "image", "build", "boot",
-         "test", "bisect", "repro", "matrix")
+         "test", "bisect", "repro", "matrix", "lava")
 BUILD_TASKS = ("fetch", "patch", "config", "kernel", "kmod", "selftests", "image")
 
 
@@ -312,6 +313,15 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
             "verbosity": 2,
         }
 
+    def task_lava():
+        """Write the suite as a LAVA job (build/lava/; lava.matrix: one per cell)."""
+        return {
+            "actions": [action("lava", lava.lava_jobs, config, run)],
+            "task_dep": [] if config.lava.matrix else ["build"],
+            "clean": [remover(layout.lava, lava.compressed_path(layout))],
+            "verbosity": 2,
+        }
+
     namespace: dict[str, object] = {
         "DOIT_CONFIG": {
             "default_tasks": ["build"],
@@ -322,6 +332,6 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
     }
     creators = (task_fetch, task_patch, task_config, task_kernel, task_kmod, task_selftests,
                 task_image,
-                task_build, task_boot, task_test, task_bisect, task_repro, task_matrix)
+                task_build, task_boot, task_test, task_bisect, task_repro, task_matrix, task_lava)
     namespace.update((creator.__name__, creator) for creator in creators)
     return namespace

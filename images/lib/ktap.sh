@@ -39,6 +39,11 @@
 #
 # pipeline/ktap.py takes it as the test's duration; KTAP readers that do not
 # know it (kunit.py) keep it as an ordinary diagnostic line.
+#
+# With pipeline.lava=1 on the kernel command line (a LAVA job's), each case's
+# verdict also goes to the console as one flat line, "pipeline-case:
+# SUITE.CASE pass|fail|skip", which the job's monitor turns into a LAVA test
+# case: the KTAP lines themselves nest, and one line cannot name the suite.
 
 KTAP_SKIP=4
 KTAP_NESTED=/tmp/ktap-nested
@@ -117,11 +122,17 @@ ktap_run() {
 		ktap_duration "    " "$ktap_case_start"
 		if [ "$status" -eq 0 ]; then
 			echo "    ok $number $name"
+			verdict=pass
 		elif [ "$status" -eq "$KTAP_SKIP" ]; then
 			echo "    ok $number $name # SKIP $(printf '%s\n' "$output" | tail -n 1)"
+			verdict=skip
 		else
 			echo "    not ok $number $name"
 			failures=$((failures + 1))
+			verdict=fail
+		fi
+		if [ "$PIPELINE_LAVA" = 1 ]; then
+			echo "pipeline-case: $suite.$name $verdict" >/dev/console
 		fi
 	done
 	ktap_duration "" "$ktap_suite_start"
