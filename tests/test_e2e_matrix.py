@@ -182,3 +182,25 @@ def test_debug_kernel_runs_every_case_clean(matrix_run):
         diagnostics["kvm.kvm_patch_effect"]
     assert "ranges are all of kvm and kvm-amd's text" in \
         diagnostics[f"kselftest.{DEBUG_SELFTEST}"]
+
+
+def test_one_lava_job_per_cell(matrix_run):
+    """`doit lava lava.matrix=true` over the built cells: a job each, with the cell's
+    artifact URL and its own settings (the debug cell's timeouts and cases)."""
+    _, config = matrix_run
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "lava", "lava.matrix=true",
+         f"paths.build={MATRIX_BUILD}", "kernel.runtime=docker",
+         "matrix.lines=linux-source-6.12", f"matrix.cells={DEBUG},{STOCK}",
+         "matrix.settings=*-debug-*:boot.boot_timeout=400,*-debug-*:test.cases=smoke",
+         "lava.artifacts_url=https://ci.example/42/{cell}/artifacts"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = config.layout.lava
+    debug, stock = (jobs / f"{DEBUG}.yaml").read_text(), (jobs / f"{STOCK}.yaml").read_text()
+    assert f'"https://ci.example/42/{DEBUG}/artifacts/bzImage"' in debug
+    assert f'"https://ci.example/42/{STOCK}/artifacts/rootfs.ext4.zst"' in stock
+    assert "pipeline.cases=smoke" in debug and "pipeline.cases" not in stock
+    assert "connection_timeout: {minutes: 7}" in debug  # boot.boot_timeout=400
+    for name in (DEBUG, STOCK):
+        assert (config.layout.matrix / name / "artifacts" / "rootfs.ext4.zst").is_file()
