@@ -21,6 +21,8 @@ script (and a bisection) must tell apart:
     10-15 guest outcomes        see `pipeline.results.Outcome`            bad
     10    ArtifactsDiffer       repro: a rebuilt artifact differs         -
     20    BisectAmbiguous       skipped commits leave several candidates  -
+    *     MatrixFailed          a matrix cell failed: the first failing   -
+                                cell's own code (pipeline.matrix)
     130   -                     interrupted (Ctrl-C)                      abort
 
 A failed external command raises CommandError (code 1): the stage that ran
