@@ -10,7 +10,7 @@ def test_doit_list_reads_like_a_table_of_contents():
     out = doit("list").stdout
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
     assert names == ["fetch", "patch", "config", "kernel", "kmod", "selftests", "image", "build",
-                     "boot", "test", "bisect", "repro"]
+                     "boot", "test", "bisect", "repro", "matrix", "lava"]
 
 
 def test_bad_setting_on_command_line_fails_cleanly(tmp_path):
