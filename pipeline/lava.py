@@ -56,10 +56,16 @@ def artifacts_url(settings: Settings, cell: str | None) -> str:
     return url
 
 
-def job_text(settings: Settings, name: str, cell: str | None = None) -> str:
+def job_text(settings: Settings, name: str, cell: str | None = None,
+             job_file: str = "job.yaml") -> str:
     """The LAVA job definition of this build (`name` names it in the job)."""
     suite = guest.selected_suites(settings)
     cmdline = " ".join(guest.kernel_cmdline(settings, suite, ("pipeline.lava=1",)))
+    if any(char in cmdline for char in '"{}'):
+        # LAVA puts it in one -append "..." and fills in {kernel}-style names.
+        raise SettingsError(f"boot.cmdline {settings.boot.cmdline!r} holds a double quote or "
+                            "a brace, which the LAVA job's QEMU command line cannot carry; "
+                            "drop them for `doit lava`")
     url = artifacts_url(settings, cell)
     boot_minutes = max(1, math.ceil(settings.boot.boot_timeout / 60))
     test_minutes = max(1, math.ceil(settings.boot.test_timeout / 60))
@@ -68,7 +74,7 @@ def job_text(settings: Settings, name: str, cell: str | None = None) -> str:
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
         lstrip_blocks=True)
     return environment.get_template(JOB_TEMPLATE).render(
-        name=name, job_name=f"kvm-pipeline {name}: {suite}", job_file=f"{name}.yaml",
+        name=name, job_name=f"kvm-pipeline {name}: {suite}", job_file=job_file,
         device_type=settings.lava.device_type, kvm=settings.lava.kvm,
         memory_mb=settings.boot.memory_mb, smp=settings.boot.smp,
         kernel_url=f"{url}/bzImage", rootfs_url=f"{url}/rootfs.ext4.zst", cmdline=cmdline,
@@ -99,12 +105,21 @@ def compressed_rootfs(layout: Layout) -> Path:
 
 
 def write_job(settings: Settings, name: str, dest: Path, cell: str | None = None) -> Path:
-    text = job_text(settings, name, cell)
+    text = job_text(settings, name, cell, job_file=str(dest))
     compressed_rootfs(settings.layout)
     atomic_write_text(dest, text)
     print(f"lava job {dest} (artifacts from {artifacts_url(settings, cell)}: bzImage, "
           f"rootfs.ext4.zst)", flush=True)
     return dest
+
+
+def check(settings: Settings) -> None:
+    """What `doit lava` can refuse before building: the URL, each job's settings."""
+    if not settings.lava.matrix:
+        job_text(settings, settings.layout.build.name)
+        return
+    for cell in matrix.picked_cells(settings):
+        job_text(matrix.cell_settings(settings, cell), cell.name, cell.name)
 
 
 def lava_jobs(settings: Settings) -> list[Path]:
@@ -114,8 +129,6 @@ def lava_jobs(settings: Settings) -> list[Path]:
     if not settings.lava.matrix:
         return [write_job(settings, settings.layout.build.name, out / "job.yaml")]
     cells = matrix.picked_cells(settings)
-    for cell in cells:  # every URL checked before the first build
-        artifacts_url(settings, cell.name)
     written = []
     for cell in cells:
         cell_config = matrix.cell_settings(settings, cell)

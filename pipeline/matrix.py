@@ -109,16 +109,18 @@ def cell_record(layout: Layout, cell: Cell) -> Path:
     return cell_dir(layout, cell) / "matrix-cell.json"
 
 
-def guest_slots(config: Settings) -> int:
-    return max(1, (os.cpu_count() or 1) // config.boot.smp)
+def guest_slots(smp: int) -> int:
+    """Guests of `smp` vCPUs that fit on the cores this process may use."""
+    return max(1, len(os.sched_getaffinity(0)) // smp)
 
 
 @contextmanager
-def guest_slot(config: Settings, cell: Cell) -> Iterator[None]:
-    """Hold one of the guest slots (a lock file each) while a cell's guest runs."""
+def guest_slot(config: Settings, cell_config: Settings, cell: Cell) -> Iterator[None]:
+    """Hold one of the guest slots (a lock file each, in the matrix's own dir) while a
+    cell's guest runs; the cell's boot.smp sizes them."""
     locks = config.layout.matrix / "guest-slots"
     locks.mkdir(parents=True, exist_ok=True)
-    slots = guest_slots(config)
+    slots = guest_slots(cell_config.boot.smp)
     said = False
     while True:
         for number in range(slots):
@@ -135,31 +137,35 @@ def guest_slot(config: Settings, cell: Cell) -> Iterator[None]:
             return
         if not said:
             print(f"matrix: {cell.name} built; waiting for a guest slot "
-                  f"({slots} on {os.cpu_count()} cores, boot.smp={config.boot.smp})",
-                  flush=True)
+                  f"({slots} for boot.smp={cell_config.boot.smp})", flush=True)
             said = True
         time.sleep(GUEST_SLOT_POLL)
 
 
 def run_cell(config: Settings, cell: Cell) -> dict:
     """Build and test one cell; record and return how it went (a failure included)."""
-    cell_config = cell_settings(config, cell)
     record = cell_record(config.layout, cell)
     record.unlink(missing_ok=True)
-    print(f"=== matrix cell {cell.name}: {cell_config.layout.build}", flush=True)
-    started = time.monotonic()
-    outcome = chain.run(["build"], cell_config)
-    stage = "build"
-    if outcome.ok:
-        with guest_slot(config, cell):
-            stage = "test"
-            outcome = chain.run(["test"], cell_config)
+    started, began = time.monotonic(), time.time()
+    stage = "settings"
+    try:
+        cell_config = cell_settings(config, cell)
+    except PipelineError as exc:  # e.g. a matrix.settings value the checks refuse
+        outcome = chain.Outcome(exc.exit_code, exc)
+    else:
+        print(f"=== matrix cell {cell.name}: {cell_config.layout.build}", flush=True)
+        stage = "build"
+        outcome = chain.run(["build"], cell_config)
+        if outcome.ok:
+            with guest_slot(config, cell_config, cell):
+                stage = "test"
+                outcome = chain.run(["test"], cell_config)
     result = {
         "cell": cell.name, "line": cell.line, "variant": cell.variant, "patch": cell.patch,
         "exit_code": outcome.code, "failed_at": None if outcome.ok else stage,
         "error": str(outcome.error) if outcome.error else "",
-        "seconds": round(time.monotonic() - started, 1),
-        "build_dir": str(cell_config.layout.build),
+        "seconds": round(time.monotonic() - started, 1), "started": began,
+        "build_dir": str(cell_dir(config.layout, cell)),
     }
     atomic_write_text(record, json.dumps(result, indent=2) + "\n")
     print(f"=== matrix cell {cell.name}: "
@@ -204,7 +210,10 @@ def summarize(config: Settings, cells: list[Cell]) -> dict:
             "seconds": None}
         results_path = cell_dir(config.layout, cell) / "results" / "results.json"
         results = None
-        if record.get("failed_at") != "build" and results_path.is_file():
+        # Only this run's results: a test step that stopped before its guest (a bad
+        # case glob) leaves the last run's in place.
+        if record.get("failed_at") in (None, "test") and results_path.is_file() \
+                and results_path.stat().st_mtime >= record.get("started", 0):
             results = json.loads(results_path.read_text())
         record["outcome"] = results["outcome"] if results else (
             "not run" if record["exit_code"] is None else f"failed at {record['failed_at']}")

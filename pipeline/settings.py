@@ -246,6 +246,9 @@ CASES_RE = re.compile(r"^[A-Za-z0-9_.*?\[\],-]*$")
 MATRIX_LINE_RE = re.compile(r"^linux-source-[0-9][0-9.]*$")
 MATRIX_PATCH = ("patched", "stock")
 MATRIX_WORD_RE = re.compile(r"^([A-Za-z0-9_.*?\[\]-]+):([a-z_]+)\.([a-z_0-9]+)=(.*)$")
+# What makes a cell that cell (or the matrix itself): matrix.settings may not set them.
+MATRIX_OWN_KEYS = ("paths.build", "source.kind", "source.package", "source.version",
+                   "kernel.variant", "patch.enabled", "test.repeat")
 MATRIX_SPLIT_RE = re.compile(r",(?=[A-Za-z0-9_.*?\[\]-]+:[a-z_]+\.[a-z_0-9]+=)")
 # Selftest globs too; names are the kselftest list's (basenames, no '/').
 KSELFTESTS_RE = re.compile(r"^[A-Za-z0-9_*?\[\],-]*$")
@@ -451,6 +454,10 @@ def _check_matrix(matrix: dict, origins: dict) -> None:
     def where(key: str) -> str:
         return f"matrix.{key} in {origins[('matrix', key)]}"
 
+    for key in ("lines", "variants", "patch"):
+        twice = sorted({value for value in matrix[key] if list(matrix[key]).count(value) > 1})
+        if twice:
+            raise SettingsError(f"{where(key)} names {', '.join(twice)} twice: each cell once")
     for key, allowed in (("variants", VARIANTS), ("patch", MATRIX_PATCH)):
         wrong = [value for value in matrix[key] if value not in allowed]
         if wrong or not matrix[key]:
@@ -470,6 +477,12 @@ def _check_matrix(matrix: dict, origins: dict) -> None:
             raise SettingsError(f"{where('settings')} holds {word!r}: each entry is "
                                 "CELL-GLOB:section.key=value, e.g. "
                                 "'*-debug-*:boot.boot_timeout=400', with a known key")
+        key = f"{match[2]}.{match[3]}"
+        if key in MATRIX_OWN_KEYS or match[2] in ("matrix", "lava"):
+            raise SettingsError(f"{where('settings')} sets {key} in {word!r}: that is what makes "
+                                "a cell (its line, variant, patch, build dir) or the matrix "
+                                "itself; choose cells with matrix.lines, matrix.variants, "
+                                "matrix.patch and matrix.cells")
         _check_value(match[2], match[3], _parse_override(match[2], match[3], match[4], where(
             "settings")), where("settings"))
 

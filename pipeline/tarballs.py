@@ -114,7 +114,8 @@ def _made_by_mmdebstrap(settings: Settings, role: str) -> Path:
     if tarball.exists():
         return tarball
     cache.mkdir(parents=True, exist_ok=True)
-    partial = cache / f".{tarball.name}.partial"
+    # Per process: two matrix cells (doit -n 2) may make the same tarball at once.
+    partial = cache / f".{tarball.name}.{os.getpid()}.partial"
     partial.unlink(missing_ok=True)
     log.info("making the %s tarball with mmdebstrap (a minute or two, once)", role)
     try:

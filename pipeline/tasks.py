@@ -315,6 +315,13 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
 
     def task_lava():
         """Write the suite as a LAVA job (build/lava/; lava.matrix: one per cell)."""
+        try:  # a bad URL or case glob stops `doit lava` before any build
+            lava.check(config)
+        except PipelineError as exc:
+            def refuse(_config: settings.Settings, error: PipelineError = exc) -> None:
+                raise error
+
+            return {"actions": [action("lava", refuse, config, run)], "verbosity": 2}
         return {
             "actions": [action("lava", lava.lava_jobs, config, run)],
             "task_dep": [] if config.lava.matrix else ["build"],

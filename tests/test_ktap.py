@@ -238,6 +238,19 @@ ktap_run demo quick slow skipped broken
     assert hooks.read_text() == "before\n" * 4
 
 
+def test_a_lava_run_prints_one_flat_line_per_case_on_the_console(tmp_path):
+    console = tmp_path / "console"
+    body = ("case_good() { :; }\ncase_off() { echo no svm; return \"$KTAP_SKIP\"; }\n"
+            "case_bad() { return 1; }\nktap_run demo good off bad\n")
+    run_suite(tmp_path, body, env={"PIPELINE_LAVA": "1", "PIPELINE_CONSOLE": str(console)})
+    assert console.read_text() == ("pipeline-case: demo.good pass\n"
+                                   "pipeline-case: demo.off skip\n"
+                                   "pipeline-case: demo.bad fail\n")
+    console.unlink()
+    run_suite(tmp_path, body, env={"PIPELINE_CONSOLE": str(console)})  # not a LAVA run
+    assert not console.exists()
+
+
 def test_ktap_run_selects_cases_without_a_hook(tmp_path):
     text = run_suite(tmp_path, "case_a() { :; }\ncase_b() { :; }\nktap_run demo a b\n",
                      env={"PIPELINE_CASES": "demo.b"})

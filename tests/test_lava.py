@@ -11,7 +11,7 @@ import re
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, doit
 
 from pipeline import lava, settings
 from pipeline.errors import SettingsError
@@ -108,3 +108,18 @@ def test_a_matrix_job_needs_and_fills_in_the_cell(make_settings):
     cells = make_settings(**{"lava.artifacts_url": "https://ci/42/{cell}/artifacts/"})
     assert lava.artifacts_url(cells, "6.1-default-stock") == \
         "https://ci/42/6.1-default-stock/artifacts"
+
+
+def test_a_command_line_lava_cannot_carry_is_refused(make_settings):
+    config = make_settings(**{"lava.artifacts_url": URL, "boot.cmdline": 'dyndbg="file kvm.c +p"'})
+    with pytest.raises(SettingsError, match="double quote or a brace"):
+        lava.job_text(config, "test")
+
+
+def test_doit_lava_refuses_before_building(tmp_path):
+    """No URL: `doit lava` fails at once, naming the setting, with nothing fetched."""
+    build = tmp_path / "b"
+    proc = doit("lava", f"paths.build={build}", check=False)
+    assert proc.returncode != 0
+    assert "lava.artifacts_url is empty" in proc.stdout + proc.stderr
+    assert not (build / "src").exists() and not (build / "records").exists()

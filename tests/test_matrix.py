@@ -45,6 +45,10 @@ def test_cells_are_lines_by_variants_by_patch(make_settings):
     ("matrix.lines", "linux-6.12", "Debian kernel source packages"),
     ("matrix.settings", "*-debug-*:boot.nope=1", "CELL-GLOB:section.key=value"),
     ("matrix.settings", "*-debug-*:boot.smp=two", "boot.smp=two .*whole number"),
+    ("matrix.lines", "linux-source-6.12,linux-source-6.12", "names linux-source-6.12 twice"),
+    ("matrix.settings", "*:paths.build=/tmp/x", "sets paths.build .*what makes a cell"),
+    ("matrix.settings", "6.1-*:kernel.variant=debug", "sets kernel.variant"),
+    ("matrix.settings", "*:lava.matrix=true", "sets lava.matrix"),
 ])
 def test_bad_matrix_settings_are_refused(make_settings, key, value, message):
     with pytest.raises(SettingsError, match=message):
@@ -140,6 +144,41 @@ def test_failed_cells_are_rows_and_the_matrix_fails_with_the_first_code(make_set
     assert "kernel: the kernel does not compile" in capsys.readouterr().out
 
 
+def test_a_cell_whose_settings_are_refused_is_a_row_and_the_others_run(make_settings,
+                                                                      monkeypatch):
+    """A matrix.settings value only the combined settings refuse fails its cell, with
+    the reason, and not the matrix: the next cell still runs."""
+    config = make_settings(**{"matrix.lines": "linux-source-6.12,linux-source-6.1",
+                              "matrix.variants": "default", "matrix.patch": "patched",
+                              "matrix.settings": "6.12-*:test.cases=a b"})
+    ran = []
+    monkeypatch.setattr(matrix.chain, "run", lambda words, cell_config: (
+        ran.append((words[0], cell_config.layout.build.name)) or matrix.chain.Outcome(4)))
+    new, old = matrix.picked_cells(config)
+    assert matrix.run_cell(config, new)["failed_at"] == "settings"
+    assert matrix.run_cell(config, old)["failed_at"] == "build"
+    assert ran == [("build", "6.1-default-patched")]
+    with pytest.raises(matrix.MatrixFailed) as failure:
+        matrix.finish(config)
+    assert failure.value.exit_code == 2
+    summary = json.loads(config.layout.matrix_summary.read_text())
+    assert "test.cases in matrix cell 6.12-default-patched" in summary["cells"][0]["error"]
+
+
+def test_an_earlier_runs_results_are_not_this_runs(make_settings):
+    config = make_settings(**{"matrix.lines": "linux-source-6.12", "matrix.variants": "default",
+                              "matrix.patch": "patched"})
+    (cell,) = matrix.picked_cells(config)
+    write_cell(config, cell, 2, "default-passed.ktap")
+    record = json.loads(matrix.cell_record(config.layout, cell).read_text())
+    record["started"] = time.time() + 60  # results.json is older than this run
+    matrix.cell_record(config.layout, cell).write_text(json.dumps(record))
+    with pytest.raises(matrix.MatrixFailed):
+        matrix.finish(config)
+    row = json.loads(config.layout.matrix_summary.read_text())["cells"][0]
+    assert row["cases"] == {} and row["outcome"] == "failed at test"
+
+
 def test_a_cell_not_run_is_a_failed_row(make_settings):
     config = make_settings(**{"matrix.lines": "linux-source-6.12", "matrix.variants": "default",
                               "matrix.patch": "patched"})
@@ -150,7 +189,7 @@ def test_a_cell_not_run_is_a_failed_row(make_settings):
 
 
 def hold_slot(config, name: str, log: Path) -> None:
-    with matrix.guest_slot(config, Cell("linux-source-6.12", "default", name)):
+    with matrix.guest_slot(config, config, Cell("linux-source-6.12", "default", name)):
         with log.open("a") as out:
             out.write(f"start {name} {time.monotonic()}\n")
         time.sleep(1.0)
@@ -161,8 +200,9 @@ def hold_slot(config, name: str, log: Path) -> None:
 def test_guests_wait_for_a_slot(make_settings, tmp_path, monkeypatch):
     """With one slot (boot.smp = the cores), two cells' guests never overlap."""
     monkeypatch.setattr(matrix, "GUEST_SLOT_POLL", 0.05)
-    config = make_settings(**{"boot.smp": str(os.cpu_count())})
-    assert matrix.guest_slots(config) == 1
+    cores = len(os.sched_getaffinity(0))
+    config = make_settings(**{"boot.smp": str(cores)})
+    assert matrix.guest_slots(cores) == 1 and matrix.guest_slots(1) == cores
     log = tmp_path / "log"
     context = multiprocessing.get_context("fork")
     procs = [context.Process(target=hold_slot, args=(config, name, log))

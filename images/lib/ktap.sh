@@ -132,7 +132,7 @@ ktap_run() {
 			verdict=fail
 		fi
 		if [ "$PIPELINE_LAVA" = 1 ]; then
-			echo "pipeline-case: $suite.$name $verdict" >/dev/console
+			echo "pipeline-case: $suite.$name $verdict" >>"${PIPELINE_CONSOLE:-/dev/console}"
 		fi
 	done
 	ktap_duration "" "$ktap_suite_start"
