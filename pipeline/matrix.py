@@ -30,8 +30,9 @@ from pathlib import Path
 
 from . import chain, settings
 from .errors import PipelineError, SettingsError
-from .ktap import Status
+from .ktap import Counts, Status, Test
 from .layout import Layout
+from .results import junit_case, test_from_json
 from .settings import Settings
 from .util import atomic_write_text
 
@@ -174,16 +175,9 @@ def run_cell(config: Settings, cell: Cell) -> dict:
     return result
 
 
-def headline(results: dict) -> dict[str, int]:
-    """The HEADLINES counters found in a cell's results.json."""
-    diagnostics = {}
-
-    def walk(test: dict, names: list[str]) -> None:
-        for sub in test["subtests"]:
-            walk(sub, [*names, sub["name"]])
-        diagnostics[".".join(names)] = "\n".join(test["diagnostics"])
-
-    walk(results["tests"], [])
+def headline(tree: Test) -> dict[str, int]:
+    """The HEADLINES counters found in a cell's test tree."""
+    diagnostics = {".".join(names): "\n".join(test.diagnostics) for names, test in tree.walk()}
     found = {}
     for name, case, pattern in HEADLINES:
         match = re.search(pattern, diagnostics.get(case, ""))
@@ -192,12 +186,9 @@ def headline(results: dict) -> dict[str, int]:
     return found
 
 
-def leaves(test: dict, names: list[str] | None = None) -> Iterator[tuple[str, dict]]:
-    names = names or []
-    for sub in test["subtests"]:
-        yield from leaves(sub, [*names, sub["name"]])
-    if not test["subtests"] and names:
-        yield ".".join(names), test
+def leaves(tree: Test) -> list[tuple[str, Test]]:
+    """Every case of a cell's run, by its dotted name."""
+    return [(".".join(names), test) for names, test in tree.walk() if not test.subtests]
 
 
 def summarize(config: Settings, cells: list[Cell]) -> dict:
@@ -209,18 +200,19 @@ def summarize(config: Settings, cells: list[Cell]) -> dict:
             "cell": cell.name, "exit_code": None, "failed_at": "not run", "error": "",
             "seconds": None}
         results_path = cell_dir(config.layout, cell) / "results" / "results.json"
-        results = None
+        results, tree = None, None
         # Only this run's results: a test step that stopped before its guest (a bad
         # case glob) leaves the last run's in place.
         if record.get("failed_at") in (None, "test") and results_path.is_file() \
                 and results_path.stat().st_mtime >= record.get("started", 0):
             results = json.loads(results_path.read_text())
+            tree = test_from_json(results["tests"])
         record["outcome"] = results["outcome"] if results else (
             "not run" if record["exit_code"] is None else f"failed at {record['failed_at']}")
-        record["cases"] = {name: test["status"] for name, test in leaves(results["tests"])} \
-            if results else {}
-        record["headline"] = headline(results) if results else {}
-        rows.append((record, results))
+        record["cases"] = {name: test.status.value for name, test in leaves(tree)} \
+            if tree else {}
+        record["headline"] = headline(tree) if tree else {}
+        rows.append((record, tree))
     summary = {"cells": [record for record, _ in rows],
                "passed": all(record["exit_code"] == 0 for record, _ in rows)}
     atomic_write_text(config.layout.matrix_summary, json.dumps(summary, indent=2) + "\n")
@@ -253,32 +245,20 @@ def table(cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_junit(path: Path, rows: list[tuple[dict, dict | None]]) -> None:
+def write_junit(path: Path, rows: list[tuple[dict, Test | None]]) -> None:
     """One <testsuite> per cell (its cases as <testcase>s named SUITE.CASE); a cell
     that did not get to its tests is one failing <testcase>."""
     suites = ET.Element("testsuites", name="matrix")
-    for record, results in rows:
-        cases = list(leaves(results["tests"])) if results else []
-        failed = sum(test["status"] == Status.FAILED.value for _, test in cases)
-        crashed = sum(test["status"] == Status.CRASHED.value for _, test in cases)
-        skipped = sum(test["status"] in (Status.SKIPPED.value, Status.TODO.value)
-                      for _, test in cases)
-        broken = record["exit_code"] != 0 and not (failed or crashed)
+    for record, tree in rows:
+        cases = leaves(tree) if tree else []
+        counts = tree.counts() if tree else Counts()
+        broken = record["exit_code"] != 0 and not (counts.failed or counts.crashed)
         suite = ET.SubElement(suites, "testsuite", name=record["cell"],
                               tests=str(len(cases) + broken),
-                              failures=str(failed + broken), errors=str(crashed),
-                              skipped=str(skipped))
+                              failures=str(counts.failed + broken), errors=str(counts.crashed),
+                              skipped=str(counts.skipped + counts.todo))
         for name, test in cases:
-            case = ET.SubElement(suite, "testcase", classname=record["cell"], name=name)
-            if test["seconds"] is not None:
-                case.set("time", f"{test['seconds']:.3f}")
-            text = "\n".join(test["diagnostics"])
-            if test["status"] == Status.FAILED.value:
-                ET.SubElement(case, "failure", message="not ok").text = text
-            elif test["status"] == Status.CRASHED.value:
-                ET.SubElement(case, "error", message="the test did not finish").text = text
-            elif test["status"] in (Status.SKIPPED.value, Status.TODO.value):
-                ET.SubElement(case, "skipped", message=test["directive"] or "")
+            junit_case(suite, record["cell"], name, test)
         if broken:
             case = ET.SubElement(suite, "testcase", classname=record["cell"], name="cell")
             ET.SubElement(case, "failure", message=record["outcome"]).text = record["error"]

@@ -130,6 +130,30 @@ def write_json(path: Path, report: RunReport, tree: Test) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def test_from_json(data: dict) -> Test:
+    """A test tree back from its results.json form (_test_json)."""
+    return Test(name=data["name"], status=Status(data["status"]), seconds=data["seconds"],
+                directive=data["directive"] or "", diagnostics=list(data["diagnostics"]),
+                errors=list(data["errors"]),
+                subtests=[test_from_json(sub) for sub in data["subtests"]])
+
+
+def junit_case(suite: ET.Element, classname: str, name: str, leaf: Test) -> None:
+    """One leaf test as a <testcase> of `suite`: its time, verdict and output."""
+    case = ET.SubElement(suite, "testcase", classname=classname, name=name)
+    if leaf.seconds is not None:
+        case.set("time", _junit_time(leaf.seconds))
+    text = "\n".join(leaf.diagnostics)
+    if leaf.status is Status.FAILED:
+        ET.SubElement(case, "failure", message="not ok").text = text
+    elif leaf.status is Status.CRASHED:
+        ET.SubElement(case, "error", message="the test did not finish").text = text
+    elif leaf.status in (Status.SKIPPED, Status.TODO):
+        ET.SubElement(case, "skipped", message=leaf.directive)
+    elif text:
+        ET.SubElement(case, "system-out").text = text
+
+
 def write_junit(path: Path, report: RunReport, tree: Test) -> None:
     """One <testsuite> per top-level KTAP test, its leaves as <testcase>s.
 
@@ -146,18 +170,7 @@ def write_junit(path: Path, report: RunReport, tree: Test) -> None:
         if (seconds := _seconds(top)) is not None:
             suite.set("time", _junit_time(seconds))
         for names, leaf in leaves:
-            case = ET.SubElement(suite, "testcase", classname=top.name, name=".".join(names))
-            if leaf.seconds is not None:
-                case.set("time", _junit_time(leaf.seconds))
-            text = "\n".join(leaf.diagnostics)
-            if leaf.status is Status.FAILED:
-                ET.SubElement(case, "failure", message="not ok").text = text
-            elif leaf.status is Status.CRASHED:
-                ET.SubElement(case, "error", message="the test did not finish").text = text
-            elif leaf.status in (Status.SKIPPED, Status.TODO):
-                ET.SubElement(case, "skipped", message=leaf.directive)
-            elif text:
-                ET.SubElement(case, "system-out").text = text
+            junit_case(suite, top.name, ".".join(names), leaf)
     if report.outcome is not Outcome.PASSED:
         # The run itself as a test case, so CI shows a panic or timeout as a failure.
         suite = ET.SubElement(suites, "testsuite", name="guest", tests="1", failures="1")

@@ -99,6 +99,17 @@ def action(step: str, func: Callable[[settings.Settings], object], config: setti
     return run_step
 
 
+def refusal(step: str, error: PipelineError, config: settings.Settings,
+            run: RunState) -> Callable[[], TaskFailed | None]:
+    """The action of a task whose settings were refused while tasks were declared:
+    it fails with that error when (and only when) the task is run."""
+
+    def refuse(_config: settings.Settings) -> None:
+        raise error
+
+    return action(step, refuse, config, run)
+
+
 def unchanged(settings_part: object, *modules: object) -> config_changed:
     """doit uptodate: the step's settings and code are as at its last run.
 
@@ -288,10 +299,7 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
             cells = matrix.picked_cells(config)
         except PipelineError as exc:
             # Only `doit matrix` reports it: other tasks do not need the matrix.
-            def refuse(_config: settings.Settings, error: PipelineError = exc) -> None:
-                raise error
-
-            cells, summary = [], action("matrix", refuse, config, run)
+            cells, summary = [], refusal("matrix", exc, config, run)
         else:
             summary = action("matrix", matrix.finish, config, run)
         for cell in cells:
@@ -318,10 +326,7 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
         try:  # a bad URL or case glob stops `doit lava` before any build
             lava.check(config)
         except PipelineError as exc:
-            def refuse(_config: settings.Settings, error: PipelineError = exc) -> None:
-                raise error
-
-            return {"actions": [action("lava", refuse, config, run)], "verbosity": 2}
+            return {"actions": [refusal("lava", exc, config, run)], "verbosity": 2}
         return {
             "actions": [action("lava", lava.lava_jobs, config, run)],
             "task_dep": [] if config.lava.matrix else ["build"],

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import console, ktap
-from pipeline.results import Outcome, RunReport, classify_outcome, summary, write_json, write_junit
+from pipeline import console, ktap, results
+from pipeline.results import (
+    Outcome,
+    RunReport,
+    classify_outcome,
+    summary,
+    write_json,
+    write_junit,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 PASSED_TREE = ktap.parse((GOLDEN / "boot-passed.ktap").read_text().splitlines(), name="boot")
@@ -149,3 +156,12 @@ def test_summary_shows_case_times():
     rate = DEFAULT_TREE.subtests[0].subtests[0].seconds
     (line,) = [line for line in text.splitlines() if line.startswith("smoke.injection_rate ")]
     assert line.split() == ["smoke.injection_rate", f"{rate:.1f}", "passed"]
+
+
+def test_a_tree_comes_back_from_its_json(tmp_path):
+    tree = ktap.parse((GOLDEN / "default-passed.ktap").read_text().splitlines(), name="default")
+    report = RunReport("default", Outcome.PASSED, "", "tcg", "", 0, {"total": 1.0})
+    write_json(tmp_path / "results.json", report, tree)
+    back = results.test_from_json(json.loads((tmp_path / "results.json").read_text())["tests"])
+    assert [(names, t.status, t.diagnostics, t.seconds) for names, t in back.walk()] == \
+        [(names, t.status, t.diagnostics, t.seconds) for names, t in tree.walk()]
