@@ -12,24 +12,31 @@
  * landed inside.
  *
  * debugfs inject_target/: "pid" (the thread, for the injector's target),
- * "ranges" (the loop's and each section's address range), "stats", and
+ * "ranges" (the loop's and each section's address range), "stats",
  * "warn": a write makes a real WARN, so the host's console classifier can
- * be tested against the kernel's own output.
+ * be tested against the kernel's own output, and "stall_sleeps": a write of
+ * N makes a second thread stall the target's CPU N times in the window
+ * between an injected sleep's set_current_state() and its context switch
+ * (see inj_staller_fn()); reading it shows the stalls left and done.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/bottom_half.h>
 #include <linux/debugfs.h>
+#include <linux/delay.h>
 #include <linux/err.h>
 #include <linux/irqflags.h>
 #include <linux/kallsyms.h>
+#include <linux/jiffies.h>
 #include <linux/kthread.h>
 #include <linux/module.h>
 #include <linux/preempt.h>
 #include <linux/rcupdate.h>
 #include <linux/sched.h>
 #include <linux/seq_file.h>
+#include <linux/smp.h>
 #include <linux/spinlock.h>
+#include <linux/wait.h>
 #include <asm/fpu/api.h>
 
 #include "inject_target.h"
@@ -41,6 +48,14 @@ MODULE_PARM_DESC(spin_loops, "iterations of each critical section's spin (defaul
 static unsigned long loop_iterations = 200000;
 module_param(loop_iterations, ulong, 0644);
 MODULE_PARM_DESC(loop_iterations, "register-check iterations between section passes (default 200000)");
+
+static unsigned int stall_ms = 30;
+module_param(stall_ms, uint, 0644);
+MODULE_PARM_DESC(stall_ms, "how long each stall_sleeps stall holds the target's CPU (default 30 ms)");
+
+/* stall_sleeps gives up on the stalls it could not place within this. */
+#define STALL_TIMEOUT_SECONDS	30
+#define STALL_MAX		1000
 
 struct inj_regcheck inj_regcheck;
 
@@ -79,6 +94,11 @@ static struct {
 static DEFINE_SPINLOCK(inj_section_lock);
 static struct task_struct *inj_thread;
 static struct dentry *inj_dir;
+
+static struct task_struct *inj_staller;
+static DECLARE_WAIT_QUEUE_HEAD(inj_staller_wq);
+static atomic_t inj_stalls_wanted = ATOMIC_INIT(0);
+static atomic_t inj_stalls_done = ATOMIC_INIT(0);
 
 /*
  * Spin inside a section; true if the thread slept meanwhile.  Read between
@@ -235,6 +255,99 @@ static const struct file_operations inj_warn_fops = {
 	.llseek = noop_llseek,
 };
 
+/* The IPI's handler: hold this CPU, interrupts off, past the sleep's timeout. */
+static void inj_stall_this_cpu(void *unused)
+{
+	mdelay(READ_ONCE(stall_ms));
+}
+
+/*
+ * The thread has said it sleeps (set_current_state()) but is still on its
+ * CPU: between msleep() arming its timer and schedule() switching away.
+ */
+static bool inj_thread_about_to_sleep(void)
+{
+	return READ_ONCE(inj_thread->__state) == TASK_UNINTERRUPTIBLE &&
+	       READ_ONCE(inj_thread->on_cpu);
+}
+
+/*
+ * Make the stall a vCPU suffers when its host does not run it, on purpose
+ * and where it hurts: when the target is about to sleep, an IPI stops its
+ * CPU for longer than the sleep, so the sleep's timer has fired and woken
+ * the thread by the time schedule() runs (the injector must then sleep
+ * again to really switch).  One stall per sleep of the thread: after one,
+ * wait for its next voluntary switch.  An IPI that lands after schedule()
+ * switched away stalls whatever runs next and is harmless.
+ */
+static int inj_staller_fn(void *unused)
+{
+	unsigned long deadline, nvcsw;
+	int cpu;
+
+	while (!kthread_should_stop()) {
+		wait_event_interruptible(inj_staller_wq, atomic_read(&inj_stalls_wanted) > 0 ||
+					 kthread_should_stop());
+		deadline = jiffies + STALL_TIMEOUT_SECONDS * HZ;
+		while (atomic_read(&inj_stalls_wanted) > 0 && !kthread_should_stop()) {
+			if (time_after(jiffies, deadline)) {
+				atomic_set(&inj_stalls_wanted, 0);
+				break;
+			}
+			nvcsw = READ_ONCE(inj_thread->nvcsw);
+			cpu = task_cpu(inj_thread);
+			if (inj_thread_about_to_sleep() && cpu != raw_smp_processor_id()) {
+				smp_call_function_single(cpu, inj_stall_this_cpu, NULL, 1);
+				atomic_dec(&inj_stalls_wanted);
+				atomic_inc(&inj_stalls_done);
+				while (READ_ONCE(inj_thread->nvcsw) == nvcsw &&
+				       !kthread_should_stop() && time_before(jiffies, deadline))
+					cond_resched();
+			}
+			cond_resched();
+		}
+	}
+	return 0;
+}
+
+static int inj_stall_show(struct seq_file *m, void *v)
+{
+	seq_printf(m, "wanted %d\n", atomic_read(&inj_stalls_wanted));
+	seq_printf(m, "done %d\n", atomic_read(&inj_stalls_done));
+	return 0;
+}
+
+static int inj_stall_open(struct inode *inode, struct file *file)
+{
+	return single_open(file, inj_stall_show, NULL);
+}
+
+static ssize_t inj_stall_write(struct file *file, const char __user *ubuf, size_t count,
+			       loff_t *ppos)
+{
+	unsigned int stalls;
+	int ret;
+
+	ret = kstrtouint_from_user(ubuf, count, 0, &stalls);
+	if (ret)
+		return ret;
+	if (stalls > STALL_MAX)
+		return -EINVAL;
+	atomic_set(&inj_stalls_done, 0);
+	atomic_set(&inj_stalls_wanted, stalls);
+	wake_up(&inj_staller_wq);
+	return count;
+}
+
+static const struct file_operations inj_stall_fops = {
+	.owner = THIS_MODULE,
+	.open = inj_stall_open,
+	.read = seq_read,
+	.write = inj_stall_write,
+	.llseek = seq_lseek,
+	.release = single_release,
+};
+
 static int __init inject_target_init(void)
 {
 	inj_thread = kthread_run(inj_target_fn, NULL, "inject_target");
@@ -243,11 +356,20 @@ static int __init inject_target_init(void)
 		return PTR_ERR(inj_thread);
 	}
 	get_task_struct(inj_thread);
+	inj_staller = kthread_run(inj_staller_fn, NULL, "inject_staller");
+	if (IS_ERR(inj_staller)) {
+		pr_err("cannot start the staller thread: %ld\n", PTR_ERR(inj_staller));
+		WRITE_ONCE(inj_regcheck.stop, 1);
+		kthread_stop(inj_thread);
+		put_task_struct(inj_thread);
+		return PTR_ERR(inj_staller);
+	}
 	inj_dir = debugfs_create_dir(KBUILD_MODNAME, NULL);
 	debugfs_create_file("pid", 0400, inj_dir, NULL, &inj_pid_fops);
 	debugfs_create_file("ranges", 0400, inj_dir, NULL, &inj_ranges_fops);
 	debugfs_create_file("stats", 0400, inj_dir, NULL, &inj_stats_fops);
 	debugfs_create_file("warn", 0200, inj_dir, NULL, &inj_warn_fops);
+	debugfs_create_file("stall_sleeps", 0600, inj_dir, NULL, &inj_stall_fops);
 	pr_info("thread %d running\n", task_pid_nr(inj_thread));
 	return 0;
 }
@@ -255,6 +377,7 @@ static int __init inject_target_init(void)
 static void __exit inject_target_exit(void)
 {
 	debugfs_remove_recursive(inj_dir);
+	kthread_stop(inj_staller);
 	WRITE_ONCE(inj_regcheck.stop, 1);
 	kthread_stop(inj_thread);
 	put_task_struct(inj_thread);

@@ -28,6 +28,8 @@
 #define INJ_PERIOD_MIN_US	1000
 #define INJ_PERIOD_MAX_US	1000000
 #define INJ_SLEEP_MAX_MS	100
+/* Extra one-tick sleeps for an injected sleep that did not switch. */
+#define INJ_SLEEP_RETRIES_MAX	3
 /* msleep() and schedule() need room below the interrupted stack pointer. */
 #define INJ_MIN_FREE_STACK	(THREAD_SIZE / 4)
 /* A "range" over more than this is a mistake, whatever the kernel. */
@@ -157,6 +159,8 @@ extern u64 inj_sleep_ns_min, inj_sleep_ns_max, inj_sleep_ns_sum, inj_sleep_count
 extern unsigned long inj_sleep_jiffies_min;
 extern u64 inj_dispatch_ns_max;
 extern atomic64_t inj_tramp_entries, inj_tramp_exits, inj_migrations;
+/* Sleeps taken again because msleep() returned without a switch, and gave up. */
+extern atomic64_t inj_sleep_retries, inj_sleeps_without_switch;
 
 /* The last location injected into (or, counting only, that would have been). */
 extern unsigned long inj_last_ip;

@@ -262,6 +262,8 @@ static int inj_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "trampoline_entries %lld\n", atomic64_read(&inj_tramp_entries));
 	seq_printf(m, "trampoline_exits %lld\n", atomic64_read(&inj_tramp_exits));
 	seq_printf(m, "cpu_migrations %lld\n", atomic64_read(&inj_migrations));
+	seq_printf(m, "sleep_retries %lld\n", atomic64_read(&inj_sleep_retries));
+	seq_printf(m, "sleeps_without_switch %lld\n", atomic64_read(&inj_sleeps_without_switch));
 	for (i = 0; i < INJ_SKIP_NR; i++)
 		seq_printf(m, "skip_%s %llu\n", inj_skip_names[i], sum.skips[i]);
 	for (i = 0; i < INJ_PC_NR; i++)
@@ -306,6 +308,8 @@ static ssize_t inj_stats_write(struct file *file, const char __user *ubuf, size_
 	atomic64_set(&inj_tramp_entries, 0);
 	atomic64_set(&inj_tramp_exits, 0);
 	atomic64_set(&inj_migrations, 0);
+	atomic64_set(&inj_sleep_retries, 0);
+	atomic64_set(&inj_sleeps_without_switch, 0);
 	WRITE_ONCE(inj_last_ip, 0);
 	WRITE_ONCE(inj_last_preempt_skip_ip, 0);
 	inj_reset_range_stats();

@@ -96,6 +96,7 @@ u64 inj_sleep_ns_min, inj_sleep_ns_max, inj_sleep_ns_sum, inj_sleep_count;
 unsigned long inj_sleep_jiffies_min;
 u64 inj_dispatch_ns_max;
 atomic64_t inj_tramp_entries, inj_tramp_exits, inj_migrations;
+atomic64_t inj_sleep_retries, inj_sleeps_without_switch;
 
 /* The last location injected into (or, counting only, that would have been). */
 unsigned long inj_last_ip;

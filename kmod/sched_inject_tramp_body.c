@@ -2,8 +2,8 @@
 /*
  * sched_inject: the trampoline's C half, inj_tramp_body(), run by the
  * injected task itself in process context (sched_inject_tramp.S calls it):
- * the msleep(), the statistics of the sleeps, and the release of the
- * pending record the timer callback claimed.
+ * the msleep() (again if it did not switch), the statistics of the sleeps,
+ * and the release of the pending record the timer callback claimed.
  */
 #include <linux/atomic.h>
 #include <linux/compiler.h>
@@ -36,6 +36,38 @@ static void inj_account_sleep(u64 slept_ns, unsigned long slept_jiffies, u64 dis
 }
 
 /*
+ * The injection's promise is a real schedule: a voluntary context switch.
+ * msleep() alone does not keep it when the CPU stalls (a vCPU the host
+ * did not run, a long interrupt) between schedule_timeout() arming its
+ * timer and schedule(): if the stall outlasts the sleep, the timer has
+ * already woken the task, schedule() finds it runnable and returns without
+ * a switch, and msleep() is done.  So sleep again until the task really
+ * switched, a bounded number of times, and count both outcomes.
+ */
+static void inj_sleep_and_switch(void)
+{
+	unsigned long nvcsw = current->nvcsw;
+	unsigned int tries = 0;
+
+	/*
+	 * msleep(n) waits for msecs_to_jiffies(n) timer ticks, the first of
+	 * which may come at once (until 6.13 it adds no tick of its own): with
+	 * one tick more, every sleep lasts at least sleep_ms of ticks.  Ticks,
+	 * not ktime: a guest whose tick runs late (TCG on a busy host) catches
+	 * up several at once, so a sleep may end sooner by the clocksource.
+	 */
+	msleep(READ_ONCE(inj_sleep_ms) + jiffies_to_msecs(1));
+	while (current->nvcsw == nvcsw) {
+		if (++tries > INJ_SLEEP_RETRIES_MAX) {
+			atomic64_inc(&inj_sleeps_without_switch);
+			return;
+		}
+		atomic64_inc(&inj_sleep_retries);
+		msleep(jiffies_to_msecs(1));
+	}
+}
+
+/*
  * Called by inj_trampoline, on the injected task, with interrupts on and
  * nothing held.  @index is the number of the entry stub the task came
  * through, so the record the callback claimed for it.  @ret_slot is the
@@ -53,14 +85,7 @@ __visible void inj_tramp_body(unsigned long *ret_slot, unsigned long index)
 
 	start = ktime_get_ns();
 	start_jiffies = jiffies;
-	/*
-	 * msleep(n) waits for msecs_to_jiffies(n) timer ticks, the first of
-	 * which may come at once (until 6.13 it adds no tick of its own): with
-	 * one tick more, every sleep lasts at least sleep_ms of ticks.  Ticks,
-	 * not ktime: a guest whose tick runs late (TCG on a busy host) catches
-	 * up several at once, so a sleep may end sooner by the clocksource.
-	 */
-	msleep(READ_ONCE(inj_sleep_ms) + jiffies_to_msecs(1));
+	inj_sleep_and_switch();
 	inj_account_sleep(ktime_get_ns() - start, jiffies - start_jiffies,
 			  start - pending->fired_ns);
 	if (raw_smp_processor_id() != pending->cpu)

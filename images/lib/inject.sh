@@ -108,6 +108,12 @@ trampoline_balanced() {	# every injection entered the trampoline and left it
 	[ "$entries" = "$injections" ] && [ "$exits" = "$injections" ]
 }
 
+every_sleep_switched() {	# the injector's retries got every sleep its switch
+	without=$(stat_of "$INJ/stats" sleeps_without_switch)
+	echo "injected sleeps without a voluntary switch: $without"
+	[ "$without" = 0 ]
+}
+
 preempt_count_kernel() {
 	grep -q '^CONFIG_PREEMPT_COUNT=y' /etc/pipeline/kernel.config
 }
