@@ -77,6 +77,18 @@ def test_a_cell_has_its_settings_and_the_matching_entries(make_settings):
         matrix.cell_settings(bad, Cell("linux-source-6.1", "default", "stock"))
 
 
+def test_the_default_matrix_settings(make_settings):
+    """The embedded default: debug cells slower timeouts and one KVM selftest,
+    6.1 cells no selftests (Debian's 6.1 tree does not link them)."""
+    config = make_settings()
+    debug = matrix.cell_settings(config, Cell("linux-source-6.12", "debug", "patched"))
+    assert debug.boot.boot_timeout == 400 and debug.kselftest.tests == "xapic_state_test"
+    default = matrix.cell_settings(config, Cell("linux-source-6.12", "default", "patched"))
+    assert default.kselftest.tests == config.kselftest.tests != "xapic_state_test"
+    old_debug = matrix.cell_settings(config, Cell("linux-source-6.1", "debug", "stock"))
+    assert old_debug.kselftest.build is False and old_debug.boot.test_timeout == 3600
+
+
 def write_cell(config, cell: Cell, exit_code: int, ktap_file: str | None,
                outcome: Outcome = Outcome.PASSED, error: str = "") -> None:
     """What run_cell leaves: its record and, when the cell got to its guest, results.json."""
