@@ -15,9 +15,9 @@
  * "ranges" (the loop's and each section's address range), "stats",
  * "warn": a write makes a real WARN, so the host's console classifier can
  * be tested against the kernel's own output, and "stall_sleeps": a write of
- * N makes a second thread stall the target's CPU N times in the window
- * between an injected sleep's set_current_state() and its context switch
- * (see inj_staller_fn()); reading it shows the stalls left and done.
+ * N makes a second thread stall the target's CPU N times, aimed at the
+ * window between an injected sleep's set_current_state() and its context
+ * switch (see inj_staller_fn()); reading it shows the stalls left and sent.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -29,7 +29,9 @@
 #include <linux/kallsyms.h>
 #include <linux/jiffies.h>
 #include <linux/kthread.h>
+#include <linux/minmax.h>
 #include <linux/module.h>
+#include <linux/mutex.h>
 #include <linux/preempt.h>
 #include <linux/rcupdate.h>
 #include <linux/sched.h>
@@ -51,11 +53,13 @@ MODULE_PARM_DESC(loop_iterations, "register-check iterations between section pas
 
 static unsigned int stall_ms = 30;
 module_param(stall_ms, uint, 0644);
-MODULE_PARM_DESC(stall_ms, "how long each stall_sleeps stall holds the target's CPU (default 30 ms)");
+MODULE_PARM_DESC(stall_ms, "how long each stall_sleeps stall holds the target's CPU, at most 100 (default 30 ms)");
 
-/* stall_sleeps gives up on the stalls it could not place within this. */
+/* stall_sleeps gives up on the stalls it could not send within this. */
 #define STALL_TIMEOUT_SECONDS	30
 #define STALL_MAX		1000
+/* Interrupts off for longer would trip lockup and RCU stall detectors. */
+#define STALL_MS_MAX		100U
 
 struct inj_regcheck inj_regcheck;
 
@@ -98,7 +102,9 @@ static struct dentry *inj_dir;
 static struct task_struct *inj_staller;
 static DECLARE_WAIT_QUEUE_HEAD(inj_staller_wq);
 static atomic_t inj_stalls_wanted = ATOMIC_INIT(0);
-static atomic_t inj_stalls_done = ATOMIC_INIT(0);
+static atomic_t inj_stalls_sent = ATOMIC_INIT(0);
+static unsigned long inj_stalls_deadline;
+static DEFINE_MUTEX(inj_stall_write_lock);
 
 /*
  * Spin inside a section; true if the thread slept meanwhile.  Read between
@@ -258,7 +264,7 @@ static const struct file_operations inj_warn_fops = {
 /* The IPI's handler: hold this CPU, interrupts off, past the sleep's timeout. */
 static void inj_stall_this_cpu(void *unused)
 {
-	mdelay(READ_ONCE(stall_ms));
+	mdelay(min(READ_ONCE(stall_ms), STALL_MS_MAX));
 }
 
 /*
@@ -278,7 +284,9 @@ static bool inj_thread_about_to_sleep(void)
  * the thread by the time schedule() runs (the injector must then sleep
  * again to really switch).  One stall per sleep of the thread: after one,
  * wait for its next voluntary switch.  An IPI that lands after schedule()
- * switched away stalls whatever runs next and is harmless.
+ * switched away stalls whatever runs next and is harmless; under TCG about
+ * one in ten lands in the window.  The thread busy-polls its CPU while
+ * stalls are wanted, up to STALL_TIMEOUT_SECONDS: a test module's price.
  */
 static int inj_staller_fn(void *unused)
 {
@@ -288,18 +296,20 @@ static int inj_staller_fn(void *unused)
 	while (!kthread_should_stop()) {
 		wait_event_interruptible(inj_staller_wq, atomic_read(&inj_stalls_wanted) > 0 ||
 					 kthread_should_stop());
-		deadline = jiffies + STALL_TIMEOUT_SECONDS * HZ;
-		while (atomic_read(&inj_stalls_wanted) > 0 && !kthread_should_stop()) {
+		while (atomic_read_acquire(&inj_stalls_wanted) > 0 && !kthread_should_stop()) {
+			/* Read after wanted: the request's own (inj_stall_write()). */
+			deadline = READ_ONCE(inj_stalls_deadline);
 			if (time_after(jiffies, deadline)) {
 				atomic_set(&inj_stalls_wanted, 0);
 				break;
 			}
 			nvcsw = READ_ONCE(inj_thread->nvcsw);
 			cpu = task_cpu(inj_thread);
-			if (inj_thread_about_to_sleep() && cpu != raw_smp_processor_id()) {
-				smp_call_function_single(cpu, inj_stall_this_cpu, NULL, 1);
+			/* A CPU gone offline meanwhile refuses the IPI: not sent. */
+			if (inj_thread_about_to_sleep() && cpu != raw_smp_processor_id() &&
+			    !smp_call_function_single(cpu, inj_stall_this_cpu, NULL, 1)) {
 				atomic_dec(&inj_stalls_wanted);
-				atomic_inc(&inj_stalls_done);
+				atomic_inc(&inj_stalls_sent);
 				while (READ_ONCE(inj_thread->nvcsw) == nvcsw &&
 				       !kthread_should_stop() && time_before(jiffies, deadline))
 					cond_resched();
@@ -313,7 +323,7 @@ static int inj_staller_fn(void *unused)
 static int inj_stall_show(struct seq_file *m, void *v)
 {
 	seq_printf(m, "wanted %d\n", atomic_read(&inj_stalls_wanted));
-	seq_printf(m, "done %d\n", atomic_read(&inj_stalls_done));
+	seq_printf(m, "sent %d\n", atomic_read(&inj_stalls_sent));
 	return 0;
 }
 
@@ -333,8 +343,16 @@ static ssize_t inj_stall_write(struct file *file, const char __user *ubuf, size_
 		return ret;
 	if (stalls > STALL_MAX)
 		return -EINVAL;
-	atomic_set(&inj_stalls_done, 0);
-	atomic_set(&inj_stalls_wanted, stalls);
+	/* One request at a time: its counter and deadline are its own. */
+	mutex_lock(&inj_stall_write_lock);
+	if (atomic_read(&inj_stalls_wanted)) {
+		mutex_unlock(&inj_stall_write_lock);
+		return -EBUSY;
+	}
+	atomic_set(&inj_stalls_sent, 0);
+	WRITE_ONCE(inj_stalls_deadline, jiffies + STALL_TIMEOUT_SECONDS * HZ);
+	atomic_set_release(&inj_stalls_wanted, stalls);
+	mutex_unlock(&inj_stall_write_lock);
 	wake_up(&inj_staller_wq);
 	return count;
 }

@@ -42,7 +42,8 @@ static void inj_account_sleep(u64 slept_ns, unsigned long slept_jiffies, u64 dis
  * timer and schedule(): if the stall outlasts the sleep, the timer has
  * already woken the task, schedule() finds it runnable and returns without
  * a switch, and msleep() is done.  So sleep again until the task really
- * switched, a bounded number of times, and count both outcomes.
+ * switched, a bounded number of times, and count both outcomes.  The sleep's
+ * statistics include the extra sleeps.
  */
 static void inj_sleep_and_switch(void)
 {
@@ -63,9 +64,12 @@ static void inj_sleep_and_switch(void)
 			return;
 		}
 		atomic64_inc(&inj_sleep_retries);
-		msleep(jiffies_to_msecs(1));
+		/* Two ticks: the next tick alone cannot end it before schedule(). */
+		msleep(jiffies_to_msecs(2));
 	}
 }
+
+NOKPROBE_SYMBOL(inj_sleep_and_switch);
 
 /*
  * Called by inj_trampoline, on the injected task, with interrupts on and
