@@ -55,7 +55,8 @@ def unprovoked_sleep_retries(results_dir: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--cases", default="smoke", help="test.cases globs (default: smoke)")
+    parser.add_argument("--cases", default="smoke",
+                        help='test.cases globs (default: smoke; "" for the whole default suite)')
     parser.add_argument("--busy", action="store_true",
                         help="keep one CPU-bound process running on the host")
     parser.add_argument("--build", default="build", help="the build dir (paths.build)")
@@ -81,7 +82,8 @@ def main() -> int:
         return 1
     data = json.loads(repeat.read_text())
     runs = data["runs"]
-    print(f"\nflakiness: {args.cases} x {runs} ({'other core busy' if args.busy else 'quiet'}),"
+    selection = args.cases or "the default suite"
+    print(f"\nflakiness: {selection} x {runs} ({'other core busy' if args.busy else 'quiet'}),"
           f" {seconds / 60:.1f} min ({seconds / runs:.0f} s per run)")
     failed_cases = 0
     for name, counts in sorted(data["cases"].items()):
