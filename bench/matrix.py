@@ -33,9 +33,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def ccache_share(build_dir: Path) -> str:
+def ccache_share(build_dir: str | None) -> str:
     """'hits/compiles' of the cell's kernel build, as its kernel.json records them."""
-    record = build_dir / "artifacts" / "kernel.json"
+    if not build_dir:  # a cell that did not run
+        return "-"
+    record = Path(build_dir) / "artifacts" / "kernel.json"
     if not record.is_file():
         return "-"
     stats = json.loads(record.read_text()).get("ccache_stats") or {}
@@ -64,7 +66,7 @@ def run_pass(number: int, jobs: int, cells: str, settings: list[str]) -> dict:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"cells": []}
     cells_seen = [{"cell": cell["cell"], "outcome": cell["outcome"],
                    "seconds": cell["seconds"],
-                   "ccache": ccache_share(Path(cell.get("build_dir", "")))}
+                   "ccache": ccache_share(cell.get("build_dir"))}
                   for cell in summary["cells"]]
     print(f"    exit {code}, {seconds / 60:.1f} min (log: {log})", flush=True)
     return {"pass": number, "jobs": jobs, "exit_code": code, "seconds": round(seconds),
