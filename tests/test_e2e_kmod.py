@@ -44,7 +44,7 @@ def test_built_with_w1_and_no_warnings(kernel_build):
 # The KVM selftests the default suite's run selects (test_e2e_kselftest checks
 # them): ten quick ones, two of which reach KVM's emulator (the default
 # kernel's injection ranges), about 2 minutes here alone and under injection.
-SELECTION = ("xapic_state_test,svm_int_ctl_test,coalesced_io_test,state_test,smm_test,"
+SELECTION = ("xapic_state_test,svm_int_ctl_test,coalesced_io_test,set_sregs_test,smm_test,"
              "sync_regs_test,userspace_io_test,kvm_clock_test,svm_vmcall_test,cpuid_test")
 
 
