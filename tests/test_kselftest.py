@@ -117,10 +117,10 @@ def test_a_skip_keeps_the_tests_reason_and_is_allowed_under_tcg():
 
 def test_a_failure_alone_is_known_only_when_the_list_names_it():
     _, cases, verdicts = merged(selftest_case(1, "debug_regs", alone="not ok"),
-                                selftest_case(2, "state_test", alone="not ok"))
+                                selftest_case(2, "set_sregs_test", alone="not ok"))
     known = cases["debug_regs"]
     assert known.status is ktap.Status.TODO and known.directive.startswith("known: ")
-    assert cases["state_test"].status is ktap.Status.FAILED
+    assert cases["set_sregs_test"].status is ktap.Status.FAILED
     assert [v.why for v in verdicts][1] == "fails alone"
 
 
@@ -165,7 +165,7 @@ def test_other_suites_are_left_alone():
 def test_the_known_list_gives_a_reason_for_every_entry():
     assert KNOWN and all(pattern and reason for pattern, reason in KNOWN)
     assert kselftest.known_reason("vmx_dirty_log_test", KNOWN).startswith("needs Intel VMX")
-    assert kselftest.known_reason("state_test", KNOWN) is None
+    assert kselftest.known_reason("set_sregs_test", KNOWN) is None
 
 
 def test_selftests_inputs_key_sees_only_the_files_they_build_from(make_settings, tmp_path):
