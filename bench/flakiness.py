@@ -13,7 +13,8 @@ in <build>/results-history/), so a failure can be read afterwards.
 
 Needs a finished `doit build` in --build (default: build).  Targets, under
 TCG on a quiet 2-core machine: 0 failures in 100 runs of the smoke suite and
-in 20 of the full default suite.
+in 20 of the full default suite.  Ctrl-C stops the runs and still prints
+the figures of those that finished.
 
 Also printed: the injector's `sleep_retries` summed over every run, outside
 the case that provokes them (smoke.stalled_sleep_still_switches): how many
@@ -66,10 +67,13 @@ def main() -> int:
     if args.busy:
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     started = time.monotonic()
+    interrupted = False
     try:
-        proc = subprocess.run(
+        subprocess.run(
             [sys.executable, "-m", "pipeline", "test", f"test.cases={args.cases}",
              f"test.repeat={args.runs}", f"paths.build={args.build}"], cwd=ROOT)
+    except KeyboardInterrupt:  # Ctrl-C: still report the runs that finished
+        interrupted = True
     finally:
         if hog is not None:
             hog.kill()
@@ -77,13 +81,14 @@ def main() -> int:
     seconds = time.monotonic() - started
     repeat = ROOT / args.build / "results" / "repeat.json"
     if not repeat.is_file():
-        print(f"flakiness: no {repeat}: the runs did not start (exit {proc.returncode})",
-              file=sys.stderr)
+        print(f"flakiness: no {repeat}: no run finished", file=sys.stderr)
         return 1
     data = json.loads(repeat.read_text())
-    runs = data["runs"]
+    runs = data["runs"]  # the runs that finished
+    cut_short = f" of {data['planned']} (cut short)" if runs < data.get("planned", runs) else ""
     selection = args.cases or "the default suite"
-    print(f"\nflakiness: {selection} x {runs} ({'other core busy' if args.busy else 'quiet'}),"
+    print(f"\nflakiness: {selection} x {runs}{cut_short}"
+          f" ({'other core busy' if args.busy else 'quiet'}),"
           f" {seconds / 60:.1f} min ({seconds / runs:.0f} s per run)")
     failed_cases = 0
     for name, counts in sorted(data["cases"].items()):
@@ -101,7 +106,9 @@ def main() -> int:
                       "unprovoked_sleep_retries": retries,
                       "pass_rate": {name: counts.get("passed", 0) / runs
                                     for name, counts in data["cases"].items()}}))
-    return 0 if not bad_runs and not failed_cases else 1
+    if interrupted:
+        return 130
+    return 0 if not bad_runs and not failed_cases and not cut_short else 1
 
 
 if __name__ == "__main__":

@@ -182,28 +182,31 @@ def repeat_suite(settings: Settings, suite: str, times: int) -> RunReport:
     """Run `suite` in `times` fresh guests; summarise each case's results.
 
     Every run goes on after a failed one; the first failure is raised at
-    the end, so the exit code says how the first bad run went.
+    the end, so the exit code says how the first bad run went.  repeat.json
+    is rewritten after every run: a repeat cut short (Ctrl-C, a killed job)
+    still says how its finished runs went, and the history names it by them.
     """
     results = settings.layout.results
     remove_tree(results)
     runs: list[tuple[RunReport | None, RunFailed | None]] = []
-    for number in range(1, times + 1):
-        print(f"=== run {number} of {times}", flush=True)
-        try:
-            runs.append((run_suite(settings, suite, results=results / f"run-{number}"), None))
-        except RunFailed as failure:
-            runs.append((None, failure))
+    outcomes: list[str] = []
     per_case: dict[str, Counter[str]] = {}
     for number in range(1, times + 1):
-        tree, _ = read_results(settings, results / f"run-{number}" / "ktap.log", suite)
+        print(f"=== run {number} of {times}", flush=True)
+        run_results = results / f"run-{number}"
+        try:
+            runs.append((run_suite(settings, suite, results=run_results), None))
+        except RunFailed as failure:
+            runs.append((None, failure))
+        report, failure = runs[-1]
+        outcomes.append(report.outcome.label if report else failure.outcome.label)
+        tree, _ = read_results(settings, run_results / "ktap.log", suite)
         for names, test in tree.walk():
             if not test.subtests:
                 per_case.setdefault(".".join(names), Counter())[test.status.value] += 1
-    outcomes = [report.outcome.label if report else failure.outcome.label
-                for report, failure in runs]
-    atomic_write_text(results / "repeat.json", json.dumps(
-        {"suite": suite, "runs": times, "outcomes": outcomes, "cases": per_case},
-        indent=2) + "\n")
+        atomic_write_text(results / "repeat.json", json.dumps(
+            {"suite": suite, "runs": number, "planned": times, "outcomes": outcomes,
+             "cases": per_case}, indent=2) + "\n")
     width = max([len(name) for name in per_case] + [4])
     print(f"{'case':<{width}}  passed/runs", flush=True)
     for name, counts in per_case.items():

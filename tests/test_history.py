@@ -42,6 +42,17 @@ def test_a_repeated_run_is_named_by_its_first_failure(make_settings):
     assert history.keep_previous(layout).name.endswith("-kernel_panic")
 
 
+def test_a_repeat_cut_short_is_unfinished_unless_a_run_failed(make_settings):
+    layout = make_settings().layout
+    finished_run(layout, None, 1_800_000_000, repeat=["passed", "passed"])
+    summary = layout.results / "repeat.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "planned": 5}))
+    assert history.describe(layout.results) == ("smoke,kvm", "unfinished")
+    summary.write_text(json.dumps({"suite": "smoke", "outcomes": ["passed", "test failures"],
+                                   "planned": 5}))
+    assert history.describe(layout.results) == ("smoke", "test failures")
+
+
 def test_the_history_is_bounded_but_keeps_the_newest_failure(make_settings):
     layout = make_settings().layout
     finished_run(layout, "test failures", 1_800_000_000)  # the oldest, and the only failure

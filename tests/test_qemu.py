@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import guest, qemu, settings
+from pipeline import guest, history, qemu, settings
 from pipeline.errors import UserError
 from pipeline.qemu import ACCELERATORS
 from pipeline.results import Outcome, RunReport
@@ -197,3 +197,32 @@ def test_repeat_summarises_each_case_and_raises_the_first_failure(make_settings,
     assert summary["cases"] == {"smoke.rate": {"passed": 3},
                                 "smoke.integrity": {"passed": 2, "failed": 1}}
     assert "smoke.integrity  2/3  (failed 1)" in capsys.readouterr().out
+
+
+def test_a_repeat_cut_short_keeps_the_summary_of_its_finished_runs(make_settings, monkeypatch):
+    """Ctrl-C (or a killed job) in run 3 of 5: repeat.json holds runs 1 and 2."""
+    s = make_settings(**{"boot.suite": "smoke", "test.repeat": "5"})
+    verdicts = iter(["ok", "not ok"])
+
+    def fake_run(settings, suite, extra_cmdline=(), results=None):
+        verdict = next(verdicts, None)
+        if verdict is None:
+            raise KeyboardInterrupt
+        results.mkdir(parents=True)
+        (results / "ktap.log").write_text(
+            f"KTAP version 1\n1..1\n    KTAP version 1\n    1..1\n    {verdict} 1 rate\n"
+            f"{verdict} 1 smoke\n")
+        if verdict != "ok":
+            raise guest.RunFailed(Outcome.TEST_FAILURES, "1 failed")
+        return RunReport(suite=suite, outcome=Outcome.PASSED, why="", accel="tcg",
+                         accel_why="", guest_status=0, seconds={})
+
+    monkeypatch.setattr(guest, "run_suite", fake_run)
+    with pytest.raises(KeyboardInterrupt):
+        guest.test_suite(s)
+    summary = json.loads((s.layout.results / "repeat.json").read_text())
+    assert summary["runs"] == 2 and summary["planned"] == 5
+    assert summary["outcomes"] == ["passed", "test failures"]
+    assert summary["cases"] == {"smoke.rate": {"passed": 1, "failed": 1}}
+    # The next run keeps it in the history under the failure it holds.
+    assert history.keep_previous(s.layout).name.endswith("-smoke-test_failures")
