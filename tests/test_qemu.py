@@ -171,24 +171,33 @@ def test_default_settings_use_auto(tmp_path):
     assert settings.load(tmp_path).boot.accel == "auto"
 
 
-def test_repeat_summarises_each_case_and_raises_the_first_failure(make_settings, monkeypatch,
-                                                                   capsys):
-    """test.repeat: every run goes on; per-case pass counts; the first failure's exit code."""
-    s = make_settings(**{"boot.suite": "smoke", "test.repeat": "3"})
-    verdicts = iter(["ok", "not ok", "ok"])
+def fake_run_suite(verdicts: list[str], ktap: str):
+    """guest.run_suite for test.repeat: each run writes `ktap` with its verdict in
+    place of {v} and fails if that is "not ok"; a run past the list is Ctrl-C."""
+    left = iter(verdicts)
 
     def fake_run(settings, suite, extra_cmdline=(), results=None):
-        verdict = next(verdicts)
+        verdict = next(left, None)
+        if verdict is None:
+            raise KeyboardInterrupt
         results.mkdir(parents=True)
-        (results / "ktap.log").write_text(
-            "KTAP version 1\n1..1\n    KTAP version 1\n    1..2\n    ok 1 rate\n"
-            f"    {verdict} 2 integrity\n{verdict} 1 smoke\n")
+        (results / "ktap.log").write_text(ktap.format(v=verdict))
         if verdict != "ok":
             raise guest.RunFailed(Outcome.TEST_FAILURES, "1 failed")
         return RunReport(suite=suite, outcome=Outcome.PASSED, why="", accel="tcg",
                          accel_why="", guest_status=0, seconds={})
 
-    monkeypatch.setattr(guest, "run_suite", fake_run)
+    return fake_run
+
+
+def test_repeat_summarises_each_case_and_raises_the_first_failure(make_settings, monkeypatch,
+                                                                   capsys):
+    """test.repeat: every run goes on; per-case pass counts; the first failure's exit code."""
+    s = make_settings(**{"boot.suite": "smoke", "test.repeat": "3"})
+    monkeypatch.setattr(guest, "run_suite", fake_run_suite(
+        ["ok", "not ok", "ok"],
+        "KTAP version 1\n1..1\n    KTAP version 1\n    1..2\n    ok 1 rate\n"
+        "    {v} 2 integrity\n{v} 1 smoke\n"))
     with pytest.raises(guest.RunFailed) as failure:
         guest.test_suite(s)
     assert failure.value.exit_code == Outcome.TEST_FAILURES.value
@@ -202,22 +211,9 @@ def test_repeat_summarises_each_case_and_raises_the_first_failure(make_settings,
 def test_a_repeat_cut_short_keeps_the_summary_of_its_finished_runs(make_settings, monkeypatch):
     """Ctrl-C (or a killed job) in run 3 of 5: repeat.json holds runs 1 and 2."""
     s = make_settings(**{"boot.suite": "smoke", "test.repeat": "5"})
-    verdicts = iter(["ok", "not ok"])
-
-    def fake_run(settings, suite, extra_cmdline=(), results=None):
-        verdict = next(verdicts, None)
-        if verdict is None:
-            raise KeyboardInterrupt
-        results.mkdir(parents=True)
-        (results / "ktap.log").write_text(
-            f"KTAP version 1\n1..1\n    KTAP version 1\n    1..1\n    {verdict} 1 rate\n"
-            f"{verdict} 1 smoke\n")
-        if verdict != "ok":
-            raise guest.RunFailed(Outcome.TEST_FAILURES, "1 failed")
-        return RunReport(suite=suite, outcome=Outcome.PASSED, why="", accel="tcg",
-                         accel_why="", guest_status=0, seconds={})
-
-    monkeypatch.setattr(guest, "run_suite", fake_run)
+    monkeypatch.setattr(guest, "run_suite", fake_run_suite(
+        ["ok", "not ok"],
+        "KTAP version 1\n1..1\n    KTAP version 1\n    1..1\n    {v} 1 rate\n{v} 1 smoke\n"))
     with pytest.raises(KeyboardInterrupt):
         guest.test_suite(s)
     summary = json.loads((s.layout.results / "repeat.json").read_text())
