@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ log = logging.getLogger("pipeline")
 
 INIT = "/usr/local/sbin/pipeline-init"
 INIT_MARKER = "pipeline-init: running suite"
-RESULT_FILES = ("console.log", "ktap.log", "status", "junit.xml", "results.json")
+RESULT_FILES = ("console.log", "ktap.log", "status", "junit.xml", "results.json", "vcpus.txt")
 
 
 class RunFailed(PipelineError):
@@ -66,7 +67,8 @@ def selected_suites(settings: Settings) -> str:
 
 
 def qemu_command(settings: Settings, accel: qemu.Accelerator, suite: str,
-                 extra: tuple[str, ...] = (), results: Path | None = None) -> qemu.QemuCommand:
+                 extra: tuple[str, ...] = (), results: Path | None = None,
+                 monitor: Path | None = None) -> qemu.QemuCommand:
     layout = settings.layout
     results = results or layout.results
     return qemu.QemuCommand(
@@ -77,6 +79,7 @@ def qemu_command(settings: Settings, accel: qemu.Accelerator, suite: str,
         smp=settings.boot.smp,
         root_disk=layout.rootfs,
         ports={"ktap": results / "ktap.log", "status": results / "status"},
+        monitor=monitor,
     )
 
 
@@ -132,10 +135,17 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
     started = time.monotonic()
     choice = accelerator(settings)
     log.info("accelerator: %s (%s)", choice.accel.name, choice.why)
-    argv = qemu_command(settings, choice.accel, suite, extra_cmdline, results).argv()
-    run = qemu.stream(argv, results / "console.log",
-                      deadline=settings.boot.test_timeout, marker=INIT_MARKER,
-                      marker_deadline=settings.boot.boot_timeout, on_line=_show)
+    # The monitor's socket lives in a short temporary path: a unix socket's
+    # path may not exceed 107 bytes, which a deep build dir would.
+    with tempfile.TemporaryDirectory(prefix="kvm-pipeline-") as sockets:
+        monitor = Path(sockets) / "monitor"
+        argv = qemu_command(settings, choice.accel, suite, extra_cmdline, results,
+                            monitor).argv()
+        run = qemu.stream(argv, results / "console.log",
+                          deadline=settings.boot.test_timeout, marker=INIT_MARKER,
+                          marker_deadline=settings.boot.boot_timeout, on_line=_show,
+                          on_timeout=lambda: record_vcpus(monitor, layout.system_map,
+                                                          results / "vcpus.txt"))
 
     findings = console.classify(run.lines)
     tree, verdicts = read_results(settings, results / "ktap.log", suite)
@@ -156,8 +166,23 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
     write_junit(results / "junit.xml", report, tree)
     print(summary(report, tree), flush=True)
     if outcome is not Outcome.PASSED:
-        raise RunFailed(outcome, f"{why} (console: {results / 'console.log'})")
+        hung = f", vCPUs at the deadline: {results / 'vcpus.txt'}" \
+            if (results / "vcpus.txt").is_file() else ""
+        raise RunFailed(outcome, f"{why} (console: {results / 'console.log'}{hung})")
     return report
+
+
+def record_vcpus(monitor: Path, system_map: Path, out: Path) -> None:
+    """Where every vCPU of a guest that missed its deadline was: each one's
+    RIP (named from System.map when it is the kernel's) and registers."""
+    try:
+        registers = qemu.monitor_command(monitor, "info registers -a")
+    except OSError as exc:  # a guest that never got far enough for a monitor
+        log.warning("could not read the hung guest's registers: %s", exc)
+        return
+    atomic_write_text(out, "\n".join(qemu.symbolize(registers, system_map))
+                      + "\n\n" + registers.strip() + "\n")
+    log.info("the hung guest's vCPUs: %s", out)
 
 
 def boot_checks(settings: Settings) -> RunReport | None:

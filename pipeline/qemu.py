@@ -9,12 +9,15 @@ mean Linux boots on it (in a nested VM it may hang at 100% sys time).
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
 import platform
 import queue
+import re
 import shlex
+import socket
 import subprocess
 import threading
 import time
@@ -64,6 +67,7 @@ class QemuCommand:
     smp: int = 2
     root_disk: Path | None = None
     ports: dict[str, Path] = field(default_factory=dict)  # virtio-serial name -> host file
+    monitor: Path | None = None  # a unix socket for QEMU's human monitor (HMP)
 
     def argv(self) -> list[str]:
         argv = [QEMU, "-nodefaults", "-no-reboot", "-display", "none",
@@ -80,6 +84,8 @@ class QemuCommand:
             for name, path in self.ports.items():
                 argv += ["-chardev", f"file,id={name},path={path}",
                          "-device", f"virtserialport,chardev={name},name={name}"]
+        if self.monitor is not None:
+            argv += ["-monitor", f"unix:{self.monitor},server=on,wait=off"]
         return argv
 
     def shell(self) -> str:
@@ -102,11 +108,13 @@ class Run:
 
 def stream(argv: list[str], log_file: Path, *, deadline: float, marker: str | None = None,
            marker_deadline: float | None = None,
-           on_line: Callable[[str], None] | None = None) -> Run:
+           on_line: Callable[[str], None] | None = None,
+           on_timeout: Callable[[], None] | None = None) -> Run:
     """Run argv, teeing its output lines to `log_file`, killing it at a deadline.
 
     `deadline` bounds the whole run; `marker_deadline`, if given, bounds the time
     until a line containing `marker` appears (e.g. the guest's init starting).
+    `on_timeout` runs at a deadline, before the kill (to look at the hung guest).
     """
     log.info("$ %s", shlex.join(argv))
     started = time.monotonic()
@@ -140,6 +148,8 @@ def stream(argv: list[str], log_file: Path, *, deadline: float, marker: str | No
                                     and run.first_marker_seconds is None
                                     and marker_deadline < deadline)
                     run.timed_out = "boot" if boot_limited else "run"
+                    if on_timeout is not None:
+                        on_timeout()
                     break
                 if line is None:
                     break
@@ -157,6 +167,65 @@ def stream(argv: list[str], log_file: Path, *, deadline: float, marker: str | No
         run.returncode = None if run.timed_out else returncode
         run.seconds = time.monotonic() - started
     return run
+
+
+# ------------------------------------------------------------------ a hung guest
+
+MONITOR_SECONDS = 10
+_PROMPT = b"(qemu) "
+_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def monitor_command(socket_path: Path, command: str, seconds: float = MONITOR_SECONDS) -> str:
+    """One HMP command's output over QEMU's monitor socket (escape codes removed)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(seconds)
+        conn.connect(str(socket_path))
+        received = _read_until_prompt(conn, b"")  # the banner
+        conn.sendall(command.encode() + b"\n")
+        received = _read_until_prompt(conn, b"")
+    text = _ESCAPES.sub("", received.decode(errors="replace")).replace("\r", "")
+    lines = text.split("\n")
+    # The monitor echoes the command first and ends with its next prompt.
+    if lines and lines[0].strip().endswith(command):
+        lines = lines[1:]
+    return "\n".join(line for line in lines if line.strip() != _PROMPT.decode().strip())
+
+
+def _read_until_prompt(conn: socket.socket, received: bytes) -> bytes:
+    while not received.endswith(_PROMPT):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+def symbolize(registers: str, system_map: Path) -> list[str]:
+    """'CPU n: RIP=... symbol+offset' for each vCPU in `info registers -a` output.
+
+    Only the kernel's own text has names in System.map; a module's or a nested
+    guest's address is shown as it is.
+    """
+    symbols: list[tuple[int, str]] = []
+    if system_map.is_file():
+        for line in system_map.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[1] in "tTwW":
+                symbols.append((int(parts[0], 16), parts[2]))
+        symbols.sort()
+    starts = [address for address, _ in symbols]
+    text_end = dict((name, address) for address, name in symbols).get("_etext", 0)
+    out = []
+    for cpu, rip in enumerate(re.findall(r"RIP=([0-9a-f]{16})", registers)):
+        address = int(rip, 16)
+        index = bisect.bisect_right(starts, address) - 1
+        where = "not in the kernel's text (a module, user space or a nested guest)"
+        if index >= 0 and address < text_end:
+            name_start, name = symbols[index]
+            where = f"{name}+{address - name_start:#x}"
+        out.append(f"CPU {cpu}: RIP={rip} {where}")
+    return out
 
 
 # ------------------------------------------------------------------ accelerator

@@ -6,6 +6,7 @@ Shares the kernel and image of conftest.kernel_build (`doit build` in build/test
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -68,6 +69,12 @@ def test_guest_hang_is_killed_at_the_deadline(kernel_build):
     assert time.monotonic() - started < 60
     assert results(kernel_build)["outcome"] == "test timeout"
     assert not qemu_running(kernel_build)
+    # Before the kill, each vCPU's registers, its RIP named from System.map:
+    # the hung init sleeps, so both CPUs idle in the kernel.
+    vcpus = (kernel_build.layout.results / "vcpus.txt").read_text()
+    assert re.search(r"^CPU 0: RIP=ffffffff[0-9a-f]{8} \w+\+0x", vcpus, re.M), vcpus
+    assert re.search(r"^CPU 1: RIP=", vcpus, re.M) and "RFL=" in vcpus and "CR3=" in vcpus
+    assert "vcpus.txt" in proc.stdout
 
 
 def test_boot_timeout(kernel_build):

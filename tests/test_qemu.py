@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -222,3 +224,41 @@ def test_a_repeat_cut_short_keeps_the_summary_of_its_finished_runs(make_settings
     assert summary["cases"] == {"smoke.rate": {"passed": 1, "failed": 1}}
     # The next run keeps it in the history under the failure it holds.
     assert history.keep_previous(s.layout).name.endswith("-smoke-test_failures")
+
+
+def test_the_monitor_command_returns_the_output_without_echo_or_escapes(tmp_path):
+    """What QEMU's HMP sends over its socket: a banner, the echoed command with
+    readline escapes, the output, the next prompt."""
+    path = tmp_path / "monitor"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"QEMU 7.2.19 monitor - type 'help' for more information\r\n(qemu) ")
+            assert conn.recv(100) == b"info registers -a\n"
+            conn.sendall(b"info registers -a\x1b[K\r\n\r\nCPU#0\r\nRIP=ffffffff8134f8af RFL=00000246\r\n"
+                         b"(qemu) ")
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    out = qemu.monitor_command(path, "info registers -a", seconds=5)
+    thread.join()
+    server.close()
+    assert out.strip() == "CPU#0\nRIP=ffffffff8134f8af RFL=00000246"
+
+
+def test_symbolize_names_kernel_text_only(tmp_path):
+    system_map = tmp_path / "System.map"
+    system_map.write_text("ffffffff81000000 T _text\nffffffff8134f89c T default_idle\n"
+                          "ffffffff8134f8c0 t other\nffffffff81600000 T _etext\n"
+                          "ffffffff81800000 D some_data\n")
+    registers = ("CPU#0\nRIP=ffffffff8134f8af RFL=00000246\nCPU#1\nRIP=ffffffffa0045f97 RFL=2\n"
+                 "CPU#2\nRIP=0000000000402ff1 RFL=2\n")
+    assert qemu.symbolize(registers, system_map) == [
+        "CPU 0: RIP=ffffffff8134f8af default_idle+0x13",
+        "CPU 1: RIP=ffffffffa0045f97 not in the kernel's text (a module, user space or a nested guest)",
+        "CPU 2: RIP=0000000000402ff1 not in the kernel's text (a module, user space or a nested guest)",
+    ]
