@@ -181,9 +181,9 @@ def monitor_command(socket_path: Path, command: str, seconds: float = MONITOR_SE
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(seconds)
         conn.connect(str(socket_path))
-        received = _read_until_prompt(conn, b"")  # the banner
+        _read_until_prompt(conn)  # the banner
         conn.sendall(command.encode() + b"\n")
-        received = _read_until_prompt(conn, b"")
+        received = _read_until_prompt(conn)
     text = _ESCAPES.sub("", received.decode(errors="replace")).replace("\r", "")
     lines = text.split("\n")
     # The monitor echoes the command first and ends with its next prompt.
@@ -192,7 +192,8 @@ def monitor_command(socket_path: Path, command: str, seconds: float = MONITOR_SE
     return "\n".join(line for line in lines if line.strip() != _PROMPT.decode().strip())
 
 
-def _read_until_prompt(conn: socket.socket, received: bytes) -> bytes:
+def _read_until_prompt(conn: socket.socket) -> bytes:
+    received = b""
     while not received.endswith(_PROMPT):
         chunk = conn.recv(65536)
         if not chunk:
@@ -215,7 +216,7 @@ def symbolize(registers: str, system_map: Path) -> list[str]:
                 symbols.append((int(parts[0], 16), parts[2]))
         symbols.sort()
     starts = [address for address, _ in symbols]
-    text_end = dict((name, address) for address, name in symbols).get("_etext", 0)
+    text_end = next((address for address, name in symbols if name == "_etext"), 0)
     out = []
     for cpu, rip in enumerate(re.findall(r"RIP=([0-9a-f]{16})", registers)):
         address = int(rip, 16)
