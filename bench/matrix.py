@@ -31,28 +31,30 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from pipeline import records, settings  # noqa: E402
+from pipeline.records import KernelRecord  # noqa: E402
 
 
 def ccache_share(build_dir: str | None) -> str:
     """'hits/compiles' of the cell's kernel build, as its kernel.json records them."""
     if not build_dir:  # a cell that did not run
         return "-"
-    record = Path(build_dir) / "artifacts" / "kernel.json"
-    if not record.is_file():
-        return "-"
-    stats = json.loads(record.read_text()).get("ccache_stats") or {}
+    layout = settings.load(ROOT, {"paths.build": build_dir}).layout
+    record = records.load(KernelRecord, layout)
+    stats = record.ccache_stats if record else {}
     if not stats.get("compiles"):
         return "-"
     hits = stats.get("local_hits", 0) + stats.get("remote_hits", 0)
     return f"{hits}/{stats['compiles']}"
 
 
-def run_pass(number: int, jobs: int, cells: str, settings: list[str]) -> dict:
+def run_pass(number: int, jobs: int, cells: str, words: list[str]) -> dict:
     """One `doit -n JOBS matrix` in a fresh build dir; its wall time and summary."""
     build = ROOT / "build" / f"bench-matrix-{number}-n{jobs}"
     shutil.rmtree(build, ignore_errors=True)
     argv = [sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"), "-n", str(jobs),
-            "matrix", f"paths.build={build}", "kernel.runtime=docker", *settings]
+            "matrix", f"paths.build={build}", "kernel.runtime=docker", *words]
     if cells:
         argv.append(f"matrix.cells={cells}")
     print(f"=== pass {number}: doit -n {jobs} matrix", flush=True)

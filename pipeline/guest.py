@@ -219,11 +219,12 @@ def repeat_suite(settings: Settings, suite: str, times: int) -> RunReport:
     for number in range(1, times + 1):
         print(f"=== run {number} of {times}", flush=True)
         run_results = results / f"run-{number}"
+        report, failure = None, None
         try:
-            runs.append((run_suite(settings, suite, results=run_results), None))
-        except RunFailed as failure:
-            runs.append((None, failure))
-        report, failure = runs[-1]
+            report = run_suite(settings, suite, results=run_results)
+        except RunFailed as exc:
+            failure = exc
+        runs.append((report, failure))
         outcomes.append(report.outcome.label if report else failure.outcome.label)
         tree, _ = read_results(settings, run_results / "ktap.log", suite)
         for names, test in tree.walk():

@@ -150,19 +150,17 @@ def _verdict(case: Test, known: list[tuple[str, str]]) -> tuple[Test, Verdict]:
 def _count_only(case: Test, known: list[tuple[str, str]]) -> Test:
     """The count-only case, failed by any test that failed while counted, but for
     a known failure (images/kselftest-known), which is only noted, as alone."""
-    failed = [sub.name for sub in case.subtests if sub.status not in
-              (Status.PASSED, Status.SKIPPED)]
+    # Each failed run's name -> the known list's reason for its test, if any.
+    failed = {sub.name: known_reason(_runner_name(sub).removesuffix(COUNTED_SUFFIX), known)
+              for sub in case.subtests if sub.status not in (Status.PASSED, Status.SKIPPED)}
     status = case.status
     diagnostics = list(case.diagnostics)
-    reasons = {sub.name: known_reason(_runner_name(sub).removesuffix(COUNTED_SUFFIX), known)
-               for sub in case.subtests if sub.name in failed}
-    unknown = [name for name in failed if reasons[name] is None]
+    unknown = [name for name, reason in failed.items() if reason is None]
     if unknown and status is Status.PASSED:
         status = Status.FAILED
         diagnostics.append(f"failed while counted (nothing injected): {', '.join(unknown)}")
-    for name in failed:
-        if reasons[name] is not None:
-            diagnostics.append(f"known failure while counted: {name} (known: {reasons[name]})")
+    diagnostics += [f"known failure while counted: {name} (known: {reason})"
+                    for name, reason in failed.items() if reason is not None]
     for sub in case.subtests:
         diagnostics.append(f"[{sub.name}] {sub.status.value}")
         if sub.name in failed:
