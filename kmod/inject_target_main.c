@@ -288,10 +288,26 @@ static bool inj_thread_about_to_sleep(void)
  * one in ten lands in the window.  The thread busy-polls its CPU while
  * stalls are wanted, up to STALL_TIMEOUT_SECONDS: a test module's price.
  */
+static void inj_stall_if_about_to_sleep(unsigned long deadline)
+{
+	unsigned long nvcsw = READ_ONCE(inj_thread->nvcsw);
+	int cpu = task_cpu(inj_thread);
+
+	/* A CPU gone offline meanwhile refuses the IPI: not sent. */
+	if (!inj_thread_about_to_sleep() || cpu == raw_smp_processor_id() ||
+	    smp_call_function_single(cpu, inj_stall_this_cpu, NULL, 1))
+		return;
+	atomic_dec(&inj_stalls_wanted);
+	atomic_inc(&inj_stalls_sent);
+	while (READ_ONCE(inj_thread->nvcsw) == nvcsw &&
+	       !kthread_should_stop() && time_before(jiffies, deadline))
+		cond_resched();
+}
+
+/* Serve stall_sleeps requests until none is wanted or their deadline passed. */
 static int inj_staller_fn(void *unused)
 {
-	unsigned long deadline, nvcsw;
-	int cpu;
+	unsigned long deadline;
 
 	while (!kthread_should_stop()) {
 		wait_event_interruptible(inj_staller_wq, atomic_read(&inj_stalls_wanted) > 0 ||
@@ -303,17 +319,7 @@ static int inj_staller_fn(void *unused)
 				atomic_set(&inj_stalls_wanted, 0);
 				break;
 			}
-			nvcsw = READ_ONCE(inj_thread->nvcsw);
-			cpu = task_cpu(inj_thread);
-			/* A CPU gone offline meanwhile refuses the IPI: not sent. */
-			if (inj_thread_about_to_sleep() && cpu != raw_smp_processor_id() &&
-			    !smp_call_function_single(cpu, inj_stall_this_cpu, NULL, 1)) {
-				atomic_dec(&inj_stalls_wanted);
-				atomic_inc(&inj_stalls_sent);
-				while (READ_ONCE(inj_thread->nvcsw) == nvcsw &&
-				       !kthread_should_stop() && time_before(jiffies, deadline))
-					cond_resched();
-			}
+			inj_stall_if_about_to_sleep(deadline);
 			cond_resched();
 		}
 	}

@@ -68,18 +68,18 @@ unload_all() {
 QUIESCE_SECONDS=60
 disable_and_quiesce() {
 	echo 0 >"$INJ/enable" || return 1
-	tenths=0
-	while [ "$(stat_of "$INJ/stats" inflight)" != 0 ]; do
-		if [ "$tenths" -ge $((QUIESCE_SECONDS * 10)) ]; then
-			echo "quiesce: inflight $(stat_of "$INJ/stats" inflight) after" \
-				"$QUIESCE_SECONDS s: a sleeper never came back from the trampoline"
-			return 1
-		fi
-		sleep 0.1
-		tenths=$((tenths + 1))
-	done
-	[ "$tenths" -ge 10 ] && echo "quiesce: the last sleeper returned after $tenths tenths of a second"
+	if ! wait_until "$QUIESCE_SECONDS" no_sleeper_inflight; then
+		echo "quiesce: inflight $(stat_of "$INJ/stats" inflight) after" \
+			"$QUIESCE_SECONDS s: a sleeper never came back from the trampoline"
+		return 1
+	fi
+	[ "$waited_tenths" -ge 10 ] &&
+		echo "quiesce: the last sleeper returned after $waited_tenths tenths of a second"
 	return 0
+}
+
+no_sleeper_inflight() {
+	[ "$(stat_of "$INJ/stats" inflight)" = 0 ]
 }
 
 ktap_before_case() {	# ktap_run's hook: whatever a failed case left behind

@@ -59,6 +59,21 @@ expect() {
 	return 1
 }
 
+# wait_until SECONDS TEST...: run TEST (a command) every tenth of a second
+# until it succeeds or SECONDS have passed, then return its last status;
+# waited_tenths says how long it waited.  For a state the guest reports
+# (a counter, a flag), never a fixed sleep: a loaded host makes it late.
+wait_until() {
+	wait_limit=$(($1 * 10))
+	shift
+	waited_tenths=0
+	until "$@"; do
+		[ "$waited_tenths" -ge "$wait_limit" ] && return 1
+		sleep 0.1
+		waited_tenths=$((waited_tenths + 1))
+	done
+}
+
 ktap_selected() {	# ktap_selected SUITE NAME
 	[ -z "$PIPELINE_CASES" ] && return 0
 	old_ifs=$IFS
