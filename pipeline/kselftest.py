@@ -13,7 +13,9 @@ injections into the test's threads.
     alone     injected    the case
     passed    passed      passed (with no injection at all it proves nothing
                           about scheduling: noted, and listed in the summary)
-    passed    not passed  failed: passes alone, fails under injection
+    passed    not passed  failed: passes alone, fails under injection (for a
+                          known test too, with the list's reason beside it:
+                          a known flake and an injector bug look alike)
     skipped   -           skipped, with the reason the test printed
     failed    -           failed; a known failure (images/kselftest-known)
                           is todo, with the list's reason
@@ -60,6 +62,7 @@ class Verdict:
     injections: int | None  # None: the guest did not report a count
     why: str
     output: tuple[str, ...] = ()  # the failing run's last lines
+    known: str = ""  # images/kselftest-known's reason, when the test is on that list
 
 
 def load_known(path: Path) -> list[tuple[str, str]]:
@@ -108,6 +111,7 @@ def _verdict(case: Test, known: list[tuple[str, str]]) -> tuple[Test, Verdict]:
     alone = runs.get(case.name)
     injected = runs.get(case.name + INJECTED_SUFFIX)
     injections = _injections(case)
+    reason = known_reason(case.name, known) or ""
     alone_status = alone.status if alone else Status.CRASHED
     injected_status = injected.status if injected else Status.CRASHED
     status, directive = Status.PASSED, ""
@@ -119,13 +123,15 @@ def _verdict(case: Test, known: list[tuple[str, str]]) -> tuple[Test, Verdict]:
         status = Status.SKIPPED
         directive = why = _skip_reason(alone)
     elif alone_status is not Status.PASSED:
-        reason = known_reason(case.name, known)
         status = Status.TODO if reason else Status.FAILED
         directive = f"known: {reason}" if reason else ""
         why = f"fails alone{f' (known: {reason})' if reason else ''}"
         output = _tail(alone)
     elif injected_status is not Status.PASSED:
+        # Still a failure: a known flake and an injector bug look alike here.
         status, why = Status.FAILED, "passes alone, FAILS UNDER INJECTION"
+        if reason:
+            why += f" (on the known list, which may explain it: {reason})"
         output = _tail(injected)
     elif case.status is Status.FAILED:
         status, why = Status.FAILED, "the injector's checks failed (see the case's output)"
@@ -144,7 +150,7 @@ def _verdict(case: Test, known: list[tuple[str, str]]) -> tuple[Test, Verdict]:
     leaf = dataclasses.replace(case, status=status, directive=directive, subtests=[],
                                diagnostics=diagnostics)
     return leaf, Verdict(case.name, status.value, alone_status.value, injected_status.value,
-                         injections, why, tuple(output))
+                         injections, why, tuple(output), reason)
 
 
 def _count_only(case: Test, known: list[tuple[str, str]]) -> Test:
@@ -200,7 +206,9 @@ def summary_lines(verdicts: list[Verdict]) -> list[str]:
         lines.append(f"{verdict.name:<32} {verdict.alone:<8} {verdict.injected:<9} {count}")
     for verdict in verdicts:
         if verdict.alone == "passed" and verdict.injected != "passed":
-            lines.append(f"FAILS UNDER INJECTION: {verdict.name} (passes alone); its output:")
+            known = f"; on the known list: {verdict.known}" if verdict.known else ""
+            lines.append(f"FAILS UNDER INJECTION: {verdict.name} (passes alone{known});"
+                         " its output:")
             lines += [f"  {line}" for line in verdict.output]
     idle = [v.name for v in verdicts if v.status == "passed" and v.injections == 0]
     if idle:
