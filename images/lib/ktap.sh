@@ -60,7 +60,7 @@ expect() {
 }
 
 # wait_until SECONDS TEST...: run TEST (a command) every tenth of a second
-# until it succeeds or SECONDS have passed, then return its last status;
+# until it succeeds (return 0) or SECONDS have passed (return 1);
 # waited_tenths says how long it waited.  For a state the guest reports
 # (a counter, a flag), never a fixed sleep: a loaded host makes it late.
 wait_until() {
