@@ -15,7 +15,8 @@ injections into the test's threads.
                           about scheduling: noted, and listed in the summary)
     passed    not passed  failed: passes alone, fails under injection (for a
                           known test too, with the list's reason beside it:
-                          a known flake and an injector bug look alike)
+                          a known flake and an injector bug look alike; with
+                          no injection into its threads, that is said too)
     skipped   -           skipped, with the reason the test printed
     failed    -           failed; a known failure (images/kselftest-known)
                           is todo, with the list's reason
@@ -49,6 +50,10 @@ _INJECTIONS = re.compile(r"^kselftest_injections:\s*([0-9]{1,12})$")
 _SKIP_REASON = re.compile(r"SKIP\b[\s:-]*(.*)$")
 # Lines of a failing test's output the summary shows.
 OUTPUT_TAIL = 15
+# A test failing in its injected pass although no sleep was injected into its
+# threads: only the injector's timer ran beside it (e.g. a timing check that a
+# busy host's stall breaks), so the injector is not the first suspect.
+NOTHING_INJECTED = "no injection into its threads"
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,8 @@ def _verdict(case: Test, known: list[tuple[str, str]]) -> tuple[Test, Verdict]:
     elif injected_status is not Status.PASSED:
         # Still a failure: a known flake and an injector bug look alike here.
         status, why = Status.FAILED, "passes alone, FAILS UNDER INJECTION"
+        if injections == 0:
+            why += f" with {NOTHING_INJECTED} (look at the test's own timing first)"
         if reason:
             why += f" (on the known list, which may explain it: {reason})"
         output = _tail(injected)
@@ -206,8 +213,9 @@ def summary_lines(verdicts: list[Verdict]) -> list[str]:
         lines.append(f"{verdict.name:<32} {verdict.alone:<8} {verdict.injected:<9} {count}")
     for verdict in verdicts:
         if verdict.alone == "passed" and verdict.injected != "passed":
+            idle = f"; {NOTHING_INJECTED}" if verdict.injections == 0 else ""
             known = f"; on the known list: {verdict.known}" if verdict.known else ""
-            lines.append(f"FAILS UNDER INJECTION: {verdict.name} (passes alone{known});"
+            lines.append(f"FAILS UNDER INJECTION: {verdict.name} (passes alone{idle}{known});"
                          " its output:")
             lines += [f"  {line}" for line in verdict.output]
     idle = [v.name for v in verdicts if v.status == "passed" and v.injections == 0]

@@ -175,6 +175,30 @@ def test_a_known_test_failing_under_injection_still_fails_with_the_lists_reason_
     assert outcome is Outcome.TEST_FAILURES
 
 
+def test_a_failure_under_injection_with_nothing_injected_says_so():
+    """hyperv_clock's 1% clock check failed once in its injected pass on a busy
+    host with 0 injections into its threads: still a failure, but the verdict
+    and the summary say nothing was injected, so the user looks at the test's
+    timing before the injector."""
+    tree, cases, verdicts = merged(
+        selftest_case(1, "hyperv_clock", injected="not ok", injections=0,
+                      injected_output=("x86_64/hyperv_clock.c:76: "
+                                       "delta_ns * 100 < (t2 - t1) * 100",)),
+        selftest_case(2, "smm_test", injected="not ok", injections=3))
+    idle, hit = cases["hyperv_clock"], cases["smm_test"]
+    assert idle.status is hit.status is ktap.Status.FAILED
+    assert ("verdict: passes alone, FAILS UNDER INJECTION with no injection into its "
+            "threads (look at the test's own timing first)") in idle.diagnostics
+    assert "verdict: passes alone, FAILS UNDER INJECTION" in hit.diagnostics
+    lines = kselftest.summary_lines(verdicts)
+    assert ("FAILS UNDER INJECTION: hyperv_clock (passes alone; no injection into its "
+            "threads); its output:") in lines
+    assert "FAILS UNDER INJECTION: smm_test (passes alone); its output:" in lines
+    outcome, _ = classify_outcome(kernel_started=True, timed_out=None, findings=[],
+                                  guest_status=0, tree=tree)
+    assert outcome is Outcome.TEST_FAILURES
+
+
 def test_count_only_notes_a_known_failure_as_the_alone_run_does():
     """A test on the known list, selected anyway, that fails while counted: noted
     with the list's reason, not a failure of the count (it is not the injector's)."""
