@@ -213,9 +213,9 @@ def summary_lines(verdicts: list[Verdict]) -> list[str]:
         lines.append(f"{verdict.name:<32} {verdict.alone:<8} {verdict.injected:<9} {count}")
     for verdict in verdicts:
         if verdict.alone == "passed" and verdict.injected != "passed":
-            idle = f"; {NOTHING_INJECTED}" if verdict.injections == 0 else ""
+            untouched = f"; {NOTHING_INJECTED}" if verdict.injections == 0 else ""
             known = f"; on the known list: {verdict.known}" if verdict.known else ""
-            lines.append(f"FAILS UNDER INJECTION: {verdict.name} (passes alone{idle}{known});"
+            lines.append(f"FAILS UNDER INJECTION: {verdict.name} (passes alone{untouched}{known});"
                          " its output:")
             lines += [f"  {line}" for line in verdict.output]
     idle = [v.name for v in verdicts if v.status == "passed" and v.injections == 0]
