@@ -17,6 +17,7 @@ from .errors import CommandError, ConfigError, SettingsError
 from .kmake import Make
 from .records import ConfigRecord, SourceRecord
 from .settings import Settings
+from .sources import kernel_line
 from .util import file_sha256, remove_tree
 
 log = logging.getLogger("pipeline")
@@ -29,11 +30,34 @@ _SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 
 
-def fragment_paths(settings: Settings) -> list[Path]:
-    """The variant's fragments, then kernel.fragments (checked to exist by settings)."""
-    paths = [settings.layout.fragments_dir / name
+def fragment_paths(settings: Settings, version: str) -> list[Path]:
+    """The variant's fragments for a kernel version, then kernel.fragments
+    (checked to exist by settings).
+
+    kconfig/<VERSION.PATCHLEVEL>/NAME, where it exists, stands in for
+    kconfig/NAME on that line: an option renamed since (6.1's RETPOLINE is
+    MITIGATION_RETPOLINE from 6.9 on) or a choice that line makes otherwise
+    cannot be asked for by one fragment, since every option asked for is
+    checked.
+    """
+    line_dir = settings.layout.fragments_dir / kernel_line(version)
+    paths = [line_dir / name if (line_dir / name).is_file()
+             else settings.layout.fragments_dir / name
              for name in VARIANT_FRAGMENTS[settings.kernel.variant]]
-    return paths + [settings.resolve(name) for name in settings.kernel.fragments]
+    return paths + user_fragment_paths(settings)
+
+
+def all_fragment_paths(settings: Settings) -> list[Path]:
+    """Every fragment the variant may use on any line: the config task's
+    inputs, declared before the tree (and so its version) is known."""
+    root = settings.layout.fragments_dir
+    names = VARIANT_FRAGMENTS[settings.kernel.variant]
+    per_line = sorted(path for name in names for path in root.glob(f"*/{name}"))
+    return [root / name for name in names] + per_line + user_fragment_paths(settings)
+
+
+def user_fragment_paths(settings: Settings) -> list[Path]:
+    return [settings.resolve(name) for name in settings.kernel.fragments]
 
 
 def parse_config(text: str, origin: str = "", strict: bool = False) -> dict[str, str | None]:
@@ -106,7 +130,7 @@ def configure(settings: Settings) -> ConfigRecord:
     kbuild.mkdir(parents=True, exist_ok=True)
     (kbuild / kmake.TREE_ID_MARKER).write_text(source.tree_id + "\n")
 
-    fragments = fragment_paths(settings)
+    fragments = fragment_paths(settings, source.kernel_version)
     wanted = requested_options(fragments)
     make = kmake.for_settings(settings, source.source_date_epoch)
     config = layout.kernel_config

@@ -20,18 +20,13 @@ from . import commands, records
 from .errors import CommandError, PatchError
 from .records import SeriesRecord, SourceRecord
 from .settings import Settings
-from .sources import kernel_version
+from .sources import kernel_line, kernel_version
 from .util import atomic_write_text, file_sha256, remove_tree
 
 log = logging.getLogger("pipeline")
 
 APPLIED_DIR = ".pipeline-patches"
 APPLIED_RECORD = "applied.json"
-
-
-def kernel_line(version: str) -> str:
-    """"6.12" from "6.12.117"."""
-    return ".".join(version.split(".")[:2])
 
 
 def select_series(root: Path, version: str) -> Path:

@@ -184,7 +184,7 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
             "actions": [action("config", kconfig.configure, config, run)],
             # The source record too: a git tree moved in place keeps its tree id.
             "file_dep": [record_of(SourceRecord), record_of(SeriesRecord),
-                         *kconfig.fragment_paths(config)],
+                         *kconfig.all_fragment_paths(config)],
             "uptodate": [unchanged({"variant": config.kernel.variant,
                                     "fragments": config.kernel.fragments, **runtime},
                                    kconfig, kmake, records),

@@ -84,8 +84,38 @@ def test_missing_user_fragment_is_a_settings_error():
 @pytest.mark.parametrize("variant", ["default", "debug"])
 def test_variant_fragments_exist(variant):
     s = settings.load(ROOT, {"kernel.variant": variant})
-    names = [p.name for p in kconfig.fragment_paths(s)]
-    assert names[:2] == ["guest.config", "kvm.config"]
+    paths = kconfig.fragment_paths(s, "6.12.57")
+    assert [p.name for p in paths[:2]] == ["guest.config", "kvm.config"]
+    assert all(p.is_file() for p in paths)
+
+
+def test_a_line_s_own_fragment_stands_in_for_the_generic_one():
+    """6.1 names the return-thunk mitigations without MITIGATION_ and needs SLUB
+    for KASAN: its debug fragment replaces kconfig/debug.config there only."""
+    s = settings.load(ROOT, {"kernel.variant": "debug"})
+    on_6_1 = [p.relative_to(ROOT).as_posix() for p in kconfig.fragment_paths(s, "6.1.192")]
+    on_6_12 = [p.relative_to(ROOT).as_posix() for p in kconfig.fragment_paths(s, "6.12.57")]
+    assert on_6_1[-1] == "kconfig/6.1/debug.config"
+    assert on_6_12[-1] == "kconfig/debug.config"
+    assert on_6_1[:-1] == on_6_12[:-1]
+    # The config task depends on both, before it knows which tree it gets.
+    every = kconfig.all_fragment_paths(s)
+    assert ROOT / on_6_1[-1] in every and ROOT / on_6_12[-1] in every
+    wanted = kconfig.requested_options([ROOT / on_6_1[-1]])
+    assert wanted["CONFIG_RETHUNK"][0] == "y" and "CONFIG_MITIGATION_RETHUNK" not in wanted
+
+
+def test_line_fragments_ask_for_the_same_debug_kernel():
+    """A line's fragment renames options, it does not drop any: every option of
+    kconfig/debug.config is asked for, by its name or its old one."""
+    renamed = {"CONFIG_MITIGATION_RETPOLINE": "CONFIG_RETPOLINE",
+               "CONFIG_MITIGATION_RETHUNK": "CONFIG_RETHUNK",
+               "CONFIG_SLUB_TINY": "CONFIG_SLOB"}  # the small allocator, off
+    generic = kconfig.requested_options([ROOT / "kconfig/debug.config"])
+    for line_fragment in (ROOT / "kconfig").glob("*/debug.config"):
+        own = kconfig.requested_options([line_fragment])
+        for name, (value, _) in generic.items():
+            assert own[renamed.get(name, name)][0] == value, (line_fragment, name)
 
 
 def test_default_variant_forbids_preempt_count():

@@ -31,11 +31,11 @@ from ..records import SourceRecord
 from ..settings import Settings
 from ..util import remove_tree
 from . import archive, debian, git
-from .version import kernel_version
+from .version import kernel_line, kernel_version
 
 log = logging.getLogger("pipeline")
 
-__all__ = ["KINDS", "fetch_tree", "identity", "is_current", "kernel_version"]
+__all__ = ["KINDS", "fetch_tree", "identity", "is_current", "kernel_line", "kernel_version"]
 
 
 @dataclass(frozen=True)

@@ -18,3 +18,8 @@ def kernel_version(tree: Path) -> str:
     if not fields.get("VERSION") or not fields.get("PATCHLEVEL"):
         raise SourceError(f"{tree}/Makefile has no VERSION/PATCHLEVEL: not a kernel tree")
     return ".".join(fields[k] for k in ("VERSION", "PATCHLEVEL", "SUBLEVEL") if fields.get(k))
+
+
+def kernel_line(version: str) -> str:
+    """"6.12" from "6.12.117": the line patches/kvm/ and kconfig/ keep per-line files for."""
+    return ".".join(version.split(".")[:2])
