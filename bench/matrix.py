@@ -75,15 +75,19 @@ def run_pass(number: int, jobs: int, cells: str, words: list[str]) -> dict:
             "build": build, "cells": cells_seen}
 
 
+def print_pass(one: dict) -> None:
+    print(f"pass {one['pass']}: doit -n {one['jobs']} matrix, {one['seconds'] / 60:.1f} min,"
+          f" exit {one['exit_code']}", flush=True)
+    for cell in one["cells"]:
+        seconds = "-" if cell["seconds"] is None else f"{cell['seconds']:.0f} s"
+        print(f"  {cell['cell']:<22} {cell['outcome']:<22} {seconds:>8}"
+              f"   ccache {cell['ccache']}", flush=True)
+
+
 def report(passes: list[dict]) -> None:
     print()
     for one in passes:
-        print(f"pass {one['pass']}: doit -n {one['jobs']} matrix, {one['seconds'] / 60:.1f} min,"
-              f" exit {one['exit_code']}")
-        for cell in one["cells"]:
-            seconds = "-" if cell["seconds"] is None else f"{cell['seconds']:.0f} s"
-            print(f"  {cell['cell']:<22} {cell['outcome']:<22} {seconds:>8}"
-                  f"   ccache {cell['ccache']}")
+        print_pass(one)
     by_jobs = {one["jobs"]: one for one in passes}  # the last pass of each N
     if 1 in by_jobs and 2 in by_jobs:
         ratio = by_jobs[2]["seconds"] / by_jobs[1]["seconds"]
@@ -106,6 +110,7 @@ def main() -> int:
     passes = []
     for number, jobs in enumerate(args.jobs, 1):
         passes.append(run_pass(number, jobs, args.cells, args.settings))
+        print_pass(passes[-1])  # a long run cut short still shows its finished passes
         if not args.keep:
             shutil.rmtree(passes[-1]["build"], ignore_errors=True)
     report(passes)

@@ -59,7 +59,8 @@ MODULE_PARM_DESC(stall_ms, "how long each stall_sleeps stall holds the target's 
  * stall_sleeps gives up on the stalls it could not send within this.  A
  * quiet host sends 100 in seconds; debug kernels' guests beside a kernel
  * build sent 48 and 24 in 30 s: the deadline is for a hung request, not a
- * pace to keep.
+ * pace to keep.  The smoke suite's stalled_sleep_still_switches waits a
+ * little longer than this (STALL_WAIT_SECONDS).
  */
 #define STALL_TIMEOUT_SECONDS	300
 #define STALL_MAX		1000

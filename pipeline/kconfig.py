@@ -49,7 +49,9 @@ def fragment_paths(settings: Settings, version: str) -> list[Path]:
 
 def all_fragment_paths(settings: Settings) -> list[Path]:
     """Every fragment the variant may use on any line: the config task's
-    inputs, declared before the tree (and so its version) is known."""
+    inputs, declared before the tree (and so its version) is known.  An edit
+    of another line's fragment reruns config for nothing; the kernel is not
+    rebuilt, as its .config comes out the same."""
     root = settings.layout.fragments_dir
     names = VARIANT_FRAGMENTS[settings.kernel.variant]
     per_line = sorted(path for name in names for path in root.glob(f"*/{name}"))
