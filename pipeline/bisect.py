@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import chain, commands, kselftest, ktap
+from . import chain, commands, kconfig, kselftest, ktap
 from .errors import CommandError, EnvironmentProblem, PipelineError, UserError
 from .guest import read_results, selected_suites
 from .layout import Layout
@@ -153,7 +153,7 @@ def verdict_key(settings: Settings, commit: str) -> str:
     digest = hashlib.sha256(commit.encode() + b"\0")
     tops = [layout.series_root, layout.fragments_dir, layout.kmod_sources, layout.images_root,
             Path(__file__).parent]  # the last: the pipeline's own code
-    for top in tops + [settings.resolve(name) for name in settings.kernel.fragments]:
+    for top in tops + kconfig.user_fragment_paths(settings):
         _digest_tree(digest, top)
     deciding = {
         "patch": dataclasses.asdict(settings.patch), "series": settings.bisect.series,

@@ -59,6 +59,7 @@ def all_fragment_paths(settings: Settings) -> list[Path]:
 
 
 def user_fragment_paths(settings: Settings) -> list[Path]:
+    """kernel.fragments, as paths."""
     return [settings.resolve(name) for name in settings.kernel.fragments]
 
 
