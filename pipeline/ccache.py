@@ -29,8 +29,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
 from .commands import redact
 from .errors import EnvironmentProblem, SettingsError
 
@@ -125,7 +123,9 @@ def check_reachable(remote: Remote) -> None:
     parts = parse(remote.url)
     fix = ("start it, fix kernel.ccache_remote, or set kernel.ccache_remote=\"\" to build "
            "with the local cache only")
-    import redis  # here: only a build with a remote needs it
+    # Here: only a build with a remote needs them (and loading tasks stays quick).
+    import redis
+    import requests
 
     refused = (f"the remote ccache {remote.shown} refused the credentials in "
                "kernel.ccache_remote")

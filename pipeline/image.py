@@ -24,11 +24,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-
-import docker
-import docker.errors
-import jinja2
-import requests
+from typing import TYPE_CHECKING
 
 from . import commands, manifest, records, tarballs
 from .errors import CommandError, EnvironmentProblem, ImageError, UserError
@@ -37,6 +33,9 @@ from .records import ImageRecord, KernelRecord, KmodRecord, SelftestsRecord
 from .settings import Settings
 from .tarballs import PackageTarball
 from .util import atomic_write_text, file_sha256, remove_tree
+
+if TYPE_CHECKING:  # docker, requests and jinja2 load when a step needs them:
+    import docker  # `doit` loads this module for every command, a no-op one too
 
 log = logging.getLogger("pipeline")
 
@@ -61,6 +60,9 @@ def image_inputs(settings: Settings) -> list[Path]:
 
 
 def docker_client() -> docker.DockerClient:
+    import docker
+    import requests
+
     address = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
     try:
         client = docker.from_env(timeout=600)
@@ -86,6 +88,8 @@ def docker_client() -> docker.DockerClient:
 def ensure_base(client: docker.DockerClient, settings: Settings,
                 reimport: bool) -> tuple[str, str, PackageTarball | None]:
     """(image reference for FROM, content digest, package tarball if local) of the base."""
+    import docker.errors
+
     base = settings.image.base
     if not tarballs.is_local(settings, "base"):
         log.info("pulling base image %s", base)
@@ -123,6 +127,8 @@ def publish_tarball(tarball: PackageTarball, dest: Path) -> None:
 
 
 def render_dockerfile(settings: Settings, **values: object) -> str:
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(settings.layout.images_root),
         undefined=jinja2.StrictUndefined,

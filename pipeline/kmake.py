@@ -91,14 +91,20 @@ class Make:
         `stats_log` (a host path) ccache writes what it did for this make there."""
         env = self.reproducible_env()
         if self.ccache:
-            # Shared by every build dir and kept by `doit clean`.  No CCACHE_BASEDIR:
-            # it would hand the compiler relative paths, which then land in __FILE__
-            # ("../src/linux/include/linux/srcu.h" instead of the prefix-mapped
-            # "include/linux/srcu.h"); mapping those too is not enough, because
-            # ccache also normalises them ("arch/x86/kvm/../../../virt/kvm/kvm_main.c",
-            # as KVM's Makefile names it, becomes "virt/kvm/kvm_main.c"), so objects
-            # built with ccache would differ from objects built without it.  Hits
-            # (local and remote) are then per build-dir path.
+            # One cache for every build dir (kept by `doit clean`), with hits across
+            # them: CCACHE_BASEDIR makes ccache hash the paths under the build dir
+            # relative to the compile's directory, so kbuild/ in build/ and in
+            # build/bisect/build/ ask for the same objects.  Depend mode makes it
+            # run the compiler with make's own absolute arguments (without it ccache
+            # hands gcc the relative ones, and normalises "arch/x86/kvm/../../../
+            # virt/kvm/kvm_main.c" to "virt/kvm/kvm_main.c" on the way, so __FILE__
+            # would differ from a build without ccache); the kernel's and kmod/'s
+            # -fmacro-prefix-map then keep the build dir's path out of every
+            # object, so a hit is the object this dir would have compiled.  Depend
+            # mode also spares each miss a preprocessor run: ccache learns the
+            # headers from the compiler's own -MMD file, which kbuild asks for.
+            env["CCACHE_BASEDIR"] = str(self.paths.build)
+            env["CCACHE_DEPEND"] = "1"
             env["CCACHE_DIR"] = str(self.paths.ccache)
             if self.recache:
                 env["CCACHE_RECACHE"] = "1"

@@ -21,8 +21,6 @@ import math
 import os
 from pathlib import Path
 
-import jinja2
-
 from . import chain, commands, guest, matrix
 from .errors import PipelineError, SettingsError
 from .layout import Layout
@@ -69,6 +67,8 @@ def job_text(settings: Settings, name: str, cell: str | None = None,
     url = artifacts_url(settings, cell)
     boot_minutes = max(1, math.ceil(settings.boot.boot_timeout / 60))
     test_minutes = max(1, math.ceil(settings.boot.test_timeout / 60))
+    import jinja2  # here: loading tasks must not pay for it
+
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(settings.layout.images_root / "lava"),
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,

@@ -18,10 +18,11 @@ Layout.  The build dir:
     .doit.db            doit's dependency database
 
 No absolute path of the build dir reaches the artifacts: the kernel maps its
-source tree's path out of __FILE__ (-fmacro-prefix-map), kmod/Kbuild does the
-same for our modules, and ccache runs without CCACHE_BASEDIR (whose relative
-paths would reach __FILE__).  So a build dir may live anywhere; the
-reproducer script uses this same layout under its own directory.
+source tree's path out of __FILE__ (-fmacro-prefix-map) and kmod/Kbuild does
+the same for our modules.  ccache hashes the paths under the build dir
+relative to it (CCACHE_BASEDIR, see kmake.Make.env), so every build dir
+shares one cache.  So a build dir may live anywhere; the reproducer script
+uses this same layout under its own directory.
 """
 
 from __future__ import annotations

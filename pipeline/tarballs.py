@@ -28,14 +28,15 @@ import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import docker
-import docker.errors
+from typing import TYPE_CHECKING
 
 from . import commands
 from .errors import CommandError, EnvironmentProblem, SettingsError
 from .settings import Settings
 from .util import file_sha256
+
+if TYPE_CHECKING:  # loaded when an image is imported (see image.py)
+    import docker
 
 log = logging.getLogger("pipeline")
 
@@ -227,6 +228,8 @@ def host_versions() -> dict[str, str]:
 
 def docker_image(client: docker.DockerClient, tarball: PackageTarball, reimport: bool) -> str:
     """Import the tarball into dockerd (again when `reimport`); return its reference."""
+    import docker.errors
+
     reference = tarball.reference
     try:
         client.images.get(reference)

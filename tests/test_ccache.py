@@ -43,8 +43,8 @@ def build_dir(root: Path, cache: Path) -> Layout:
 def compile_logged(make: Make, stats_log: Path | None) -> bytes:
     """One compile run by Make as a build runs make, ccache's stats log at `stats_log`."""
     tree, kbuild = make.layout.tree, make.layout.kbuild
-    argv = ["ccache", "gcc", "-O2", "-c", f"-I{tree}/include", f"-fmacro-prefix-map={tree}/=",
-            str(tree / "init.c"), "-o", "init.o"]
+    argv = ["ccache", "gcc", "-Wp,-MMD,.init.o.d", "-O2", "-c", f"-I{tree}/include",
+            f"-fmacro-prefix-map={tree}/=", str(tree / "init.c"), "-o", "init.o"]
     make.run(argv, cwd=kbuild, stats_log=stats_log)
     return (kbuild / "init.o").read_bytes()
 
@@ -77,6 +77,43 @@ def test_a_second_machine_gets_the_object_from_redis(tmp_path, redis_server):
     assert from_a == from_b == compile_logged(plain, None)
 
 
+def compile_as_kbuild(make: Make) -> bytes:
+    """init.c compiled as kbuild compiles KVM's virt/kvm files: from kbuild/, named
+    through "..", absolute -I, the tree mapped out of __FILE__, -MMD for fixdep."""
+    tree, kbuild = make.layout.tree, make.layout.kbuild
+    (tree / "virt" / "kvm").mkdir(parents=True, exist_ok=True)
+    (tree / "virt" / "kvm" / "kvm_main.c").write_text(SOURCE)
+    source = tree / "arch" / "x86" / "kvm" / ".." / ".." / ".." / "virt" / "kvm" / "kvm_main.c"
+    (tree / "arch" / "x86" / "kvm").mkdir(parents=True, exist_ok=True)
+    argv = ["ccache", "gcc"] if make.ccache else ["gcc"]
+    make.layout.logs.mkdir(exist_ok=True)
+    make.run([*argv, "-Wp,-MMD,.kvm_main.o.d", "-O2", "-c", f"-I{tree}/include",
+              f"-fmacro-prefix-map={tree}/=", str(source), "-o", "kvm_main.o"],
+             cwd=kbuild, stats_log=make.layout.ccache_stats("kernel") if make.ccache else None)
+    return (kbuild / "kvm_main.o").read_bytes()
+
+
+def test_build_dirs_anywhere_share_objects_identical_to_a_build_without_ccache(tmp_path):
+    """A second build dir, deeper down, gets every object from the first one's compile,
+    and that object is the one gcc alone makes there (__FILE__ as kbuild names the
+    file, ".." and all: ccache must not hand gcc its normalised relative path)."""
+    cache = tmp_path / "cache"
+    first = Make(build_dir(tmp_path / "a", cache), 1, True, 0)
+    from_first = compile_as_kbuild(first)
+    assert ccache.Stats.from_log(first.layout.ccache_stats("kernel")).misses == 1
+    second = Make(build_dir(tmp_path / "b" / "deeper" / "down", cache), 1, True, 0)
+    from_second = compile_as_kbuild(second)
+    assert ccache.Stats.from_log(second.layout.ccache_stats("kernel")) == \
+        ccache.Stats(1, 1, 0, 0, 0)
+    plain = compile_as_kbuild(dataclasses.replace(second, ccache=False))
+    assert from_first == from_second == plain
+    assert b"arch/x86/kvm/../../../virt/kvm/kvm_main.c" in plain
+    assert str(tmp_path).encode() not in plain
+    # fixdep reads the dependency file: ccache leaves it naming files that exist.
+    depfile = (second.layout.kbuild / ".kvm_main.o.d").read_text()
+    assert "include/where.h" in depfile and str(tmp_path / "a") not in depfile
+
+
 def test_recache_compiles_afresh_and_stores_for_the_next_build(tmp_path):
     """kernel.ccache=recache (doit repro's): a warm cache gives no hit, yet the object
     compiled is stored, so the next ordinary build at the same paths hits it."""
@@ -98,7 +135,7 @@ def test_read_only_never_writes_and_reshare_uploads_local_hits(tmp_path, redis_s
     stats_log = tmp_path / "stats"
     read_only = Make(layout, 1, True, 0, remote=ccache.Remote(redis_server.url, "read-only"))
     compile_logged(read_only, stats_log)
-    assert "remote_storage_miss" in stats_log.read_text()  # asked, and then wrote nothing
+    assert "remote_storage_read_miss" in stats_log.read_text()  # asked, and then wrote nothing
     assert redis_server.keys() == 0
     # The object is now a local hit: plain read-write leaves the server empty, reshare fills it.
     compile_logged(dataclasses.replace(read_only, remote=ccache.Remote(redis_server.url)),

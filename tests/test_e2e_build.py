@@ -153,3 +153,21 @@ def test_virtio_pci_without_virtio_menu_is_caught(kernel_build, tmp_path):
     assert "CONFIG_VIRTIO_PCI=y (from kconfig/guest.config) came out as CONFIG_VIRTIO_PCI unset" \
         in str(err.value)
     assert not (s.layout.kbuild / ".config").exists()  # no half-made step left behind
+
+
+def test_a_build_dir_elsewhere_gets_its_objects_from_the_first_ones_compile(kernel_build):
+    """ccache's hits do not depend on where the build dir is: a second build of the same
+    kernel in a dir at another depth compiles almost nothing (objtool and the real-mode
+    setup code are built with -g, whose debug info names the dir: those stay per dir)
+    and publishes the same bytes."""
+    doit("build", f"paths.build={E2E_BUILD}")  # other tests rebuild single steps of it
+    elsewhere = ROOT / "build" / "test-elsewhere" / "at" / "another" / "depth"
+    shutil.rmtree(elsewhere.parent.parent.parent, ignore_errors=True)
+    doit("kmod", f"paths.build={elsewhere}")
+    layout = settings.load(ROOT, {"paths.build": str(elsewhere)}).layout
+    stats = json.loads(layout.kernel_json.read_text())["ccache_stats"]
+    assert stats["local_hits"] >= 0.95 * stats["compiles"], stats
+    for name in ("bzImage", "System.map", "modules.sha256", "kmod.sha256"):
+        assert (layout.artifacts / name).read_bytes() == \
+            (kernel_build.layout.artifacts / name).read_bytes(), name
+    shutil.rmtree(elsewhere.parent.parent.parent)

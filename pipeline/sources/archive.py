@@ -12,7 +12,6 @@ from ..errors import SourceError
 from ..settings import Settings
 from ..util import file_sha256
 from . import gpg
-from .download import download, http_session
 from .treecache import cache_dir, populate
 
 
@@ -28,6 +27,8 @@ def identify_tarball(settings: Settings) -> dict:
 
 
 def fetch_tarball(settings: Settings, dest: Path) -> dict:
+    from .download import download, http_session  # requests: only a download needs it
+
     src = settings.source
     cached = tarball_cache_path(settings)
     session = http_session()
