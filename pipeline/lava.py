@@ -83,16 +83,12 @@ def job_text(settings: Settings, name: str, cell: str | None = None,
         test_minutes=test_minutes, job_minutes=15 + boot_minutes + test_minutes)
 
 
-def compressed_path(layout: Layout) -> Path:
-    return layout.rootfs.with_name(layout.rootfs.name + ".zst")
-
-
 def compressed_rootfs(layout: Layout) -> Path:
     """rootfs.ext4.zst beside rootfs.ext4, made again when the image is newer."""
     rootfs = layout.rootfs
     if not rootfs.is_file():
         raise PipelineError(f"{rootfs} is missing: run `doit build` first")
-    packed = compressed_path(layout)
+    packed = layout.rootfs_zst
     if packed.is_file() and packed.stat().st_mtime_ns >= rootfs.stat().st_mtime_ns:
         return packed
     partial = packed.with_name(f".{packed.name}.partial")

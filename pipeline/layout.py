@@ -241,6 +241,11 @@ class Layout:
         return self.artifacts / "rootfs.ext4"
 
     @property
+    def rootfs_zst(self) -> Path:
+        """rootfs.ext4 compressed, for a LAVA lab to download."""
+        return self.rootfs.with_name(self.rootfs.name + ".zst")
+
+    @property
     def dockerfile(self) -> Path:
         """The rendered Dockerfile, kept beside the reproducer that uses it."""
         return self.artifacts / "Dockerfile"

@@ -14,6 +14,7 @@ or its record changed; a record of another schema counts as missing.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from collections.abc import Callable
@@ -23,24 +24,7 @@ from pathlib import Path
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import (
-    bisect,
-    guest,
-    image,
-    kbuild,
-    kconfig,
-    kmake,
-    lava,
-    manifest,
-    matrix,
-    patch,
-    records,
-    repro,
-    reproducer,
-    selftests,
-    settings,
-    sources,
-)
+from . import image, kbuild, kconfig, kmake, manifest, patch, records, selftests, settings, sources
 from .errors import PipelineError
 from .records import (
     ConfigRecord,
@@ -97,6 +81,21 @@ def action(step: str, func: Callable[[settings.Settings], object], config: setti
 
     run_step.__name__ = f"{step}_step"
     return run_step
+
+
+def later(name: str) -> Callable[[settings.Settings], object]:
+    """The stage function `module.function` of pipeline/, imported when the task runs.
+
+    Every doit command loads every task, a no-op `doit build` too: the stages
+    only some tasks run (a bisection, a repro, a guest run, a matrix) and all
+    they import stay unloaded until then."""
+    module, _, function = name.rpartition(".")
+
+    def call(config: settings.Settings) -> object:
+        return getattr(importlib.import_module(f"{__package__}.{module}"), function)(config)
+
+    call.__name__ = function
+    return call
 
 
 def refusal(step: str, error: PipelineError, config: settings.Settings,
@@ -250,7 +249,7 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
         """Everything up to a bootable guest; reproducer.sh and manifest.json from the records."""
         return {
             # Always runs (it is cheap): the manifest's sha256 ends every build's output.
-            "actions": [action("reproducer", reproducer.write, config, run),
+            "actions": [action("reproducer", later("reproducer.write"), config, run),
                         action("manifest", write_manifest, config, run)],
             "task_dep": list(BUILD_TASKS),
             "targets": [layout.reproducer, layout.manifest],
@@ -261,7 +260,7 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
     def task_boot():
         """Boot the guest under QEMU and run the boot checks; results in build/results/."""
         return {
-            "actions": [action("boot", guest.boot_checks, config, run)],
+            "actions": [action("boot", later("guest.boot_checks"), config, run)],
             "task_dep": ["kernel", "kmod", "image"],
             "clean": [remover(layout.results, layout.results_history)],
             "verbosity": 2,
@@ -270,7 +269,7 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
     def task_test():
         """Boot the guest and run the suite (boot.suite); JUnit, JSON, KTAP in build/results/."""
         return {
-            "actions": [action("test", guest.test_suite, config, run)],
+            "actions": [action("test", later("guest.test_suite"), config, run)],
             "task_dep": ["kernel", "kmod", "image"],
             "clean": [remover(layout.results, layout.results_history)],
             "verbosity": 2,
@@ -279,14 +278,14 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
     def task_bisect():
         """Find the commit where the selected cases broke (bisect.good, bisect.bad; git source)."""
         return {
-            "actions": [action("bisect", bisect.bisect, config, run)],
+            "actions": [action("bisect", later("bisect.bisect"), config, run)],
             "verbosity": 2,
         }
 
     def task_repro():
         """Rebuild everything afresh, no cache read; compare with the manifest (repro.against)."""
         return {
-            "actions": [action("repro", repro.repro, config, run)],
+            "actions": [action("repro", later("repro.repro"), config, run)],
             # Against the build's own manifest: that build first.
             "task_dep": [] if config.repro.against else ["build"],
             "clean": [remover(layout.repro)],
@@ -295,6 +294,8 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
 
     def task_matrix():
         """Build and test every cell (kernel line x variant x patched/stock); one summary."""
+        from . import matrix
+
         try:
             cells = matrix.picked_cells(config)
         except PipelineError as exc:
@@ -323,14 +324,20 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
 
     def task_lava():
         """Write the suite as a LAVA job (build/lava/; lava.matrix: one per cell)."""
-        try:  # a bad URL or case glob stops `doit lava` before any build
-            lava.check(config)
-        except PipelineError as exc:
-            return {"actions": [refusal("lava", exc, config, run)], "verbosity": 2}
-        return {
-            "actions": [action("lava", lava.lava_jobs, config, run)],
-            "task_dep": [] if config.lava.matrix else ["build"],
-            "clean": [remover(layout.lava, lava.compressed_path(layout))],
+        # The settings are checked by a step of their own, first: a bad URL or case
+        # glob stops `doit lava` before any build, and loading the tasks renders no job.
+        yield {
+            "name": "check",
+            "doc": "Refuse what the LAVA job cannot carry, before any build",
+            "actions": [action("lava", later("lava.check"), config, run)],
+            "verbosity": 2,
+        }
+        yield {
+            "name": "jobs",
+            "doc": "Write the job definitions and the compressed image",
+            "actions": [action("lava", later("lava.lava_jobs"), config, run)],
+            "task_dep": ["lava:check"] + ([] if config.lava.matrix else ["build"]),
+            "clean": [remover(layout.lava, layout.rootfs_zst)],
             "verbosity": 2,
         }
 

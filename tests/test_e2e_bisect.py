@@ -1,20 +1,9 @@
 """`python -m pipeline bisect` on a real kernel history, through the whole chain.
 
-The history is made from the Debian tree the e2e build already fetched (the
-pristine copy in the tree cache), with commits written by git's plumbing (no
-checkout of 87,000 files):
-
-    C0 base                         bisect.good
-    C1, C2 documentation only
-    C3 kernel/time/timer.c does not compile     (the first midpoint: must be visited)
-    C4 fixes it
-    C5 msleep() returns at once below 10 ms     the regression: the kernel boots and
-                                                the boot checks pass, but
-                                                smoke.injection_rate's shortest
-                                                injected sleep is far below sleep_ms
-    C6 documentation only           bisect.bad
-
-Every commit has the same date, so unchanged objects rebuild to the same bytes.
+The history (tests/kernel_history.py) is made from the Debian tree the e2e
+build already fetched: a build-breaking commit that must be skipped, then the
+planted regression (msleep() skips short sleeps), between documentation-only
+commits.
 
 The steps build in the toolchain container (kernel.runtime=docker), where
 every build dir is /build: the repro test's clean container rebuild of the
@@ -27,78 +16,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
-
-from pipeline import records
-from pipeline.records import SourceRecord
+from kernel_history import BROKEN_BUILD, CULPRIT, make_history, pristine_tree
 
 pytestmark = pytest.mark.slow
 
 BISECT_BUILD = "build/test-bisect"
-TIMER = "kernel/time/timer.c"
-MSLEEP = "\tunsigned long timeout = msecs_to_jiffies(msecs);\n\n\twhile (timeout)"
-REGRESSED = ("\tunsigned long timeout = msecs < 10 ? 0 : msecs_to_jiffies(msecs);\n\n"
-             "\twhile (timeout)")
-DATE = {"GIT_AUTHOR_DATE": "@1700000000 +0000", "GIT_COMMITTER_DATE": "@1700000000 +0000",
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t"}
-
-
-def pristine_tree(kernel_build, tmp_path: Path) -> Path:
-    """The fetched archive's tree: the tree cache's copy, or extracted afresh."""
-    source = records.load(SourceRecord, kernel_build.layout)
-    entry = kernel_build.layout.trees / source.resolved["sha256"]
-    if entry.is_dir():
-        return entry
-    tree = tmp_path / "pristine"
-    tree.mkdir()
-    subprocess.run(["tar", "-xf", source.resolved["tarball"], "-C", tree,
-                    "--strip-components=1"], check=True)
-    return tree
 
 
 @pytest.fixture(scope="module")
 def kernel_history(kernel_build, docker_repro, tmp_path_factory) -> tuple[Path, list[str]]:
     tmp = tmp_path_factory.mktemp("history")
-    repo = tmp / "linux"
-    env = {**os.environ, **DATE, "GIT_DIR": str(repo / ".git"),
-           "GIT_INDEX_FILE": str(tmp / "index")}
-
-    def git(*args: str, stdin: str | None = None) -> str:
-        return subprocess.run(["git", *args], check=True, capture_output=True, text=True,
-                              env=env, input=stdin).stdout.strip()
-
-    pristine = pristine_tree(kernel_build, tmp)
-    git("init", "-q", "-b", "master", str(repo))
-    # Debian's tree ignores everything (/* in .gitignore): -f.
-    git("-C", str(pristine), "--work-tree", str(pristine), "add", "-A", "-f", ".")
-    timer = (pristine / TIMER).read_text()
-    assert MSLEEP in timer
-    changes = [
-        ("base", {}),
-        ("Documentation: note one", {"Documentation/bisect-note-1.txt": "one\n"}),
-        ("Documentation: note two", {"Documentation/bisect-note-2.txt": "two\n"}),
-        ("timers: a change that does not compile", {TIMER: timer + "\nthis does not compile\n"}),
-        ("timers: fix the build", {TIMER: timer}),
-        ("timers: msleep() skips short sleeps", {TIMER: timer.replace(MSLEEP, REGRESSED)}),
-        ("Documentation: note three", {"Documentation/bisect-note-3.txt": "three\n"}),
-    ]
-    commits: list[str] = []
-    for subject, files in changes:
-        for path, text in files.items():
-            blob = git("hash-object", "-w", "--stdin", stdin=text)
-            git("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}")
-        tree = git("write-tree")
-        parents = ["-p", commits[-1]] if commits else []
-        commits.append(git("commit-tree", tree, *parents, "-m", subject))
-    git("update-ref", "refs/heads/master", commits[-1])
-    return repo, commits
+    return make_history(pristine_tree(kernel_build.layout, tmp), tmp)
 
 
 def repo_state(repo: Path) -> str:
@@ -129,14 +63,14 @@ def test_bisect_finds_the_regression_through_the_whole_chain(kernel_history):
     proc = pipeline_bisect(repo, commits[0])
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     report = json.loads((bisect_dir / "report.json").read_text())
-    culprit = commits[5]
+    culprit = commits[CULPRIT]
     assert report["first_bad"] == {"commit": culprit,
                                    "subject": "timers: msleep() skips short sleeps"}
     assert f'Fixes: {culprit[:12]} ("timers: msleep() skips short sleeps")' in proc.stdout
     assert "kernel/time/timer.c | 2 +-" in proc.stdout  # git show --stat
     assert list(report["symptom"]["cases"]) == ["smoke.injection_rate"]
     verdicts = {step["commit"]: step for step in report["steps"]}
-    broken = verdicts.get(commits[3])
+    broken = verdicts.get(commits[BROKEN_BUILD])
     assert broken is not None and broken["verdict"] == "skip", report["steps"]
     assert "does not compile" in broken["reason"]
     # ceil(log2 6 commits in range) + 2 (bad and good refs) + 1 skip
