@@ -5,8 +5,7 @@
 
 Starts its own redis-server (127.0.0.1, a free port, memory only) and builds
 the embedded default's kernel (`python -m pipeline kernel`) four times in one
-run, each in a fresh build dir at the same path (ccache's hits are per
-build-dir path, as on CI runners):
+run, each in a fresh build dir at the same path (as on CI runners):
 
 1. machine one, cold: an empty local ccache; the compiles fill the server;
 2. machine one again: its local cache is warm now (the reference: what a

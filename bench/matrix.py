@@ -8,9 +8,9 @@ each in a fresh build dir (build/bench-matrix-K-nN/, removed first), over
 the picked cells (default: every cell of the default matrix), and prints
 each pass's wall time, each cell's time and outcome, and how many of its
 kernel's compiles ccache answered.  SETTINGs (section.key=value) go to every
-pass; kernel.runtime=docker is the default, so every cell compiles at /build
-in the toolchain container and cells of one kernel line share ccache's
-objects (on the host each build dir's path keeps its compiles apart).
+pass; kernel.runtime=docker is the default (every cell compiles at /build
+in the toolchain container); on the host too, cells of one kernel line share
+ccache's objects, whatever their build dirs.
 
 Each pass starts from clean build dirs but finds ccache as the passes before
 it left it: the first pass over a new kernel line pays its cold compiles.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: a bisection in a fresh bisect dir, after one build of the same line.
 
-    .venv/bin/python bench/bisect.py [--build build] [--runtime host|docker]
+    .venv/bin/python bench/bisection.py [--build build] [--runtime host|docker]
 
 Needs a finished `doit build` of the embedded default in --build (any
 commit of the same kernel line: that is all a user has before bisecting).
