@@ -71,7 +71,7 @@ def link_shared_cache(real_cache: Path) -> None:
             (BENCH_CACHE / name).symlink_to(real_cache / name)
 
 
-def doit_side(name: str, build: Path, ccache: str) -> float:
+def doit_side(build: Path, ccache: str) -> float:
     if ccache == "on":
         shutil.rmtree(BENCH_CACHE / "ccache", ignore_errors=True)
     seconds = timed(doit_argv("kernel", f"paths.build={build}", f"paths.cache={BENCH_CACHE}",
@@ -121,7 +121,7 @@ def main() -> None:
             if side == "bare":
                 seconds = bare_side(layout.kernel_config, layout.tree, run)
             else:
-                seconds = doit_side(side, run, "off" if side == "doit-off" else "on")
+                seconds = doit_side(run, "off" if side == "doit-off" else "on")
             times[side].append(seconds)
             print(f"round {round_number + 1}: {side} {seconds:.1f} s", flush=True)
 
