@@ -104,14 +104,13 @@ def main() -> None:
     args = parser.parse_args()
 
     shutil.rmtree(BENCH, ignore_errors=True)
-    real = settings.load(ROOT, {}).layout
     # The reference build dir: its fetch warms the download and tree caches, its
     # config is the bare side's .config and its tree the bare side's source.
     reference = BENCH / "reference"
     subprocess.run(doit_argv("config", f"paths.build={reference}"), check=True, cwd=ROOT,
                    stdout=subprocess.DEVNULL)
-    link_shared_cache(real.cache)
     layout = settings.load(ROOT, {"paths.build": str(reference)}).layout
+    link_shared_cache(layout.cache)
 
     times: dict[str, list[float]] = {side: [] for side in SIDES}
     for round_number in range(args.rounds):

@@ -57,6 +57,8 @@ def artifacts_url(settings: Settings, cell: str | None) -> str:
 def job_text(settings: Settings, name: str, cell: str | None = None,
              job_file: str = "job.yaml") -> str:
     """The LAVA job definition of this build (`name` names it in the job)."""
+    import jinja2  # here: loading the tasks must not pay for it
+
     suite = guest.selected_suites(settings)
     cmdline = " ".join(guest.kernel_cmdline(settings, suite, ("pipeline.lava=1",)))
     if any(char in cmdline for char in '"{}'):
@@ -67,8 +69,6 @@ def job_text(settings: Settings, name: str, cell: str | None = None,
     url = artifacts_url(settings, cell)
     boot_minutes = max(1, math.ceil(settings.boot.boot_timeout / 60))
     test_minutes = max(1, math.ceil(settings.boot.test_timeout / 60))
-    import jinja2  # here: loading tasks must not pay for it
-
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(settings.layout.images_root / "lava"),
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
