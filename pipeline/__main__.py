@@ -31,9 +31,11 @@ def _epilog() -> str:
             lines += textwrap.wrap(comment, 76, initial_indent="      ",
                                    subsequent_indent="      ")
     lines += ["", "exit codes: 0 passed (bisect: culprit found), 1 other failure, 2 bad settings "
-              "or input, 3 the machine lacks something, 4 the kernel or a module does not "
-              "compile, 5 the tree cannot be built as asked, 10-15 guest outcomes (test "
-              "failures, kernel complaint, panic, boot timeout, test timeout, QEMU failed), "
+              "or input, 3 the machine lacks something or failed a build (a full disk, a "
+              "killed compiler), 4 the kernel or a module does not compile (a compiler "
+              "diagnostic says so), 5 the tree cannot be built as asked, 10-15 guest "
+              "outcomes (test failures, kernel complaint, panic, boot timeout, test timeout, "
+              "QEMU failed), "
               "20 bisect: skipped commits leave several candidates, 130 interrupted; "
               "repro: 0 every artifact identical, 10 an artifact differs, 2 an input of the "
               "manifest is not available here; matrix: 0 every cell passed, else the first "

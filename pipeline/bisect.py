@@ -12,8 +12,12 @@ cases, all by running the chain (`pipeline.chain`) in one kept build dir
   boot or test timeout) is the symptom.  The good ref must pass.
 - Verdicts: bad when the symptom shows; good when the run passes, or when
   the symptom's cases all passed; skip when the tree cannot be built or
-  tested as asked (exit codes 4 and 5) or something else hid the symptom's
-  cases; a host problem (codes 1-3, QEMU failing, Ctrl-C) stops the bisection.
+  tested as asked (exit codes 4 and 5: a compiler diagnostic, a series that
+  does not apply) or something else hid the symptom's cases; a host problem
+  (codes 1-3, QEMU failing, Ctrl-C) stops the bisection.  A build the machine
+  failed (a full disk, a killed compiler: `pipeline.failure`) is tried once
+  more, with half the make jobs after running out of memory, and never
+  becomes a skip.
 - Flaky symptoms: bad as soon as one run shows it, good after `bisect.runs`
   clean runs.  Verdicts are cached by commit and everything else that
   decides them, with the runs done, so a second bisection (or one after
@@ -33,8 +37,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import chain, commands, kconfig, kselftest, ktap
-from .errors import CommandError, EnvironmentProblem, PipelineError, UserError
+from . import chain, commands, kconfig, kmake, kselftest, ktap
+from .errors import CommandError, EnvironmentProblem, HostFailure, PipelineError, UserError
 from .guest import read_results, selected_suites
 from .layout import Layout
 from .results import Outcome
@@ -75,6 +79,9 @@ class Run:
     failed: tuple[str, ...] = ()
     passed: tuple[str, ...] = ()
     reason: str = ""
+    # The machine failed (a full disk, a killed compiler): worth one more try.
+    host_failure: bool = False
+    out_of_memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -228,8 +235,10 @@ def run_once(settings: Settings, dest: Path) -> Run:
                 failed.append(".".join(names))
             elif test.status is ktap.Status.PASSED:
                 passed.append(".".join(names))
+    host = outcome.error if isinstance(outcome.error, HostFailure) else None
     return Run(code=outcome.code, outcome=outcome_label(outcome.code), failed=tuple(failed),
-               passed=tuple(passed), reason=reason)
+               passed=tuple(passed), reason=reason, host_failure=host is not None,
+               out_of_memory=host is not None and host.out_of_memory)
 
 
 def _reason(message: str) -> str:
@@ -286,6 +295,9 @@ def test_commit(settings: Settings, repo: str, commit: str, symptom: Symptom, ru
         if verdict in ("abort", "skip") or (verdict is not None and enough):
             break
         run = run_once(step_config, layout.bisect_step(commit) / f"run-{len(done) + 1}")
+        if run.host_failure:
+            run = _retry_on_host_failure(step_config, run, layout.bisect_step(commit) /
+                                         f"run-{len(done) + 1}-retry")
         if judge(run, symptom)[0] == "abort":
             done.append(run)  # never cached: the next bisection tries again
             verdict = "abort"
@@ -304,6 +316,20 @@ def test_commit(settings: Settings, repo: str, commit: str, symptom: Symptom, ru
         atomic_write_text(layout.bisect_step(commit) / "step.json",
                           json.dumps(step.as_json(), indent=2) + "\n")
     return step
+
+
+def _retry_on_host_failure(settings: Settings, failed: Run, dest: Path) -> Run:
+    """A step the machine failed runs once more, with half the make jobs after running out
+    of memory.  Never a skip: a second failure stops the bisection (the caller)."""
+    if failed.out_of_memory:
+        jobs = max(1, kmake.jobs(settings) // 2)
+        settings = dataclasses.replace(
+            settings, kernel=dataclasses.replace(settings.kernel, jobs=jobs))
+        log.warning("the machine failed this step (%s); once more with kernel.jobs=%d",
+                    failed.reason, jobs)
+    else:
+        log.warning("the machine failed this step (%s); once more", failed.reason)
+    return run_once(settings, dest)
 
 
 # ------------------------------------------------------------------ git

@@ -13,7 +13,12 @@ script (and a bisection) must tell apart:
                                 be had here (a package version)
     3     EnvironmentProblem    the machine lacks something: a tool,      abort
                                 dockerd, network, a mirror, disk space
+    3     HostFailure           a build failed because of the machine:    retry,
+                                a killed compiler, a full disk, no        then
+                                memory (`pipeline.failure` tells it from  abort
+                                the tree's failures by the evidence)
     4     BuildError            the kernel or a module does not compile   skip
+                                (a compiler or linker diagnostic says so)
     5     TreeError             this tree cannot be built as asked: the   skip
                                 series does not apply, a requested
                                 option does not exist or survive, the
@@ -65,6 +70,14 @@ class EnvironmentProblem(PipelineError):
     """The machine lacks something: a tool, a daemon, network, disk space."""
 
     exit_code = 3
+
+
+class HostFailure(EnvironmentProblem):
+    """A command failed because of the machine (its output shows it), not the tree."""
+
+    def __init__(self, message: str, out_of_memory: bool = False):
+        super().__init__(message)
+        self.out_of_memory = out_of_memory
 
 
 class BuildError(PipelineError):

@@ -20,14 +20,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import commands, manifest, records, tarballs
-from .errors import CommandError, EnvironmentProblem, ImageError, UserError
+from . import commands, failure, manifest, records, tarballs
+from .errors import CommandError, EnvironmentProblem, HostFailure, ImageError, UserError
 from .layout import Layout
 from .records import ImageRecord, KernelRecord, KmodRecord, SelftestsRecord
 from .settings import Settings
@@ -48,6 +49,8 @@ DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 NETWORK_MARKERS = ("Temporary failure resolving", "Could not resolve", "Failed to fetch",
                    "Could not connect", "Connection failed", "Connection timed out",
                    "Network is unreachable", "Unable to connect")
+# mkfs.ext4 -d: the files do not fit the image's size (image.size_mb), a setting.
+IMAGE_FULL = re.compile(r"Could not allocate (?:block|inode)|No free space in the")
 
 
 class BaseImageError(UserError):
@@ -188,6 +191,10 @@ def _build_failed(error: str, log_file: Path) -> None:
         raise EnvironmentProblem(
             f"docker build could not reach the package mirror: {error} (full log: {log_file}). "
             "Check that the containers' network reaches Debian's mirror")
+    host = failure.host_sign(f"{text}\n{error}")
+    if host is not None:
+        raise failure.host_failure("docker build", host, log_file)
+    # A step of images/Dockerfile.j2 failed on what this tree built (depmod, say).
     raise ImageError(f"docker build failed: {error} (full log: {log_file})")
 
 
@@ -225,9 +232,10 @@ def make_ext4(settings: Settings, tree: Path, dest: Path) -> None:
     try:
         commands.run(mkfs_argv(image.uuid, image.size_mb, tree, dest), env=fake_time)
     except CommandError as exc:
-        raise UserError(f"mkfs.ext4 could not make the root filesystem:\n{exc.output_tail}\n"
-                        f"If the tree does not fit, raise image.size_mb (now "
-                        f"{image.size_mb})") from None
+        if failure.host_sign(exc.output_tail) is None and IMAGE_FULL.search(exc.output_tail):
+            raise UserError(f"the guest's files do not fit in image.size_mb={image.size_mb}:\n"
+                            f"{exc.output_tail}\nRaise image.size_mb") from None
+        raise _host_or_unknown("mkfs.ext4", exc) from None
     # mkfs -d copies each file's ctime, which no one can set (it is "now" after
     # extraction), and atime, which reading may bump: pin both with debugfs.
     script = dest.with_name("pin-times.debugfs")
@@ -241,7 +249,15 @@ def make_ext4(settings: Settings, tree: Path, dest: Path) -> None:
     try:
         commands.run(["debugfs", "-w", "-f", script, dest], env=fake_time)
     except CommandError as exc:
-        raise ImageError(f"debugfs could not pin the image's times:\n{exc.output_tail}") from None
+        raise _host_or_unknown("debugfs (pinning the image's times)", exc) from None
+
+
+def _host_or_unknown(what: str, exc: CommandError) -> HostFailure:
+    """mkfs and debugfs work on files this pipeline made: unless the image is too small
+    (a setting), a failure is the machine's, with its evidence or without one."""
+    blamed = failure.host_sign(exc.output_tail) or failure.Blame(
+        True, f"exit status {exc.returncode}, no known cause:\n{exc.output_tail}")
+    return failure.host_failure(what, blamed, None)
 
 
 def build_image(settings: Settings) -> ImageRecord:

@@ -18,8 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
-from . import ccache, kmake, manifest, records
-from .errors import BuildError, CommandError, MissingStepError
+from . import ccache, failure, kmake, manifest, records
+from .errors import BuildError, CommandError, MissingStepError, PipelineError
 from .kmake import Make
 from .layout import Layout
 from .records import ConfigRecord, KernelRecord, KmodRecord, SeriesRecord, SourceRecord
@@ -99,6 +99,17 @@ def kmod_sources(settings: Settings) -> list[Path]:
     return sorted(p for p in settings.layout.kmod_sources.iterdir() if p.is_file())
 
 
+def build_failed(what: str, exc: CommandError, log_file: Path, hint: str = "") -> PipelineError:
+    """BuildError when the log blames the tree (a bisection skips the commit), HostFailure
+    when it blames the machine (a bisection retries, then stops)."""
+    blamed = failure.blame_command(exc, log_file)
+    if blamed.host:
+        return failure.host_failure(what, blamed, log_file)
+    return BuildError(f"{what} failed: {blamed.evidence} (full log: {log_file})\n"
+                      f"--- last lines of its output ---\n{exc.output_tail}\n"
+                      f"command: {exc.argv_text}" + (f"\n{hint}" if hint else ""))
+
+
 def kmod_argv(make: Make) -> list[str]:
     return make.argv(f"M={make.paths.kmod_work}", "W=1", "modules", parallel=True)
 
@@ -124,8 +135,7 @@ def build_kmod(settings: Settings) -> KmodRecord:
     try:
         output = make.run(kmod_argv(make), echo=True, log_file=log_file, stats_log=stats_log)
     except CommandError as exc:
-        raise BuildError(f"kmod/ did not build (full log: {log_file}):\n"
-                         f"{exc.output_tail}") from None
+        raise build_failed("kmod/'s build", exc, log_file) from None
     warnings = [line for line in output.splitlines()
                 if any(marker in line for marker in WARNING_MARKERS)]
     if warnings:
@@ -190,10 +200,7 @@ def build_kernel(settings: Settings) -> KernelRecord:
         layout.artifacts.mkdir(parents=True, exist_ok=True)
         install_modules(make, release, log_file)
     except CommandError as exc:
-        raise BuildError(
-            f"the kernel did not build (full log: {log_file}):\n{exc.output_tail}\n"
-            f"command: {exc.argv_text}"
-        ) from None
+        raise build_failed("the kernel's build", exc, log_file) from None
     cache = report_cache(make, stats_log)
     module_sha256 = write_sha256_list(layout.modules, layout.modules_sha256)
     atomic_copy(layout.kernel_image, layout.bzimage)

@@ -146,10 +146,9 @@ def build_selftests(settings: Settings) -> SelftestsRecord | None:
         make.run(headers_argv(make), log_file=log_file)
         make.run(install_argv(make), log_file=log_file)
     except CommandError as exc:
-        raise BuildError(
-            f"the KVM selftests did not build (full log: {log_file}):\n{exc.output_tail}\n"
-            f"command: {exc.argv_text}\nTo build the kernel without them, set "
-            "kselftest.build=false") from None
+        raise kbuild.build_failed("the KVM selftests' build", exc, log_file,
+                                  "To build the kernel without them, set "
+                                  "kselftest.build=false") from None
     listing = layout.selftests_install / "kselftest-list.txt"
     tests = list_entries(listing.read_text()) if listing.is_file() else ()
     if not tests:

@@ -4,6 +4,7 @@ bisected end to end in test_e2e_bisect.py)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from conftest import new_repo
 
 from pipeline import bisect
 from pipeline.bisect import ANY_FAILURE, Run, Symptom, combine, judge, miss_chance
-from pipeline.errors import UserError
+from pipeline.errors import EnvironmentProblem, UserError
 
 SYMPTOM = Symptom(outcome="test failures", cases=("smoke.injection_rate",), shown=3, runs=3)
 PANIC = Symptom(outcome="kernel panic", cases=(), shown=1, runs=1)
@@ -223,6 +224,73 @@ def test_flaky_symptom_needs_clean_runs(make_settings, history, monkeypatch):
     assert report["symptom"]["shown"] == 2 and report["symptom"]["runs"] == 3
     assert attempts[commits[0]] == 3  # good only after three clean runs
     assert 0 < report["confidence"]["value"] < 1
+
+
+DISK_FULL = Run(3, "host problem", reason="the kernel's build failed because of this "
+                "machine, not the tree: the disk is full: No space left on device",
+                host_failure=True)
+OOM = Run(3, "host problem", reason="a compiler was killed", host_failure=True,
+          out_of_memory=True)
+
+
+@pytest.mark.parametrize(("failure", "jobs_after"), [(DISK_FULL, 8), (OOM, 4)])
+def test_a_step_the_machine_failed_is_tried_again_then_stops_the_bisection(
+        make_settings, history, monkeypatch, failure, jobs_after):
+    """Never a skip: one more try (half the jobs after an OOM), then exit 3 naming the
+    commit and the evidence; nothing cached, so a rerun with space continues."""
+    repo, commits = history
+    s = make_settings(**{"source.kind": "git", "source.repo": str(repo), "kernel.jobs": "8",
+                         "bisect.good": commits[0], "bisect.bad": commits[-1]})
+    calls: list[str] = []
+    stand_in = stand_in_runs(commits, calls)
+    machine_broken = True
+    tries: list[tuple[str, int]] = []
+
+    def run_once(settings, dest):
+        commit = settings.source.ref
+        if machine_broken and commit not in (commits[0], commits[-1]):
+            tries.append((commit, settings.kernel.jobs))
+            return failure
+        return stand_in(settings, dest)
+
+    monkeypatch.setattr(bisect, "run_once", run_once)
+    with pytest.raises(EnvironmentProblem) as stopped:
+        bisect.bisect(s)
+    assert stopped.value.exit_code == 3
+    commit = tries[0][0]
+    assert tries == [(commit, 8), (commit, jobs_after)]
+    assert f"stopped at {commit[:12]}" in str(stopped.value)
+    assert failure.reason in str(stopped.value)
+    log = subprocess.run(["git", "--git-dir", str(s.layout.bisect_repo), "bisect", "log"],
+                         capture_output=True, text=True).stdout
+    assert "skip" not in log
+    assert not any(entry["commit"] == commit for entry in
+                   json.loads(s.layout.bisect_verdicts.read_text()).values())
+
+    # The machine mended: the bisection goes on from its cached verdicts.
+    machine_broken = False
+    calls.clear()
+    report = bisect.bisect(s)
+    assert report["first_bad"]["commit"] == commits[REGRESSION]
+    assert commits[0] not in calls and commits[-1] not in calls
+
+
+def test_a_step_that_passes_on_its_second_try_counts(make_settings, history, monkeypatch):
+    repo, commits = history
+    s = make_settings(**{"source.kind": "git", "source.repo": str(repo),
+                         "bisect.good": commits[0], "bisect.bad": commits[-1]})
+    tries: dict[str, int] = {}
+    stand_in = stand_in_runs(commits, [])
+
+    def run_once(settings, dest):
+        commit = settings.source.ref
+        tries[commit] = tries.get(commit, 0) + 1
+        return DISK_FULL if tries[commit] == 1 else stand_in(settings, dest)
+
+    monkeypatch.setattr(bisect, "run_once", run_once)
+    report = bisect.bisect(s)
+    assert report["first_bad"]["commit"] == commits[REGRESSION]
+    assert set(tries.values()) == {2}
 
 
 @pytest.mark.parametrize(("good", "bad", "message"), [

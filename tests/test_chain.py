@@ -28,7 +28,7 @@ SUBLEVEL = 3
 EXTRAVERSION =
 # A stand-in for the kernel's build system (see tests/test_chain.py).
 step = $(if $(M),kmod,$@)
-fail = $(if $(filter $(step),$(FAKE_FAIL)),@echo "fake.c:1:1: error: $(step) fails" && false)
+fail = $(if $(filter $(step),$(FAKE_FAIL)),@echo "$(or $(FAKE_FAIL_TEXT),fake.c:1:1: error: $(step) fails)" && false)
 REL = 6.12.3-fake
 tinyconfig:
 \t$(fail)
@@ -107,10 +107,11 @@ FAILURES = [
      "CONFIG_NOT_IN_THIS_TREE=y (from"),
     ("config: olddefconfig fails", {}, "olddefconfig", ["config"], 5,
      "cannot be configured as asked"),
-    ("kernel: does not compile", {}, "bzImage", ["kernel"], 4, "the kernel did not build"),
-    ("kmod: does not compile", {}, "kmod", ["kmod"], 4, "kmod/ did not build"),
+    ("kernel: does not compile", {}, "bzImage", ["kernel"], 4,
+     "the kernel's build failed: fake.c:1:1: error: bzImage fails"),
+    ("kmod: does not compile", {}, "kmod", ["kmod"], 4, "kmod/'s build failed: fake.c:1:1"),
     ("selftests: do not compile", {}, "selftests", ["selftests"], 4,
-     "the KVM selftests did not build"),
+     "the KVM selftests' build failed: kvm_util.c:1:1: error: fails"),
     ("image: no Docker engine", {}, "", ["image"], 3, "DOCKER_HOST=tcp://127.0.0.1:9"),
 ]
 
@@ -128,6 +129,18 @@ def test_exit_code_per_failure_class(fake_chain, tmp_path, monkeypatch, capfd, e
     out = capfd.readouterr()
     assert message in out.out + out.err
     assert "Traceback" not in out.out + out.err
+
+
+def test_a_build_the_machine_failed_is_a_host_problem(fake_chain, monkeypatch, capfd):
+    """Exit 3, not 4: a bisection must not skip a commit because the disk filled up."""
+    monkeypatch.setenv("FAKE_FAIL", "bzImage")
+    monkeypatch.setenv("FAKE_FAIL_TEXT", "{standard input}: Fatal error: can't write 4 bytes "
+                                         "to section .text of init/main.o: 'No space left on "
+                                         "device'")
+    assert entry.main(words(fake_chain, "kernel")) == 3
+    out = capfd.readouterr()
+    assert "the kernel's build failed because of this machine, not the tree: the disk is " \
+           "full: {standard input}: Fatal error" in out.out + out.err
 
 
 def test_two_runs_in_one_process_each_get_their_outcome(fake_chain, tmp_path):

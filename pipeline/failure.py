@@ -1,0 +1,104 @@
+"""Whose fault a failed command is: the tree's or the machine's, from its output.
+
+A bisection reads exit code 4 (the kernel does not compile) as "skip this
+commit".  If a full disk, the OOM killer or a dying dockerd also gave 4, a
+good commit would be skipped (or the answer made ambiguous) for what the
+host did.  So a failed build is blamed on the tree only on evidence: a
+compiler, assembler, linker or modpost diagnostic in its output.  Signs of
+the host (a killed compiler, a full or read-only disk, no memory, the Docker
+daemon) win over any diagnostic, since a full disk makes the assembler
+complain too; and a failure with no diagnostic at all is the host's.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CommandError, HostFailure
+
+# (sign, what it means), in the order they are looked for.
+HOST_SIGNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # gcc's driver on a cc1 that died of a signal: SIGKILL from the OOM killer, or
+    # SIGSEGV when an allocation failed under a memory limit.
+    (re.compile(r"signal terminated program"),
+     "a compiler was killed (out of memory, most likely)"),
+    (re.compile(r"out of memory allocating|virtual memory exhausted|memory exhausted"
+                r"|Cannot allocate memory|failed to map segment from shared object"),
+     "the machine ran out of memory"),
+    (re.compile(r"No space left on device|Disk quota exceeded"), "the disk is full"),
+    (re.compile(r"Read-only file system"), "a file system is read-only"),
+    (re.compile(r"Cannot connect to the Docker daemon|Error response from daemon"
+                r"|error during connect"),
+     "the Docker daemon failed"),
+)
+MEMORY_SIGNS = frozenset(meaning for _, meaning in HOST_SIGNS[:2])
+TREE_SIGNS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"^\S+?:\d+(?::\d+)?: (?:fatal )?error: ", re.M),  # gcc, file:line
+    re.compile(r"^\S+?: (?:fatal )?error: ", re.M),  # cc1, objtool, ld on a whole file
+    re.compile(r"^\S+?:\d+: Error: ", re.M),  # gas
+    re.compile(r"undefined reference to |multiple definition of "),  # ld
+    re.compile(r"^ERROR: modpost: ", re.M),
+    re.compile(r"No rule to make target "),
+)
+
+
+@dataclass(frozen=True)
+class Blame:
+    """The verdict on one failure: the host's or the tree's, and the line that says so."""
+
+    host: bool
+    evidence: str
+    out_of_memory: bool = False
+
+
+def blame(output: str, returncode: int) -> Blame:
+    """Blame the host or the tree for a command that failed with this output."""
+    host = host_sign(output)
+    if host is not None:
+        return host
+    if returncode < 0 or returncode > 128:
+        number = -returncode if returncode < 0 else returncode - 128
+        name = signal.Signals(number).name if number in signal.valid_signals() else number
+        return Blame(True, f"the command was killed by signal {name} "
+                           "(the OOM killer or a stopped container, most likely)",
+                     out_of_memory=number == signal.SIGKILL)
+    for sign in TREE_SIGNS:
+        found = sign.search(output)
+        if found:
+            return Blame(False, _line_of(output, found.start()))
+    return Blame(True, "it failed without a compiler, linker or modpost diagnostic")
+
+
+def host_sign(output: str) -> Blame | None:
+    """The host's blame when the output shows a sign of the machine failing, else None."""
+    for sign, meaning in HOST_SIGNS:
+        found = sign.search(output)
+        if found:
+            return Blame(True, f"{meaning}: {_line_of(output, found.start())}",
+                         out_of_memory=meaning in MEMORY_SIGNS)
+    return None
+
+
+def _line_of(text: str, offset: int) -> str:
+    start = text.rfind("\n", 0, offset) + 1
+    end = text.find("\n", offset)
+    return text[start:end if end >= 0 else len(text)].strip()[:300]
+
+
+def host_failure(what: str, blamed: Blame, log_file: Path | None) -> HostFailure:
+    where = f" (full log: {log_file})" if log_file else ""
+    return HostFailure(f"{what} failed because of this machine, not the tree: "
+                       f"{blamed.evidence}{where}. Free the disk or memory (or lower "
+                       "kernel.jobs), check dockerd, then run again",
+                       out_of_memory=blamed.out_of_memory)
+
+
+def blame_command(exc: CommandError, log_file: Path | None) -> Blame:
+    """Blame a failed command on its whole log when it has one, else on its output's tail."""
+    text = exc.output_tail
+    if log_file is not None and log_file.is_file():
+        text = log_file.read_text(errors="replace")
+    return blame(text, exc.returncode)

@@ -1,0 +1,132 @@
+"""Host or tree: failed builds blamed by their evidence, on real failures of real tools."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import commands, failure, image, kbuild
+from pipeline.errors import BuildError, CommandError, HostFailure, UserError
+
+# Heavy enough that cc1 needs far more than the memory limit below, and runs long
+# enough to be killed mid-compile.
+HEAVY_C = "".join(f"int g{n}(int a) {{ int b[100]; for (int i = 0; i < 100; i++) "
+                  f"b[i] = a * i + {n}; return b[a % 100]; }}\n" for n in range(3000))
+
+
+def failed(argv: list[str], cwd: Path) -> CommandError:
+    with pytest.raises(CommandError) as raised:
+        commands.run(argv, cwd=cwd)
+    return raised.value
+
+
+def blamed_as(exc: CommandError, tmp_path: Path) -> BuildError | HostFailure:
+    log_file = tmp_path / "build.log"
+    log_file.write_text(exc.output_tail)
+    error = kbuild.build_failed("the kernel's build", exc, log_file)
+    assert isinstance(error, (BuildError, HostFailure))
+    return error
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 16 KiB tmpfs: a real full disk."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", mount], check=True)
+    yield mount
+    subprocess.run(["umount", mount], check=True)
+
+
+def test_a_compile_error_is_the_trees(tmp_path):
+    (tmp_path / "bad.c").write_text("int f(void) { return x; }\n")
+    error = blamed_as(failed(["gcc", "-c", "bad.c", "-o", "bad.o"], tmp_path), tmp_path)
+    assert isinstance(error, BuildError) and error.exit_code == 4
+    assert "bad.c:1:22: error: " in str(error) and "undeclared" in str(error)
+
+
+def test_a_link_error_is_the_trees(tmp_path):
+    (tmp_path / "main.c").write_text("int missing(void);\nint main(void) { return missing(); }\n")
+    error = blamed_as(failed(["gcc", "main.c", "-o", "main"], tmp_path), tmp_path)
+    assert isinstance(error, BuildError)
+    assert "undefined reference to `missing'" in str(error)
+
+
+def test_a_compiler_out_of_memory_is_the_hosts(tmp_path):
+    """Under a real memory limit cc1 fails to allocate (or to load, or crashes)."""
+    (tmp_path / "heavy.c").write_text(HEAVY_C)
+    exc = failed(["sh", "-c", "ulimit -v 45000; exec gcc -O2 -c heavy.c -o heavy.o"], tmp_path)
+    error = blamed_as(exc, tmp_path)
+    assert isinstance(error, HostFailure) and error.exit_code == 3
+    assert error.out_of_memory, str(error)
+
+
+def test_a_compiler_the_oom_killer_killed_is_the_hosts(tmp_path):
+    (tmp_path / "heavy.c").write_text(HEAVY_C)
+    gcc = subprocess.Popen(["gcc", "-O2", "-c", "heavy.c", "-o", "heavy.o"], cwd=tmp_path,
+                           stderr=subprocess.PIPE, text=True)
+    children = Path(f"/proc/{gcc.pid}/task/{gcc.pid}/children")
+    deadline = time.monotonic() + 30
+    while not children.read_text().split() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    cc1 = children.read_text().split()
+    assert cc1, "gcc started no compiler"
+    subprocess.run(["kill", "-KILL", cc1[0]], check=True)  # as the OOM killer does
+    _, stderr = gcc.communicate()
+    blamed = failure.blame(stderr, gcc.returncode)
+    assert blamed.host and blamed.out_of_memory
+    assert "Killed signal terminated program cc1" in blamed.evidence
+
+
+def test_a_full_disk_is_the_hosts_although_the_assembler_complains(tmp_path, tiny_disk):
+    (tmp_path / "heavy.c").write_text(HEAVY_C)
+    exc = failed(["gcc", "-O2", "-g", "-c", "heavy.c", "-o", str(tiny_disk / "heavy.o")],
+                 tmp_path)
+    error = blamed_as(exc, tmp_path)
+    assert isinstance(error, HostFailure) and not error.out_of_memory
+    assert "the disk is full" in str(error) and "No space left on device" in str(error)
+
+
+def test_a_stopped_dockerd_is_the_hosts(tmp_path):
+    exc = failed(["docker", "-H", f"unix://{tmp_path}/docker.sock", "run", "--rm",
+                  "kvm-pipeline/toolchain", "make"], tmp_path)
+    error = blamed_as(exc, tmp_path)
+    assert isinstance(error, HostFailure)
+    assert "the Docker daemon failed" in str(error)
+
+
+def test_a_failure_without_any_diagnostic_is_the_hosts(tmp_path):
+    (tmp_path / "Makefile").write_text("all:\n\t@exit 1\n")
+    error = blamed_as(failed(["make"], tmp_path), tmp_path)
+    assert isinstance(error, HostFailure)
+    assert "without a compiler, linker or modpost diagnostic" in str(error)
+
+
+@pytest.mark.parametrize(("returncode", "killed"), [(-9, "SIGKILL"), (137, "SIGKILL"),
+                                                    (-15, "SIGTERM")])
+def test_a_command_killed_by_a_signal_is_the_hosts(returncode, killed):
+    blamed = failure.blame("kernel/fork.c:12:1: error: this diagnostic came first\n",
+                           returncode)
+    assert blamed.host and killed in blamed.evidence
+
+
+def test_modpost_is_the_trees():
+    blamed = failure.blame('ERROR: modpost: "kvm_x" [arch/x86/kvm/kvm-amd.ko] undefined!\n'
+                           "make[2]: *** [scripts/Makefile.modpost:145: Module.symvers] "
+                           "Error 1\n", 2)
+    assert not blamed.host and blamed.evidence.startswith("ERROR: modpost:")
+
+
+def test_an_image_too_small_is_a_setting_and_a_full_disk_the_host(make_settings, tmp_path,
+                                                                  tiny_disk):
+    tree = tmp_path / "rootfs"
+    tree.mkdir()
+    (tree / "big").write_bytes(b"\xa5" * (257 << 20))  # the smallest image is 256 MiB
+    s = make_settings(**{"image.size_mb": "256"})
+    with pytest.raises(UserError, match=r"do not fit in image\.size_mb=256"):
+        image.make_ext4(s, tree, tmp_path / "rootfs.ext4")
+    with pytest.raises(HostFailure, match="the disk is full"):
+        image.make_ext4(make_settings(), tree, tiny_disk / "rootfs.ext4")
