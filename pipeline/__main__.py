@@ -37,7 +37,8 @@ def _epilog() -> str:
               "outcomes (test failures, kernel complaint, panic, boot timeout, test timeout, "
               "QEMU failed), "
               "20 bisect: skipped commits leave several candidates, 130 interrupted; "
-              "repro: 0 every artifact identical, 10 an artifact differs, 2 an input of the "
+              "repro: 0 every input the same and every artifact identical, 11 an input "
+              "differs, 10 an artifact differs, 2 an input of the "
               "manifest is not available here; matrix: 0 every cell passed, else the first "
               "failing cell's code"]
     return "\n".join(lines)

@@ -25,6 +25,8 @@ script (and a bisection) must tell apart:
                                 image cannot be made from it
     10-15 guest outcomes        see `pipeline.results.Outcome`            bad
     10    ArtifactsDiffer       repro: a rebuilt artifact differs         -
+    11    InputsDiffer          repro: an input of the rebuild is not     -
+                                the manifest's (whatever the artifacts)
     20    BisectAmbiguous       skipped commits leave several candidates  -
     *     MatrixFailed          a matrix cell failed: the first failing   -
                                 cell's own code (pipeline.matrix)
@@ -112,6 +114,12 @@ class ArtifactsDiffer(PipelineError):
     """`doit repro`: the rebuild's artifacts are not the manifest's."""
 
     exit_code = 10
+
+
+class InputsDiffer(PipelineError):
+    """`doit repro`: the rebuild's inputs are not the manifest's, so it verifies nothing."""
+
+    exit_code = 11
 
 
 class CommandError(PipelineError):

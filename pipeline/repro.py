@@ -12,9 +12,12 @@ from artifacts.  Each artifact that differs gets a diffoscope report in
 <build>/repro/diffoscope/ (rootfs.ext4 as the file trees it holds: diffoscope
 on a raw ext4 image is a hexdump).
 
-Exit codes (through `python -m pipeline repro`): 0 every artifact identical,
-10 an artifact differs, 2 an input of the manifest is not available here
-(a package set the mirror has moved on from, with no pinned tarball).
+Exit codes (through `python -m pipeline repro`): 0 every input the same and
+every artifact identical; 11 an input differs (the rebuild is not of the
+manifest's inputs, so identical artifacts prove nothing about them: each
+difference is named); 10 the inputs are the same and an artifact differs;
+2 an input of the manifest is not available here (a package set the mirror
+has moved on from, with no pinned tarball).
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from . import chain, commands, manifest, tarballs
-from .errors import ArtifactsDiffer, CommandError, InputUnavailable, PipelineError
+from .errors import (
+    ArtifactsDiffer,
+    CommandError,
+    InputsDiffer,
+    InputUnavailable,
+    PipelineError,
+)
 from .layout import Layout
 from .settings import Settings
 from .util import atomic_write_text, file_sha256, remove_tree
@@ -260,17 +269,30 @@ def repro(settings: Settings) -> None:
         print(f"\nrepro: {name} differs; diffoscope (first lines, the whole report is in "
               f"{layout.repro_diffs}):")
         print("\n".join(f"  {text}" for text in lines))
+    differing = [row.name for row in rows if not row.same]
+    verdict = ("inputs differ" if inputs else "artifacts differ" if differing
+               else "identical")
     report = {
-        "against": str(against), "rebuilt": str(fresh.layout.build), "seconds": seconds,
+        "verdict": verdict, "against": str(against), "rebuilt": str(fresh.layout.build),
+        "seconds": seconds,
         "inputs": [dataclasses.asdict(diff) for diff in inputs],
         "artifacts": [{**dataclasses.asdict(row), "same": row.same, "note": row.note,
                        "diffoscope": explained.get(row.name)} for row in rows],
     }
     atomic_write_text(layout.repro_report, json.dumps(report, indent=2, sort_keys=True) + "\n")
-    differing = [row.name for row in rows if not row.same]
+    if inputs:
+        artifacts = (f"{len(differing)} of {len(rows)} artifacts differ" if differing
+                     else f"all {len(rows)} artifacts are identical")
+        raise InputsDiffer(
+            f"{len(inputs)} input(s) of the rebuild are not those of {against}: "
+            f"{', '.join(diff.key for diff in inputs[:5])}{' ...' if len(inputs) > 5 else ''}; "
+            f"{artifacts}, but that does not verify the manifest. Rebuild with its inputs "
+            f"(its kernel.runtime and toolchain, source version, series, fragments, images/ "
+            f"and kmod/ as recorded) (report: {layout.repro_report})")
     if differing:
         raise ArtifactsDiffer(
             f"{len(differing)} of {len(rows)} artifacts differ from {against}: "
             f"{', '.join(differing[:5])}{' ...' if len(differing) > 5 else ''} (report: "
             f"{layout.repro_report})")
-    print(f"repro: all {len(rows)} artifacts identical to {against}", flush=True)
+    print(f"repro: every input the same, all {len(rows)} artifacts identical to {against}",
+          flush=True)

@@ -51,9 +51,13 @@ def test_container_rebuild_matches_the_host_build(docker_repro, kernel_build):
     if compiler_moved:
         # The manifests name the package; identical bytes cannot be asked for.
         pytest.skip(f"this host's compiler is not the toolchain tarball's: {compiler_moved}")
-    assert proc.returncode == 0, show(proc)
     assert all(row["same"] for row in rows), [row["name"] for row in rows if not row["same"]]
-    assert f"repro: all {len(rows)} artifacts identical" in proc.stdout
+    # Identical artifacts, but from another toolchain than the manifest names: that
+    # verifies nothing about the manifest's inputs, and repro says so.
+    assert proc.returncode == 11, show(proc)
+    assert report["verdict"] == "inputs differ"
+    assert f"all {len(rows)} artifacts are identical, but that does not verify" in proc.stderr
+    assert "kernel.toolchain." in proc.stderr
     # The two manifests are byte-identical but for the toolchain they name.
     ours = json.loads(kernel_build.layout.manifest.read_text())
     theirs = json.loads((rebuilt / "artifacts" / "manifest.json").read_text())
@@ -62,10 +66,11 @@ def test_container_rebuild_matches_the_host_build(docker_repro, kernel_build):
     assert manifest.dumps(ours) == manifest.dumps(theirs)
 
 
-def test_a_planted_difference_is_named_with_diffoscope_report(docker_repro, kernel_build,
-                                                              tmp_path):
+def test_a_planted_difference_is_named_with_diffoscope_report(docker_repro, tmp_path):
+    # The rebuild's own artifacts: the same inputs, so the artifacts decide (exit 10).
     published = tmp_path / "ci-artifacts"
-    shutil.copytree(kernel_build.layout.artifacts, published, copy_function=_link_or_copy)
+    shutil.copytree(CLONE / "build" / "repro" / "build" / "artifacts", published,
+                    copy_function=_link_or_copy)
     planted = published / "bzImage"
     data = bytearray(planted.read_bytes())
     planted.unlink()  # a hard link: write a new file
@@ -116,7 +121,9 @@ def test_one_kmod_byte_changes_its_module_the_image_and_the_manifest(docker_repr
     # repro names both, and compares rootfs.ext4 by the files it holds.
     proc = pipeline("repro", "repro.rebuild=false", f"repro.against={before}/manifest.json",
                     "kernel.runtime=docker", timeout=1200)
-    assert proc.returncode == 10, show(proc)
+    assert proc.returncode == 11, show(proc)  # an input differs: named first
+    assert "1 input(s) of the rebuild are not those of" in proc.stderr
+    assert "kmod.sources.sched_inject_main.c" in proc.stderr
     diffs = CLONE / "build" / "repro" / "diffoscope"
     assert (diffs / "kmod_sched_inject.ko.txt").is_file()
     assert "sched_inject.ko" in (diffs / "rootfs.ext4.txt").read_text()

@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from pipeline import manifest, records, repro, reproducer, settings, tarballs
-from pipeline.errors import InputUnavailable, SettingsError, UserError
+from pipeline.errors import InputUnavailable, PipelineError, SettingsError, UserError
 from pipeline.records import (
     ConfigRecord,
     ImageRecord,
@@ -309,3 +309,40 @@ def test_reproducer_runs_make_where_the_kernel_step_did(layout, make_settings):
     for role in ("base", "toolchain"):
         assert f'[ -f "$HERE/{role}.tar" ]' in container
         assert f"docker import \"${role.upper()}_TARBALL\" kvm-pipeline/{role}:" in container
+
+
+@pytest.mark.parametrize(("plant", "code", "words"), [
+    (None, 0, "every input the same, all 5 artifacts identical"),
+    ("input", 11, "1 input(s) of the rebuild are not those of"),
+    ("artifact", 10, "1 of 5 artifacts differ from"),
+])
+def test_a_repro_verdict_covers_the_inputs_as_well_as_the_artifacts(make_settings, tmp_path,
+                                                                     capsys, plant, code, words):
+    """Identical artifacts from other inputs (the source tarball's digest, here) verify
+    nothing: exit 11 naming the input; exit 0 only when both match."""
+    against = tmp_path / "ci" / "manifest.json"
+    s = make_settings(**{"repro.rebuild": "false", "repro.against": str(against)})
+    rebuilt = s.layout.repro_build
+    rebuilt_layout = make_settings(**{"paths.build": str(rebuilt)}).layout
+    save_build(rebuilt_layout)
+    manifest.write(rebuilt_layout)
+    expected = manifest.load(rebuilt_layout.manifest)
+    if plant == "input":
+        expected["inputs"]["source"]["sha256"] = "0" * 64
+    elif plant == "artifact":
+        expected["artifacts"]["bzImage"] = "f" * 64
+    against.parent.mkdir()
+    against.write_text(manifest.dumps(expected))
+    if code:
+        with pytest.raises(PipelineError) as failed:
+            repro.repro(s)
+        assert failed.value.exit_code == code and words in str(failed.value)
+        if plant == "input":
+            assert "source.sha256" in str(failed.value)
+            assert "all 5 artifacts are identical" in str(failed.value)
+    else:
+        repro.repro(s)
+        assert words in capsys.readouterr().out
+    report = json.loads(s.layout.repro_report.read_text())
+    assert report["verdict"] == {None: "identical", "input": "inputs differ",
+                                 "artifact": "artifacts differ"}[plant]
