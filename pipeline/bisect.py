@@ -36,13 +36,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import chain, commands, kconfig, kmake, kselftest, ktap
 from .errors import CommandError, EnvironmentProblem, HostFailure, PipelineError, UserError
 from .guest import read_results, selected_suites
 from .layout import Layout
 from .results import Outcome
-from .settings import Settings
+from .settings import SECTIONS, Settings
 from .sources import git
 from .util import atomic_write_text, remove_tree
 
@@ -153,23 +154,38 @@ def _digest_tree(digest: hashlib._Hash, top: Path) -> None:
             digest.update(f"{top.name}/{name}".encode() + b"\0" + path.read_bytes() + b"\0")
 
 
+# Settings that cannot change a commit's verdict: where things go, how fast and
+# through which caches the build runs (ccache's objects are the compiler's), the
+# other drivers' own settings, and the bisection's (each step's settings already
+# carry their effect: the commit, bisect.series as patch.series; the runs are
+# cached, not the verdicts, so bisect.runs and bisect.symptom only re-judge them).
+# Every other setting, a new one too, is in the key: a miss costs a rebuild, a
+# stale hit a wrong answer.
+NOT_DECIDING = frozenset({
+    "source", "bisect", "repro", "matrix", "lava", "paths",
+    "kernel.jobs", "kernel.ccache", "kernel.ccache_remote", "kernel.ccache_remote_mode",
+    "image.docker_cache", "boot.dry_run", "test.repeat",
+})
+
+
+def deciding_settings(settings: Settings) -> dict[str, Any]:
+    """Every setting but NOT_DECIDING's, as {"section.key": value}."""
+    return {f"{section}.{field.name}": getattr(getattr(settings, section), field.name)
+            for section in SECTIONS if section not in NOT_DECIDING
+            for field in dataclasses.fields(SECTIONS[section])
+            if f"{section}.{field.name}" not in NOT_DECIDING}
+
+
 def verdict_key(settings: Settings, commit: str) -> str:
-    """What decides a commit's verdict: the commit, the project's inputs, the settings
-    that reach the kernel, the image and the guest run, and the pipeline's own code."""
+    """What decides a commit's verdict: the commit, the project's inputs, every setting
+    that reaches the kernel, the image and the guest run, and the pipeline's own code."""
     layout = settings.layout
     digest = hashlib.sha256(commit.encode() + b"\0")
     tops = [layout.series_root, layout.fragments_dir, layout.kmod_sources, layout.images_root,
             Path(__file__).parent]  # the last: the pipeline's own code
     for top in tops + kconfig.user_fragment_paths(settings):
         _digest_tree(digest, top)
-    deciding = {
-        "patch": dataclasses.asdict(settings.patch), "series": settings.bisect.series,
-        "kernel": {"variant": settings.kernel.variant, "fragments": settings.kernel.fragments},
-        "image": dataclasses.asdict(settings.image),
-        "boot": {k: v for k, v in dataclasses.asdict(settings.boot).items() if k != "dry_run"},
-        "test": {k: v for k, v in dataclasses.asdict(settings.test).items() if k != "repeat"},
-    }
-    digest.update(json.dumps(deciding, sort_keys=True).encode())
+    digest.update(json.dumps(deciding_settings(settings), sort_keys=True).encode())
     return digest.hexdigest()
 
 

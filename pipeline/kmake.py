@@ -103,8 +103,13 @@ class Make:
             # object, so a hit is the object this dir would have compiled.  Depend
             # mode also spares each miss a preprocessor run: ccache learns the
             # headers from the compiler's own -MMD file, which kbuild asks for.
+            # Hashing those headers (hundreds a compile, the same ones every time)
+            # is most of what a miss costs: the inode cache keeps each file's hash
+            # by device, inode, size and times, and the build trees are hard links
+            # of one extraction, so every build dir shares it.
             env["CCACHE_BASEDIR"] = str(self.paths.build)
             env["CCACHE_DEPEND"] = "1"
+            env["CCACHE_INODECACHE"] = "1"
             env["CCACHE_DIR"] = str(self.paths.ccache)
             if self.recache:
                 env["CCACHE_RECACHE"] = "1"

@@ -125,6 +125,11 @@ class Layout:
         return self.build / "results-history"
 
     @property
+    def lock(self) -> Path:
+        """Held (flock) by the task writing this build dir; it holds the holder's pid."""
+        return self.build / ".lock"
+
+    @property
     def doit_db(self) -> Path:
         return self.build / ".doit.db"
 

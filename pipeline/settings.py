@@ -158,6 +158,7 @@ class LavaSettings:
 class PathSettings:
     build: str
     cache: str
+    wait_lock: bool
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,19 @@ from pathlib import Path
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import image, kbuild, kconfig, kmake, manifest, patch, records, selftests, settings, sources
+from . import (
+    image,
+    kbuild,
+    kconfig,
+    kmake,
+    lock,
+    manifest,
+    patch,
+    records,
+    selftests,
+    settings,
+    sources,
+)
 from .errors import PipelineError
 from .records import (
     ConfigRecord,
@@ -69,11 +81,13 @@ def overrides_from_argv(argv: list[str]) -> dict[str, str]:
 
 def action(step: str, func: Callable[[settings.Settings], object], config: settings.Settings,
            run: RunState) -> Callable[[], TaskFailed | None]:
-    """A doit python-action running `func(config)`, its error kept in `run`."""
+    """A doit python-action running `func(config)` with the build dir locked, its error
+    kept in `run`."""
 
     def run_step() -> TaskFailed | None:
         try:
-            func(config)
+            with lock.holding(config.layout, config.paths.wait_lock):
+                func(config)
         except PipelineError as exc:
             run.error = exc
             return TaskFailed(f"{step}: {exc}")

@@ -242,6 +242,37 @@ class RedisServer:
         self.proc.wait()
 
 
+HOLDER = """
+import sys, time
+from pathlib import Path
+from pipeline import lock
+from pipeline.layout import Layout
+build = Path(sys.argv[1])
+with lock.holding(Layout(project=build, build=build, cache=build), wait=False):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def hold_build_dir():
+    """hold(build): another process holding that build dir's lock, as a running task
+    does; killed at the end of the test."""
+    holders = []
+
+    def hold(build: Path) -> subprocess.Popen:
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(build)], cwd=ROOT,
+                                  stdout=subprocess.PIPE, text=True)
+        holders.append(holder)
+        assert holder.stdout.readline() == "held\n"
+        return holder
+
+    yield hold
+    for holder in holders:
+        holder.kill()
+        holder.wait()
+
+
 @pytest.fixture
 def redis_server(tmp_path):
     server = RedisServer(tmp_path / "redis")

@@ -4,6 +4,7 @@ bisected end to end in test_e2e_bisect.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ from conftest import new_repo
 from pipeline import bisect
 from pipeline.bisect import ANY_FAILURE, Run, Symptom, combine, judge, miss_chance
 from pipeline.errors import EnvironmentProblem, UserError
+from pipeline.settings import SECTIONS
 
 SYMPTOM = Symptom(outcome="test failures", cases=("smoke.injection_rate",), shown=3, runs=3)
 PANIC = Symptom(outcome="kernel panic", cases=(), shown=1, runs=1)
@@ -72,17 +74,36 @@ def test_miss_chance_is_unknown_after_one_run_and_shrinks_with_runs():
     assert miss_chance(always, 1) < miss_chance(half, 1)
 
 
-def test_cache_key_covers_what_decides_the_verdict(make_settings):
+def changed(value):
+    """Another value of the same type (the key does not validate: any will do)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, tuple):
+        return (*value, "other")
+    return f"{value}-other"
+
+
+def test_cache_key_covers_every_setting_that_decides_the_verdict(make_settings):
+    """Each setting of the schema, one at a time: a miss unless it is NOT_DECIDING."""
     base = make_settings()
     key = bisect.verdict_key(base, "a" * 40)
     assert bisect.verdict_key(base, "b" * 40) != key
-    for name, value in (("test.cases", "smoke.*"), ("test.kvm_seconds", "7"),
-                        ("kernel.variant", "debug"), ("patch.enabled", "false"),
-                        ("boot.smp", "1"), ("image.size_mb", "2048")):
-        assert bisect.verdict_key(make_settings(**{name: value}), "a" * 40) != key, name
+    deciding = set(bisect.deciding_settings(base))
+    assert {"kselftest.tests", "kselftest.timeout", "test.cases", "kernel.variant",
+            "kernel.runtime", "boot.smp", "image.size_mb"} <= deciding
+    for section, cls in SECTIONS.items():
+        for field in dataclasses.fields(cls):
+            name = f"{section}.{field.name}"
+            section_value = getattr(base, section)
+            other = dataclasses.replace(base, **{section: dataclasses.replace(
+                section_value, **{field.name: changed(getattr(section_value, field.name))})})
+            same = bisect.verdict_key(other, "a" * 40) == key
+            assert same == (name not in deciding), name
     # How a build runs does not change its verdict.
-    for name, value in (("kernel.jobs", "7"), ("kernel.ccache", "off"), ("test.repeat", "3")):
-        assert bisect.verdict_key(make_settings(**{name: value}), "a" * 40) == key, name
+    for name in ("kernel.jobs", "kernel.ccache", "test.repeat", "paths.build"):
+        assert name not in deciding
 
 
 @pytest.mark.parametrize(("verdict", "code"), [("good", 0), ("bad", 1), ("skip", 125)])

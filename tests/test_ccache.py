@@ -171,7 +171,9 @@ def test_a_hung_server_is_cut_off_after_a_few_compiles(tmp_path, redis_server, c
     stats = ccache.Stats.from_log(tmp_path / "stats")
     assert stats.misses == 16  # every object compiled, here
     # Cut off at the fifth failure; the compile running while the watcher looked may add one.
-    assert ccache.CUTOFF_FAILURES <= stats.remote_errors <= ccache.CUTOFF_FAILURES + 2
+    # (Once in CI: 4 counted here after a cut-off; the log shows what ccache wrote.)
+    assert ccache.CUTOFF_FAILURES <= stats.remote_errors <= ccache.CUTOFF_FAILURES + 2, \
+        (tmp_path / "stats").read_text()
     assert "uses the local cache only" in caplog.text and redis_server.PASSWORD not in caplog.text
 
 

@@ -143,6 +143,16 @@ def test_a_build_the_machine_failed_is_a_host_problem(fake_chain, monkeypatch, c
            "full: {standard input}: Fatal error" in out.out + out.err
 
 
+def test_a_second_run_on_a_busy_build_dir_fails_or_waits(fake_chain, hold_build_dir, capfd):
+    holder = hold_build_dir(Path(fake_chain["paths.build"]))
+    assert entry.main(words({**fake_chain, "paths.wait_lock": "false"}, "fetch")) == 3
+    out = capfd.readouterr()
+    assert f"is in use by another run (pid {holder.pid})" in out.out + out.err
+    holder.kill()  # gone mid-task: the next run takes its lock over
+    holder.wait()
+    assert entry.main(words({**fake_chain, "paths.wait_lock": "false"}, "fetch")) == 0
+
+
 def test_two_runs_in_one_process_each_get_their_outcome(fake_chain, tmp_path):
     """A failure first, then a success and another failure: no stale error leaks."""
     bad = settings.load(ROOT, {**fake_chain, "source.sha256": "f" * 64})
