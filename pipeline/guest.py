@@ -21,7 +21,15 @@ from pathlib import Path
 
 from . import console, history, kselftest, ktap, qemu
 from .errors import MissingStepError, PipelineError, UserError
-from .results import Outcome, RunReport, classify_outcome, summary, write_json, write_junit
+from .results import (
+    Outcome,
+    RunReport,
+    classify_outcome,
+    skips,
+    summary,
+    write_json,
+    write_junit,
+)
 from .settings import Settings
 from .util import atomic_write_text, remove_tree
 
@@ -49,8 +57,10 @@ def kernel_cmdline(settings: Settings, suite: str, extra: tuple[str, ...] = ()) 
 
 
 def selected_suites(settings: Settings) -> str:
-    """The suites of boot.suite that test.cases selects, comma-separated."""
-    suites = [name for name in settings.boot.suite.split(",") if name]
+    """The suites of boot.suite that test.cases selects, comma-separated; not the
+    selftests' suite when they are not built (kselftest.build=false)."""
+    suites = [name for name in settings.boot.suite.split(",")
+              if name and (settings.kselftest.build or name != kselftest.SUITE)]
     patterns = [p for p in settings.test.cases.split(",") if p]
     if not patterns:
         return ",".join(suites)
@@ -72,7 +82,7 @@ def qemu_command(settings: Settings, accel: qemu.Accelerator, suite: str,
     layout = settings.layout
     results = results or layout.results
     return qemu.QemuCommand(
-        accel=accel,
+        accel=qemu.with_cpu(accel, settings.boot.cpu),
         kernel=layout.bzimage,
         cmdline=kernel_cmdline(settings, suite, extra),
         memory_mb=settings.boot.memory_mb,
@@ -151,14 +161,19 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
     tree, verdicts = read_results(settings, results / "ktap.log", suite)
     guest_status = _guest_status(results / "status")
     started_kernel = any("Linux version" in line for line in run.lines)
+    skipped = skips(tree, verdicts, [glob for glob in settings.test.allow_skips.split(",")
+                                     if glob])
     outcome, why = classify_outcome(kernel_started=started_kernel, timed_out=run.timed_out,
                                     findings=findings, guest_status=guest_status, tree=tree,
-                                    skips_allowed=choice.accel.name != "tcg")
+                                    skipped=skipped,
+                                    exercised=(kselftest.exercised(verdicts), len(verdicts)),
+                                    min_exercised=settings.test.min_exercised)
     if outcome is Outcome.QEMU_FAILED and run.lines:
         why += ": " + " / ".join(run.lines[-3:])
     report = RunReport(
         suite=suite, outcome=outcome, why=why, accel=choice.accel.name, accel_why=choice.why,
         guest_status=guest_status, findings=findings, qemu_argv=argv, kselftests=verdicts,
+        skips=skipped,
         seconds={"total": time.monotonic() - started, "qemu": run.seconds,
                  "to_init": run.first_marker_seconds or 0.0},
     )

@@ -11,13 +11,17 @@ injections into the test's threads.
 `merge()` replaces each such case by one leaf carrying the test's verdict:
 
     alone     injected    the case
-    passed    passed      passed (with no injection at all it proves nothing
-                          about scheduling: noted, and listed in the summary)
+    passed    passed      passed, when injections reached the test's threads;
+                          else "not exercised" (its own status: it proves
+                          nothing about scheduling; test.min_exercised can
+                          make too few exercised tests fail the run)
     passed    not passed  failed: passes alone, fails under injection (for a
                           known test too, with the list's reason beside it:
                           a known flake and an injector bug look alike; with
                           no injection into its threads, that is said too)
-    skipped   -           skipped, with the reason the test printed
+    skipped   -           skipped, with the reason the test printed; the run
+                          fails unless the known list says the test skips
+                          here ("skips: ..."), or test.allow_skips allows it
     failed    -           failed; a known failure (images/kselftest-known)
                           is todo, with the list's reason
     the injector's checks failed: failed;  the runner cut off: crashed
@@ -54,6 +58,10 @@ OUTPUT_TAIL = 15
 # threads: only the injector's timer ran beside it (e.g. a timing check that a
 # busy host's stall breaks), so the injector is not the first suspect.
 NOTHING_INJECTED = "no injection into its threads"
+NOT_INJECTED_INTO = "no injection reached its threads: it says nothing about scheduling"
+# A known list entry whose reason starts so: the test skips on this machine, and
+# that skip does not fail a run (any other skip of a selftest does).
+KNOWN_SKIP = "skips:"
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,10 @@ def load_known(path: Path) -> list[tuple[str, str]]:
 def known_reason(name: str, known: list[tuple[str, str]]) -> str | None:
     return next((reason for pattern, reason in known if fnmatch.fnmatchcase(name, pattern)),
                 None)
+
+
+def known_skip(reason: str | None) -> bool:
+    return bool(reason) and reason.startswith(KNOWN_SKIP)
 
 
 def _runner_name(test: Test) -> str:
@@ -127,6 +139,8 @@ def _verdict(case: Test, known: list[tuple[str, str]]) -> tuple[Test, Verdict]:
     elif alone_status is Status.SKIPPED:
         status = Status.SKIPPED
         directive = why = _skip_reason(alone)
+        if known_skip(reason):
+            directive = why = f"{why} (known: {reason})"
     elif alone_status is not Status.PASSED:
         status = Status.TODO if reason else Status.FAILED
         directive = f"known: {reason}" if reason else ""
@@ -142,9 +156,11 @@ def _verdict(case: Test, known: list[tuple[str, str]]) -> tuple[Test, Verdict]:
         output = _tail(injected)
     elif case.status is Status.FAILED:
         status, why = Status.FAILED, "the injector's checks failed (see the case's output)"
-    elif injections == 0:
-        why = "passes alone and under injection, but got no injection: proves nothing " \
-              "about scheduling"
+    elif not injections:
+        status = Status.NOT_EXERCISED
+        directive = why = ("not exercised: passes alone and under injection, but "
+                           + (NOT_INJECTED_INTO if injections == 0 else
+                              "the guest reported no injection count"))
     head = [f"alone: {alone_status.value}", f"under injection: {injected_status.value}",
             f"injections into its threads: {'?' if injections is None else injections}",
             f"verdict: {why}"]
@@ -218,10 +234,18 @@ def summary_lines(verdicts: list[Verdict]) -> list[str]:
             lines.append(f"FAILS UNDER INJECTION: {verdict.name} (passes alone{untouched}{known});"
                          " its output:")
             lines += [f"  {line}" for line in verdict.output]
-    idle = [v.name for v in verdicts if v.status == "passed" and v.injections == 0]
+    idle = [v.name for v in verdicts if v.status == Status.NOT_EXERCISED.value]
     if idle:
-        lines.append(f"no injection at all (proves nothing about scheduling): {', '.join(idle)}")
+        lines.append(f"not exercised (passed, but no injection reached their threads): "
+                     f"{', '.join(idle)}")
     passed_both = sum(v.alone == "passed" and v.injected == "passed" for v in verdicts)
     lines.append(f"selftests: {passed_both} of {len(verdicts)} pass alone and under injection, "
-                 f"{sum(v.injections or 0 for v in verdicts)} injections in all")
+                 f"exercised {exercised(verdicts)} of {len(verdicts)}, "
+                 f"{sum(v.injections or 0 for v in verdicts)} injections in all, "
+                 f"known {sum(bool(v.known) for v in verdicts)}")
     return lines
+
+
+def exercised(verdicts: list[Verdict]) -> int:
+    """Selftests that passed under injection and got some: the ones that say something."""
+    return sum(v.status == Status.PASSED.value for v in verdicts)

@@ -27,6 +27,9 @@ class Status(enum.Enum):
     TODO = "todo"          # "not ok ... # TODO": a known failure, not counted as one
     CRASHED = "crashed"    # the stream ended before the test's result
     NO_TESTS = "no tests"
+    # Not KTAP's: a test that passed under injection without getting any, so it
+    # says nothing about scheduling (pipeline.kselftest gives it this status).
+    NOT_EXERCISED = "not exercised"
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Counts:
     skipped: int = 0
     todo: int = 0
     crashed: int = 0
+    not_exercised: int = 0
     errors: int = 0
 
     def add(self, other: Counts) -> None:
@@ -44,7 +48,8 @@ class Counts:
 
     @property
     def total(self) -> int:
-        return self.passed + self.failed + self.skipped + self.todo + self.crashed
+        return (self.passed + self.failed + self.skipped + self.todo + self.crashed
+                + self.not_exercised)
 
 
 @dataclass
@@ -65,7 +70,8 @@ class Test:
         if not self.subtests:
             attribute = {Status.PASSED: "passed", Status.FAILED: "failed",
                          Status.SKIPPED: "skipped", Status.TODO: "todo",
-                         Status.CRASHED: "crashed"}.get(self.status)
+                         Status.CRASHED: "crashed",
+                         Status.NOT_EXERCISED: "not_exercised"}.get(self.status)
             if attribute:
                 setattr(total, attribute, 1)
             return total

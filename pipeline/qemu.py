@@ -50,6 +50,15 @@ ACCELERATORS = {
 }
 
 
+def with_cpu(accel: Accelerator, cpu: str) -> Accelerator:
+    """`accel` with QEMU's -cpu set to `cpu` (boot.cpu; empty: the accelerator's own)."""
+    if not cpu:
+        return accel
+    argv = list(accel.argv)
+    argv[argv.index("-cpu") + 1] = cpu
+    return Accelerator(accel.name, tuple(argv))
+
+
 @dataclass(frozen=True)
 class Choice:
     accel: Accelerator

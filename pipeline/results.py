@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import fnmatch
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,15 +44,59 @@ class RunReport:
     findings: list[Finding] = field(default_factory=list)
     qemu_argv: list[str] = field(default_factory=list)
     kselftests: list[kselftest.Verdict] = field(default_factory=list)
+    skips: list[Skip] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A case that did not run, and why; `allowed` by test.allow_skips or the known list."""
+
+    name: str
+    reason: str
+    allowed: bool
+
+
+# need_vendor's words (images/lib/kvm.sh): the guest's CPU cannot run KVM.
+NO_VENDOR = "neither svm nor vmx"
+
+
+def skips(tree: Test, verdicts: list[kselftest.Verdict], allow: list[str]) -> list[Skip]:
+    """Every skipped case: allowed when a glob of `allow` (test.allow_skips) matches its
+    name, or when it is a selftest the known list says skips here."""
+    known = {f"{kselftest.SUITE}.{v.name}" for v in verdicts
+             if v.status == Status.SKIPPED.value and kselftest.known_skip(v.known)}
+    return [Skip(name, test.directive or "no reason given",
+                 name in known or any(fnmatch.fnmatchcase(name, glob) for glob in allow))
+            for name, test in ((".".join(names), test) for names, test in tree.walk())
+            if not test.subtests and test.status is Status.SKIPPED]
+
+
+def skip_failure(refused: list[Skip]) -> str:
+    """Why skips fail the run, each named, and how to allow them."""
+    named = "; ".join(f"{skip.name} ({skip.reason})" for skip in refused)
+    suites: dict[str, list[str]] = {}
+    for skip in refused:
+        suites.setdefault(skip.name.split(".", 1)[0], []).append(skip.name)
+    globs = ",".join(f"{suite}.*" if len(names) > 1 else names[0]
+                     for suite, names in suites.items())
+    why = (f"{len(refused)} case(s) skipped, and a case that does not run fails the run: "
+           f"{named}.")
+    if any(NO_VENDOR in skip.reason for skip in refused):
+        why += (" The guest's CPU offers neither SVM nor VMX: this host gives its guests "
+                "no nested virtualisation (load kvm_amd or kvm_intel with nested=1, or "
+                "run under TCG with boot.accel=tcg, whose -cpu max has SVM).")
+    return why + f" To accept these skips on this machine: test.allow_skips='{globs}'"
 
 
 def classify_outcome(*, kernel_started: bool, timed_out: str | None, findings: list[Finding],
-                     guest_status: int | None, tree: Test,
-                     skips_allowed: bool = True) -> tuple[Outcome, str]:
+                     guest_status: int | None, tree: Test, skipped: Sequence[Skip] = (),
+                     exercised: tuple[int, int] = (0, 0),
+                     min_exercised: int = 0) -> tuple[Outcome, str]:
     """One outcome for the run, the most fundamental problem first.
 
-    `skips_allowed` is false under TCG with -cpu max, which offers
-    everything a case needs (SVM included): a skip there is a failure.
+    A skip not allowed (`skipped`, from skips()) fails the run: a green run
+    must have run what it claims.  `exercised`: (selftests exercised by an
+    injection, selftests run); fewer than `min_exercised` fails the run.
     """
     if not kernel_started and not timed_out:
         return Outcome.QEMU_FAILED, "QEMU exited before the kernel printed anything"
@@ -74,16 +120,18 @@ def classify_outcome(*, kernel_started: bool, timed_out: str | None, findings: l
                 f"{counts.failed} failed, {counts.crashed} crashed, KTAP {tree.status.value}")
     if guest_status != 0:
         return Outcome.TEST_FAILURES, f"the suite exited with status {guest_status}"
-    # A KVM selftest's skip is the kernel test's own verdict on this machine
-    # (with its reason), not one of our cases going quiet.
-    skipped = [".".join(names) for names, test in tree.walk()
-               if not test.subtests and test.status is Status.SKIPPED
-               and names[0] != kselftest.SUITE]
-    if skipped and not skips_allowed:
+    refused = [skip for skip in skipped if not skip.allowed]
+    if refused:
+        return Outcome.TEST_FAILURES, skip_failure(refused)
+    done, run = exercised
+    if run and done < min_exercised:
         return (Outcome.TEST_FAILURES,
-                f"{len(skipped)} case(s) skipped under TCG with -cpu max, where every case "
-                f"must run: {', '.join(skipped)}")
-    return Outcome.PASSED, f"{counts.passed} passed, {counts.skipped} skipped"
+                f"exercised {done} of {run} selftests (an injection reached their threads), "
+                f"fewer than test.min_exercised={min_exercised}")
+    allowed = f", {len(skipped)} skipped (allowed: {', '.join(s.name for s in skipped)})" \
+        if skipped else ""
+    exercised_part = f", exercised {done} of {run} selftests" if run else ""
+    return Outcome.PASSED, f"{counts.passed} passed{allowed}{exercised_part}"
 
 
 def _seconds(test: Test) -> float | None:
@@ -124,6 +172,8 @@ def write_json(path: Path, report: RunReport, tree: Test) -> None:
         "counts": asdict(tree.counts()),
         "console_findings": [asdict(f) for f in report.findings],
         "kselftests": [asdict(v) for v in report.kselftests],
+        "selftests_exercised": kselftest.exercised(report.kselftests),
+        "skips": [asdict(skip) for skip in report.skips],
         "qemu_argv": report.qemu_argv,
         "tests": _test_json(tree),
     }
@@ -148,7 +198,7 @@ def junit_case(suite: ET.Element, classname: str, name: str, leaf: Test) -> None
         ET.SubElement(case, "failure", message="not ok").text = text
     elif leaf.status is Status.CRASHED:
         ET.SubElement(case, "error", message="the test did not finish").text = text
-    elif leaf.status in (Status.SKIPPED, Status.TODO):
+    elif leaf.status in (Status.SKIPPED, Status.TODO, Status.NOT_EXERCISED):
         ET.SubElement(case, "skipped", message=leaf.directive)
     elif text:
         ET.SubElement(case, "system-out").text = text
@@ -166,9 +216,17 @@ def write_junit(path: Path, report: RunReport, tree: Test) -> None:
         counts = top.counts()
         suite = ET.SubElement(suites, "testsuite", name=top.name, tests=str(len(leaves)),
                               failures=str(counts.failed), errors=str(counts.crashed),
-                              skipped=str(counts.skipped + counts.todo))
+                              skipped=str(counts.skipped + counts.todo
+                                          + counts.not_exercised))
         if (seconds := _seconds(top)) is not None:
             suite.set("time", _junit_time(seconds))
+        if top.name == kselftest.SUITE and report.kselftests:
+            properties = ET.SubElement(suite, "properties")
+            for name, value in (
+                    ("exercised", kselftest.exercised(report.kselftests)),
+                    ("selftests", len(report.kselftests)),
+                    ("known", sum(bool(v.known) for v in report.kselftests))):
+                ET.SubElement(properties, "property", name=name, value=str(value))
         for names, leaf in leaves:
             junit_case(suite, top.name, ".".join(names), leaf)
     if report.outcome is not Outcome.PASSED:
@@ -188,10 +246,21 @@ def summary(report: RunReport, tree: Test) -> str:
     lines = [f"{'test':<{width}}  {'time/s':>7}  result", f"{'-' * width}  -------  ------"]
     lines += [f"{name:<{width}}  {seconds:>7}  {status}" for name, seconds, status in rows]
     lines += kselftest.summary_lines(report.kselftests)
+    if report.skips:
+        lines.append("")
+        lines += [f"skipped: {skip.name}: {skip.reason}"
+                  f"{' (allowed)' if skip.allowed else ' (NOT ALLOWED: fails the run)'}"
+                  for skip in report.skips]
     counts = tree.counts()
     lines.append("")
     lines.append(f"{report.suite}: {report.outcome.label} ({report.why})")
+    selftests = ""
+    if report.kselftests:
+        selftests = (f", exercised {kselftest.exercised(report.kselftests)} of "
+                     f"{len(report.kselftests)} selftests, known "
+                     f"{sum(bool(v.known) for v in report.kselftests)}")
     lines.append(f"{counts.passed} passed, {counts.failed} failed, {counts.skipped} skipped, "
-                 f"{counts.crashed} crashed; accelerator {report.accel} ({report.accel_why}); "
-                 f"{report.seconds.get('total', 0):.1f} s")
+                 f"{counts.not_exercised} not exercised, {counts.todo} known failures, "
+                 f"{counts.crashed} crashed{selftests}; accelerator {report.accel} "
+                 f"({report.accel_why}); {report.seconds.get('total', 0):.1f} s")
     return "\n".join(lines)

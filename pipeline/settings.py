@@ -88,6 +88,7 @@ class BootSettings:
     cmdline: str
     suite: str
     dry_run: bool
+    cpu: str
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ class TestSettings:
     section_seconds: int
     kvm_seconds: int
     lifecycle_cycles: int
+    allow_skips: str
+    min_exercised: int
 
     def guest_parameters(self) -> list[str]:
         """The kernel command-line words the suites read (as PIPELINE_NAME)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import ROOT
 
-from pipeline import kselftest, ktap
+from pipeline import kselftest, ktap, results
 from pipeline.results import Outcome, classify_outcome
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -100,19 +100,38 @@ def test_passes_alone_fails_under_injection_fails_and_is_named_with_its_output()
     assert outcome is Outcome.TEST_FAILURES
 
 
-def test_a_skip_keeps_the_tests_reason_and_is_allowed_under_tcg():
+def skipping(number: int, name: str, reason: str) -> list[str]:
     # The runner says "# SKIP" on its result line for exit code 4.
-    tree, cases, _ = merged([line.replace("ok 1 selftests: kvm: svm_nested_soft_inject_test",
-                                          "ok 1 selftests: kvm: svm_nested_soft_inject_test "
-                                          "# SKIP")
-                             for line in selftest_case(
-                                 1, "svm_nested_soft_inject_test",
-                                 alone_output=("1..0 # SKIP - Requires: NRIPS",))])
+    return [line.replace(f"ok 1 selftests: kvm: {name}", f"ok 1 selftests: kvm: {name} # SKIP")
+            for line in selftest_case(number, name, alone_output=(f"1..0 # SKIP - {reason}",))]
+
+
+def test_a_skip_keeps_the_tests_reason_and_fails_unless_known_or_allowed():
+    """A lost option turns a test into a skip: that fails the run, unless the known
+    list says the test skips here ("skips: ...") or test.allow_skips allows it."""
+    tree, cases, verdicts = merged(skipping(1, "svm_nested_soft_inject_test", "Requires: NRIPS"),
+                                   skipping(2, "vmx_dirty_log_test", "Requires: VMX"))
     skipped = cases["svm_nested_soft_inject_test"]
     assert skipped.status is ktap.Status.SKIPPED and skipped.directive == "Requires: NRIPS"
-    outcome, _ = classify_outcome(kernel_started=True, timed_out=None, findings=[],
-                                  guest_status=0, tree=tree, skips_allowed=False)
+    known = cases["vmx_dirty_log_test"]
+    assert known.status is ktap.Status.SKIPPED
+    assert known.directive == "Requires: VMX (known: skips: needs Intel VMX: TCG's -cpu max " \
+                              "offers AMD SVM only)"
+    found = results.skips(tree, verdicts, [])
+    assert [(skip.name, skip.allowed) for skip in found] == [
+        ("kselftest.svm_nested_soft_inject_test", False), ("kselftest.vmx_dirty_log_test", True)]
+    outcome, why = classify_outcome(kernel_started=True, timed_out=None, findings=[],
+                                    guest_status=0, tree=tree, skipped=found)
+    assert outcome is Outcome.TEST_FAILURES
+    assert "kselftest.svm_nested_soft_inject_test (Requires: NRIPS)" in why
+    assert "vmx_dirty_log_test" not in why
+    assert "test.allow_skips='kselftest.svm_nested_soft_inject_test'" in why
+    allowed = results.skips(tree, verdicts, ["kselftest.svm_*"])
+    outcome, why = classify_outcome(kernel_started=True, timed_out=None, findings=[],
+                                    guest_status=0, tree=tree, skipped=allowed)
     assert outcome is Outcome.PASSED
+    assert "2 skipped (allowed: kselftest.svm_nested_soft_inject_test, " \
+           "kselftest.vmx_dirty_log_test)" in why
 
 
 def test_a_failure_alone_is_known_only_when_the_list_names_it():
@@ -124,16 +143,36 @@ def test_a_failure_alone_is_known_only_when_the_list_names_it():
     assert [v.why for v in verdicts][1] == "fails alone"
 
 
-def test_no_injection_is_reported_and_the_injectors_checks_count():
-    _, cases, verdicts = merged(selftest_case(1, "cpuid_test", injections=0),
-                                   selftest_case(2, "smm_test", case_result="not ok"))
-    assert cases["cpuid_test"].status is ktap.Status.PASSED
-    assert "proves nothing about scheduling" in " ".join(cases["cpuid_test"].diagnostics)
+def test_a_pass_without_injection_is_not_exercised_and_the_injectors_checks_count():
+    tree, cases, verdicts = merged(selftest_case(1, "cpuid_test", injections=0),
+                                   selftest_case(2, "smm_test", case_result="not ok"),
+                                   selftest_case(3, "sync_regs_test", injections=4))
+    idle = cases["cpuid_test"]
+    assert idle.status is ktap.Status.NOT_EXERCISED
+    assert idle.directive.startswith("not exercised: passes alone and under injection, but no "
+                                     "injection reached its threads")
     assert cases["smm_test"].status is ktap.Status.FAILED
-    assert verdicts[0].injections == 0
+    assert cases["sync_regs_test"].status is ktap.Status.PASSED
+    assert verdicts[0].injections == 0 and verdicts[0].status == "not exercised"
+    assert tree.counts().not_exercised == 1 and tree.counts().passed == 1
     lines = kselftest.summary_lines(verdicts)
-    assert "no injection at all (proves nothing about scheduling): cpuid_test" in lines
-    assert lines[-1].startswith("selftests: 2 of 2 pass alone and under injection")
+    assert "not exercised (passed, but no injection reached their threads): cpuid_test" in lines
+    assert lines[-1] == ("selftests: 3 of 3 pass alone and under injection, exercised 1 of 3, "
+                         "11 injections in all, known 0")
+    assert kselftest.exercised(verdicts) == 1
+
+
+def test_too_few_exercised_selftests_fail_the_run_when_asked():
+    tree, _, verdicts = merged(selftest_case(1, "cpuid_test", injections=0),
+                               selftest_case(2, "state_test", injections=4))
+    run = {"kernel_started": True, "timed_out": None, "findings": [], "guest_status": 0,
+           "tree": tree, "exercised": (kselftest.exercised(verdicts), len(verdicts))}
+    outcome, why = classify_outcome(**run, min_exercised=1)
+    assert outcome is Outcome.PASSED and "exercised 1 of 2 selftests" in why
+    outcome, why = classify_outcome(**run, min_exercised=2)
+    assert outcome is Outcome.TEST_FAILURES
+    assert why == ("exercised 1 of 2 selftests (an injection reached their threads), fewer "
+                   "than test.min_exercised=2")
 
 
 def test_a_run_cut_off_inside_the_runner_is_crashed():
@@ -220,7 +259,8 @@ def test_other_suites_are_left_alone():
 
 def test_the_known_list_gives_a_reason_for_every_entry():
     assert KNOWN and all(pattern and reason for pattern, reason in KNOWN)
-    assert kselftest.known_reason("vmx_dirty_log_test", KNOWN).startswith("needs Intel VMX")
+    assert kselftest.known_reason("vmx_dirty_log_test", KNOWN).startswith(
+        "skips: needs Intel VMX")
     assert kselftest.known_reason("set_sregs_test", KNOWN) is None
 
 

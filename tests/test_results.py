@@ -11,6 +11,7 @@ from pipeline.results import (
     Outcome,
     RunReport,
     classify_outcome,
+    skips,
     summary,
     write_json,
     write_junit,
@@ -48,15 +49,34 @@ def test_outcome_precedence(kw, expected):
     assert outcome(**kw) is expected
 
 
-def test_a_skip_fails_where_every_case_can_run():
-    tree = ktap.parse(["KTAP version 1", "1..1", "    KTAP version 1", "    1..2",
-                       "    ok 1 a", "    ok 2 b # SKIP no svm", "ok 1 kvm"])
-    assert classify_outcome(kernel_started=True, timed_out=None, findings=[], guest_status=0,
-                            tree=tree)[0] is Outcome.PASSED
-    result, why = classify_outcome(kernel_started=True, timed_out=None, findings=[],
-                                   guest_status=0, tree=tree, skips_allowed=False)
+def test_a_skip_fails_the_run_on_every_accelerator_unless_allowed():
+    """Off TCG too: a host without nested virtualisation skips every KVM case, and a
+    run that ran none of them must not pass; allowed by glob, it passes and says so."""
+    tree = ktap.parse(["KTAP version 1", "1..2", "    KTAP version 1", "    1..2",
+                       "    ok 1 a", "    ok 2 b # SKIP the CPU offers neither svm nor vmx",
+                       "ok 1 kvm", "    KTAP version 1", "    1..2",
+                       "    ok 1 kernel_release",
+                       "    ok 2 dev_kvm # SKIP the CPU offers neither svm nor vmx",
+                       "ok 2 boot"])
+    run = {"kernel_started": True, "timed_out": None, "findings": [], "guest_status": 0,
+           "tree": tree}
+    found = skips(tree, [], [])
+    assert [(s.name, s.reason, s.allowed) for s in found] == [
+        ("kvm.b", "the CPU offers neither svm nor vmx", False),
+        ("boot.dev_kvm", "the CPU offers neither svm nor vmx", False)]
+    result, why = classify_outcome(**run, skipped=found)
     assert result is Outcome.TEST_FAILURES
-    assert "skipped under TCG with -cpu max" in why and "kvm.b" in why
+    assert why.startswith("2 case(s) skipped, and a case that does not run fails the run: "
+                          "kvm.b (the CPU offers neither svm nor vmx); boot.dev_kvm")
+    assert "no nested virtualisation" in why
+    assert why.endswith("test.allow_skips='kvm.b,boot.dev_kvm'")
+    allowed = skips(tree, [], ["kvm.*", "boot.dev_*"])
+    result, why = classify_outcome(**run, skipped=allowed)
+    assert result is Outcome.PASSED
+    assert why == "2 passed, 2 skipped (allowed: kvm.b, boot.dev_kvm)"
+    # Half allowed is not allowed.
+    result, why = classify_outcome(**run, skipped=skips(tree, [], ["kvm.*"]))
+    assert result is Outcome.TEST_FAILURES and "kvm.b" not in why
 
 
 def test_exit_codes_are_distinct():
