@@ -46,11 +46,38 @@ def test_boot_checks_pass(kernel_build):
     assert data["accelerator"]["name"] in ("tcg", "kvm") and data["accelerator"]["why"]
     # Under TCG with -cpu max the guest has SVM: nothing may be skipped.
     assert data["counts"] == {"passed": 5, "failed": 0, "skipped": 0, "todo": 0,
-                              "crashed": 0, "errors": 0}
+                              "crashed": 0, "not_exercised": 0, "errors": 0}
+    assert data["skips"] == []
     suite = ET.parse(kernel_build.layout.results / "junit.xml").getroot().find("testsuite")
     assert suite.get("tests") == "5" and suite.get("failures") == "0"
     assert "ok 5 kvm_guest_hlt" in (kernel_build.layout.results / "ktap.log").read_text()
     assert "boot.kvm_guest_hlt" in proc.stdout  # the summary table
+
+
+def test_a_host_without_nested_virtualisation_fails_unless_its_skips_are_allowed(
+        kernel_build):
+    """A guest CPU without SVM and VMX, as a KVM host without nested virtualisation
+    gives: every KVM case skips, and that run must not pass."""
+    no_nested = ("boot.cpu=max,-svm,-vmx", "test.cases=kvm.*,kselftest.count_only")
+    proc = pipeline("test", *no_nested)
+    assert proc.returncode == Outcome.TEST_FAILURES.value, proc.stdout[-3000:]
+    data = results(kernel_build)
+    assert "-cpu max,-svm,-vmx" in " ".join(data["qemu_argv"])
+    skipped = {"kvm.kvm_under_injection", "kvm.kvm_patch_effect", "kselftest.count_only"}
+    assert {skip["name"] for skip in data["skips"]} == skipped
+    assert all(skip["reason"] == "the CPU offers neither svm nor vmx" and not skip["allowed"]
+               for skip in data["skips"])
+    assert "no nested virtualisation" in data["why"]
+    assert "test.allow_skips='kvm.*,kselftest.count_only'" in data["why"]
+    assert "NOT ALLOWED: fails the run" in proc.stdout
+
+    proc = pipeline("test", *no_nested, "test.allow_skips=kvm.*,boot.kvm_*,kselftest.*")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    data = results(kernel_build)
+    assert data["outcome"] == "passed" and all(skip["allowed"] for skip in data["skips"])
+    assert "3 skipped (allowed: " in data["why"]
+    junit = ET.parse(kernel_build.layout.results / "junit.xml").getroot()
+    assert sum(int(suite.get("skipped")) for suite in junit.iter("testsuite")) == 3
 
 
 def test_guest_panic_is_classified_and_qemu_gone(kernel_build):
