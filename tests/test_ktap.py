@@ -275,6 +275,38 @@ ktap_run demo holds fails first_of_two
     assert first_of_two.diagnostics == ["FAILED: a shell test (eval)"]
 
 
+def test_a_missing_counter_fails_a_comparison_that_would_pass_on_it(tmp_path):
+    """`if [ "$n" -lt 5 ]; then fail` lets an empty n pass: numbers() catches it."""
+    text = run_suite(tmp_path, """\
+check() { if [ "$1" -lt 5 ]; then echo "FAILED: too few"; return 1; fi; }
+case_unguarded() { check ""; }
+case_guarded() { numbers injections="" && check ""; }
+case_not_a_number() { numbers hz=250 switches=12x; }
+case_numbers() { numbers hz=250 switches=12 && check 7; }
+ktap_run demo unguarded guarded not_a_number numbers
+""")
+    (suite,) = ktap.parse(text.splitlines()).subtests
+    unguarded, guarded, not_a_number, fine = suite.subtests
+    assert unguarded.status is Status.PASSED  # what numbers() is for
+    assert guarded.status is Status.FAILED
+    assert guarded.diagnostics == ["FAILED: injections is missing or not a number ('')"]
+    assert not_a_number.diagnostics == ["FAILED: switches is missing or not a number ('12x')"]
+    assert fine.status is Status.PASSED
+
+
+def test_the_hook_sees_the_case_before_and_how_it_went(tmp_path):
+    seen = tmp_path / "seen"
+    text = run_suite(tmp_path, f"""\
+ktap_before_case() {{ echo "[$ktap_last_case]" >>{seen}; }}
+case_a() {{ true; }}
+case_b() {{ false; }}
+case_c() {{ return "$KTAP_SKIP"; }}
+ktap_run demo a b c
+""")
+    assert ktap.parse(text.splitlines()).subtests[0].status is Status.FAILED
+    assert seen.read_text().splitlines() == ["[]", "[a pass]", "[b fail]"]
+
+
 def test_suites_source_only_the_libraries():
     """images/suites/ holds only suites; each sources images/lib/ files that exist."""
     sourced = set()

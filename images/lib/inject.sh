@@ -82,7 +82,18 @@ no_sleeper_inflight() {
 	[ "$(stat_of "$INJ/stats" inflight)" = 0 ]
 }
 
-ktap_before_case() {	# ktap_run's hook: whatever a failed case left behind
+# What the hook found left behind by each case (lifecycle's last case reads
+# it: after the hook has cleaned up, the state itself proves nothing).
+LEFTOVERS=/tmp/pipeline-leftovers
+
+ktap_before_case() {	# ktap_run's hook: whatever the case before left behind
+	left=
+	loaded sched_inject && left="$left sched_inject"
+	loaded inject_target && left="$left inject_target"
+	[ -e "$INJ" ] && left="$left $INJ"
+	[ -e "$TGT" ] && left="$left $TGT"
+	[ -n "$left" ] && [ -n "$ktap_last_case" ] &&
+		echo "after $ktap_last_case:$left" >>"$LEFTOVERS"
 	unload_all
 }
 

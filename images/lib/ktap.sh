@@ -18,7 +18,8 @@
 # SUITE.NAME; a glob without a dot names whole suites; empty selects all).
 # Before each case it calls ktap_before_case, when a suite or library
 # defines it (inject.sh does: it unloads what a failed case left behind),
-# with its output and status ignored.  A case's output becomes diagnostic
+# with its output and status ignored; ktap_last_case then holds the case
+# before and how it went ("NAME pass|fail|skip"; empty before the first).  A case's output becomes diagnostic
 # lines and its exit status the result: 0 ok, KTAP_SKIP (4) skipped with its
 # last output line as the reason, anything else not ok.  ktap_run's own
 # status is 0 when nothing failed.
@@ -51,6 +52,21 @@ KTAP_NESTED=/tmp/ktap-nested
 # expect WHAT TEST...: run TEST (a command, e.g. [ "$n" -gt 0 ]); when it
 # fails, say which condition failed, so a case that is not ok names it.
 # WHAT carries the values it was judged on.
+# numbers NAME=VALUE...: each VALUE must be a whole number, else say which
+# one is missing or not a number, and fail.  "[ "" -lt 5 ]" is an error,
+# which as an if's condition reads as false: a missing counter must fail a
+# case, never let it pass.
+numbers() {
+	for ktap_pair in "$@"; do
+		case ${ktap_pair#*=} in
+		'' | *[!0-9]*)
+			echo "FAILED: ${ktap_pair%%=*} is missing or not a number ('${ktap_pair#*=}')"
+			return 1
+			;;
+		esac
+	done
+}
+
 expect() {
 	ktap_what=$1
 	shift
@@ -149,6 +165,7 @@ ktap_run() {
 		if [ "$PIPELINE_LAVA" = 1 ]; then
 			echo "pipeline-case: $suite.$name $verdict" >>"${PIPELINE_CONSOLE:-/dev/console}"
 		fi
+		ktap_last_case="$name $verdict"	# for ktap_before_case, before the next one
 	done
 	ktap_duration "" "$ktap_suite_start"
 	if [ "$failures" -eq 0 ]; then
