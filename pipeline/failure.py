@@ -12,12 +12,13 @@ complain too; and a failure with no diagnostic at all is the host's.
 
 from __future__ import annotations
 
+import errno
 import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CommandError, HostFailure
+from .errors import CommandError, EnvironmentProblem, HostFailure
 
 # (sign, what it means), in the order they are looked for.
 HOST_SIGNS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -94,6 +95,30 @@ def host_failure(what: str, blamed: Blame, log_file: Path | None) -> HostFailure
                        f"{blamed.evidence}{where}. Free the disk or memory (or lower "
                        "kernel.jobs), check dockerd, then run again",
                        out_of_memory=blamed.out_of_memory)
+
+
+def machine_error(what: str, exc: CommandError) -> EnvironmentProblem:
+    """A command of the machine's own work (a checkout, an unpack) failed: HostFailure
+    when its output shows why (a full disk), else EnvironmentProblem with its output."""
+    host = host_sign(exc.output_tail)
+    if host is not None:
+        return host_failure(what, host, None)
+    return EnvironmentProblem(f"{what} failed:\n{exc.output_tail}")
+
+
+# OSErrors of our own writes that are the machine's, with what each means.
+HOST_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+               errno.EROFS: "a file system is read-only",
+               errno.ENOMEM: "the machine ran out of memory"}
+
+
+def os_error(what: str, exc: OSError) -> HostFailure | None:
+    """The HostFailure for an OSError the machine caused (a full disk, say), else None."""
+    meaning = HOST_ERRNOS.get(exc.errno)
+    if meaning is None:
+        return None
+    return host_failure(what, Blame(True, f"{meaning}: {exc}",
+                                    out_of_memory=exc.errno == errno.ENOMEM), None)
 
 
 def blame_command(exc: CommandError, log_file: Path | None) -> Blame:

@@ -293,8 +293,8 @@ def build_image(settings: Settings) -> ImageRecord:
         try:
             commands.run(["tar", "-xf", tar_path, "-C", tree, "--numeric-owner"])
         except CommandError as exc:
-            raise EnvironmentProblem(f"cannot unpack the exported image in {tmp} (disk "
-                                     f"full?):\n{exc.output_tail}") from None
+            raise failure.machine_error(f"unpacking the exported image in {tmp}",
+                                        exc) from None
         normalise_tree(tree, settings.image.source_date_epoch)
         partial = Path(tmp) / "rootfs.ext4"
         make_ext4(settings, tree, partial)

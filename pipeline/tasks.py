@@ -25,6 +25,7 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from . import (
+    failure,
     image,
     kbuild,
     kconfig,
@@ -91,6 +92,12 @@ def action(step: str, func: Callable[[settings.Settings], object], config: setti
         except PipelineError as exc:
             run.error = exc
             return TaskFailed(f"{step}: {exc}")
+        except OSError as exc:  # our own write to a full disk, say: the machine's
+            host = failure.os_error(f"the {step} step", exc)
+            if host is None:
+                raise
+            run.error = host
+            return TaskFailed(f"{step}: {host}")
         return None
 
     run_step.__name__ = f"{step}_step"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import commands, failure, image, kbuild
+from pipeline import commands, failure, image, kbuild, tasks
 from pipeline.errors import BuildError, CommandError, HostFailure, UserError
 
 # Heavy enough that cc1 needs far more than the memory limit below, and runs long
@@ -130,3 +130,22 @@ def test_an_image_too_small_is_a_setting_and_a_full_disk_the_host(make_settings,
         image.make_ext4(s, tree, tmp_path / "rootfs.ext4")
     with pytest.raises(HostFailure, match="the disk is full"):
         image.make_ext4(make_settings(), tree, tiny_disk / "rootfs.ext4")
+
+
+def test_our_own_write_to_a_full_disk_is_the_hosts(make_settings, tiny_disk):
+    """A record or log the pipeline writes itself: an OSError, not a command's output."""
+    run = tasks.RunState()
+
+    def write_a_record(_settings):
+        (tiny_disk / "record.json").write_bytes(b"x" * (1 << 20))
+
+    failed = tasks.action("kernel", write_a_record, make_settings(), run)()
+    assert failed is not None and isinstance(run.error, HostFailure)
+    assert "the kernel step failed because of this machine" in str(run.error)
+    assert "the disk is full" in str(run.error)
+
+    def a_bug(_settings):
+        raise FileNotFoundError("not ours to judge")
+
+    with pytest.raises(FileNotFoundError):
+        tasks.action("kernel", a_bug, make_settings(), tasks.RunState())()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .. import commands
+from .. import commands, failure
 from ..errors import CommandError, EnvironmentProblem, SourceError
 from ..settings import Settings
 from ..util import remove_tree
@@ -118,7 +118,10 @@ def fetch(settings: Settings, dest: Path) -> dict:
     commit = resolve_ref(settings)
     epoch = _fetch_commit(settings, commit)
     settings.layout.git_index.unlink(missing_ok=True)
-    _in_tree(settings, dest, "read-tree", "--reset", "-u", commit)
+    try:
+        _in_tree(settings, dest, "read-tree", "--reset", "-u", commit)
+    except CommandError as exc:
+        raise failure.machine_error(f"checking out {commit} into {dest}", exc) from None
     return {"repo": settings.source.repo, "ref": settings.source.ref, "commit": commit,
             "source_date_epoch": epoch}
 
@@ -145,7 +148,6 @@ def update(settings: Settings, tree: Path) -> dict | None:
         _in_tree(settings, tree, "clean", "-ffdxq")
     except CommandError as exc:
         remove_tree(tree)  # half-moved: the next fetch starts afresh
-        raise EnvironmentProblem(f"cannot move {tree} to commit {commit}:\n"
-                                 f"{exc.output_tail}") from None
+        raise failure.machine_error(f"moving {tree} to commit {commit}", exc) from None
     return {"repo": settings.source.repo, "ref": settings.source.ref, "commit": commit,
             "source_date_epoch": epoch}
