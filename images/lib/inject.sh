@@ -78,6 +78,10 @@ disable_and_quiesce() {
 	return 0
 }
 
+injected_at_least() {	# injected_at_least N
+	[ "$(stat_of "$INJ/stats" injections)" -ge "$1" ]
+}
+
 no_sleeper_inflight() {
 	[ "$(stat_of "$INJ/stats" inflight)" = 0 ]
 }
