@@ -65,10 +65,14 @@ def skips(tree: Test, verdicts: list[kselftest.Verdict], allow: list[str]) -> li
     name, or when it is a selftest the known list says skips here."""
     known = {f"{kselftest.SUITE}.{v.name}" for v in verdicts
              if v.status == Status.SKIPPED.value and kselftest.known_skip(v.known)}
-    return [Skip(name, test.directive or "no reason given",
-                 name in known or any(fnmatch.fnmatchcase(name, glob) for glob in allow))
-            for name, test in ((".".join(names), test) for names, test in tree.walk())
-            if not test.subtests and test.status is Status.SKIPPED]
+    found = []
+    for names, test in tree.walk():
+        if test.subtests or test.status is not Status.SKIPPED:
+            continue
+        name = ".".join(names)
+        allowed = name in known or any(fnmatch.fnmatchcase(name, glob) for glob in allow)
+        found.append(Skip(name, test.directive or "no reason given", allowed))
+    return found
 
 
 def skip_failure(refused: list[Skip]) -> str:
@@ -225,7 +229,7 @@ def write_junit(path: Path, report: RunReport, tree: Test) -> None:
             for name, value in (
                     ("exercised", kselftest.exercised(report.kselftests)),
                     ("selftests", len(report.kselftests)),
-                    ("known", sum(bool(v.known) for v in report.kselftests))):
+                    ("known", kselftest.known_count(report.kselftests))):
                 ET.SubElement(properties, "property", name=name, value=str(value))
         for names, leaf in leaves:
             junit_case(suite, top.name, ".".join(names), leaf)
@@ -258,7 +262,7 @@ def summary(report: RunReport, tree: Test) -> str:
     if report.kselftests:
         selftests = (f", exercised {kselftest.exercised(report.kselftests)} of "
                      f"{len(report.kselftests)} selftests, known "
-                     f"{sum(bool(v.known) for v in report.kselftests)}")
+                     f"{kselftest.known_count(report.kselftests)}")
     lines.append(f"{counts.passed} passed, {counts.failed} failed, {counts.skipped} skipped, "
                  f"{counts.not_exercised} not exercised, {counts.todo} known failures, "
                  f"{counts.crashed} crashed{selftests}; accelerator {report.accel} "
