@@ -14,6 +14,7 @@ or its record changed; a record of another schema counts as missing.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import sys
@@ -81,13 +82,15 @@ def overrides_from_argv(argv: list[str]) -> dict[str, str]:
 
 
 def action(step: str, func: Callable[[settings.Settings], object], config: settings.Settings,
-           run: RunState) -> Callable[[], TaskFailed | None]:
-    """A doit python-action running `func(config)` with the build dir locked, its error
-    kept in `run`."""
+           run: RunState, locked: bool = True) -> Callable[[], TaskFailed | None]:
+    """A doit python-action running `func(config)` with the build dir locked (unless
+    `locked` is false: a step whose work is a nested chain in a build dir of its own,
+    which locks that), its error kept in `run`."""
 
     def run_step() -> TaskFailed | None:
         try:
-            with lock.holding(config.layout, config.paths.wait_lock):
+            with lock.holding(config.layout, config.paths.wait_lock) if locked \
+                    else contextlib.nullcontext():
                 func(config)
         except PipelineError as exc:
             run.error = exc
@@ -329,8 +332,11 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
                 "name": cell.name,
                 "doc": f"{cell.line}, {cell.variant} variant, {cell.patch}: build and test in "
                        f"{matrix.cell_dir(layout, cell)}",
+                # Unlocked: `doit -n 2 matrix` runs cells side by side, each a chain
+                # that locks its own build dir.
                 "actions": [action(f"matrix {cell.name}",
-                                   lambda c, cell=cell: matrix.run_cell(c, cell), config, run)],
+                                   lambda c, cell=cell: matrix.run_cell(c, cell), config, run,
+                                   locked=False)],
                 "clean": [remover(matrix.cell_dir(layout, cell))],
                 "verbosity": 2,
             }

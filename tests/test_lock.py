@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import lock
+from pipeline import lock, tasks
 from pipeline.errors import PipelineError
 from pipeline.layout import Layout
 
@@ -60,3 +60,23 @@ def test_a_nested_run_on_the_same_build_dir_is_a_bug_not_a_hang(tmp_path):
             pytest.raises(PipelineError, match="a nested run must use a build dir of its own"), \
             lock.holding(layout_of(tmp_path), wait=True):
         pass
+
+
+def test_a_matrix_cell_step_does_not_take_the_top_build_dirs_lock(make_settings,
+                                                                  hold_build_dir, monkeypatch):
+    """`doit -n 2 matrix` runs two cells at once: each is a chain in a build dir of its
+    own (which locks that), so the cell's step must not wait for the other's lock."""
+    from pipeline import matrix
+
+    config = make_settings(**{"paths.wait_lock": "false"})
+    hold_build_dir(config.layout.build)
+    ran = []
+    monkeypatch.setattr(matrix, "run_cell", lambda c, cell: ran.append(cell.name))
+    run = tasks.RunState()
+    declared = list(tasks.declare(config, run)["task_matrix"]())
+    cell = declared[0]
+    assert cell["name"] != "summary"
+    assert cell["actions"][0]() is None and ran == [cell["name"]]
+    summary = next(task for task in declared if task["name"] == "summary")
+    assert summary["actions"][0]() is not None  # it writes the top build dir: locked
+    assert isinstance(run.error, lock.BuildDirBusy)
