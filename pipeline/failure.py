@@ -18,7 +18,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CommandError, EnvironmentProblem, HostFailure
+from .errors import CommandError, EnvironmentProblem, HostFailure, PipelineError
 
 # (sign, what it means), in the order they are looked for.
 HOST_SIGNS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -104,6 +104,12 @@ def machine_error(what: str, exc: CommandError) -> EnvironmentProblem:
     if host is not None:
         return host_failure(what, host, None)
     return EnvironmentProblem(f"{what} failed:\n{exc.output_tail}")
+
+
+def unless_host(what: str, exc: CommandError, tree_error: PipelineError) -> PipelineError:
+    """`tree_error` for a failed command, unless its output shows the machine failed."""
+    host = host_sign(exc.output_tail)
+    return tree_error if host is None else host_failure(what, host, None)
 
 
 # OSErrors of our own writes that are the machine's, with what each means.

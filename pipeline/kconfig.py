@@ -12,7 +12,7 @@ import logging
 import re
 from pathlib import Path
 
-from . import kmake, records
+from . import failure, kmake, records
 from .errors import CommandError, ConfigError, SettingsError
 from .kmake import Make
 from .records import ConfigRecord, SourceRecord
@@ -143,8 +143,9 @@ def configure(settings: Settings) -> ConfigRecord:
         verify(wanted, parse_config(config.read_text()), settings.root)
     except CommandError as exc:
         config.unlink(missing_ok=True)
-        raise ConfigError(f"this tree cannot be configured as asked ({exc.argv_text}):\n"
-                          f"{exc.output_tail}") from None
+        raise failure.unless_host("configuring the kernel", exc, ConfigError(
+            f"this tree cannot be configured as asked ({exc.argv_text}):\n"
+            f"{exc.output_tail}")) from None
     except BaseException:
         # A .config that failed verification must not look like a finished step.
         config.unlink(missing_ok=True)

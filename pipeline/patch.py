@@ -16,7 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
-from . import commands, records
+from . import commands, failure, records
 from .errors import CommandError, PatchError
 from .records import SeriesRecord, SourceRecord
 from .settings import Settings
@@ -139,8 +139,9 @@ def apply_series(tree: Path, patches: list[Path]) -> str:
     try:
         _git_apply(tree, patches)
     except CommandError as exc:
-        raise PatchError(f"the series passed `git apply --check` but did not apply to {tree}; "
-                         f"nothing was applied:\n{exc.output_tail}") from None
+        raise failure.unless_host("git apply", exc, PatchError(
+            f"the series passed `git apply --check` but did not apply to {tree}; nothing "
+            f"was applied:\n{exc.output_tail}")) from None
     keep = tree / APPLIED_DIR
     keep.mkdir()
     for patch in patches:

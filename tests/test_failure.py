@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import commands, failure, image, kbuild, tasks
-from pipeline.errors import BuildError, CommandError, HostFailure, UserError
+from pipeline.errors import BuildError, CommandError, HostFailure, PatchError, UserError
 
 # Heavy enough that cc1 needs far more than the memory limit below, and runs long
 # enough to be killed mid-compile.
@@ -149,3 +149,12 @@ def test_our_own_write_to_a_full_disk_is_the_hosts(make_settings, tiny_disk):
 
     with pytest.raises(FileNotFoundError):
         tasks.action("kernel", a_bug, make_settings(), tasks.RunState())()
+
+
+def test_a_patch_or_config_step_the_disk_failed_is_not_the_trees():
+    full = CommandError("git apply", 1, "error: unable to write file 'x.c' mode 100644: "
+                                        "No space left on device")
+    tree_error = PatchError("does not apply")
+    assert isinstance(failure.unless_host("git apply", full, tree_error), HostFailure)
+    broken = CommandError("git apply", 1, "error: patch failed: arch/x86/kvm/x86.c:12")
+    assert failure.unless_host("git apply", broken, tree_error) is tree_error
