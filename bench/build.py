@@ -7,9 +7,12 @@ Three sides, each building the embedded default kernel from nothing, run in
 turn round after round (the order rotates each round, so no side always runs
 first on a cold page cache or right after a deletion):
 
-- bare:        `make -jN bzImage modules` and `modules_install` on the same
-               tree with the same .config, in a fresh O= directory, no ccache:
-               what a kernel developer would type for the same kernel;
+- bare:        what a kernel developer would type for the same kernel, in a
+               fresh O= directory of the same tree, no ccache: the config
+               stage's own commands (tinyconfig, merge_config.sh with the
+               same fragments, olddefconfig; the .config must come out the
+               reference's), then `make -jN bzImage modules` and
+               `modules_install`;
 - doit-off:    `doit kernel kernel.ccache=off` in a fresh build dir (linking
                the tree, patching, configuring, building, publishing);
 - doit-cold:   the same with ccache on and an empty cache: a new user's first
@@ -37,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from pipeline import records, settings  # noqa: E402
+from pipeline import kconfig, records, settings  # noqa: E402
 from pipeline.records import SourceRecord  # noqa: E402
 from pipeline.sources import treecache  # noqa: E402
 
@@ -80,11 +83,17 @@ def doit_side(build: Path, ccache: str) -> float:
     return seconds
 
 
-def bare_side(config: Path, tree: Path, out: Path) -> float:
+def bare_side(fragments: list[Path], reference_config: Path, tree: Path, out: Path) -> float:
     out.mkdir(parents=True)
-    shutil.copy(config, out / ".config")
     make = ["make", "-C", str(tree), f"O={out}", "ARCH=x86_64", "RUSTC=false"]
     started = time.monotonic()
+    timed([*make, "tinyconfig"])
+    timed([tree / "scripts/kconfig/merge_config.sh", "-m", "-O", out, out / ".config",
+           *fragments], cwd=tree)
+    timed([*make, "olddefconfig"])
+    if (out / ".config").read_bytes() != reference_config.read_bytes():
+        sys.exit(f"the bare side's .config ({out / '.config'}) is not the reference's "
+                 f"({reference_config}): the sides would build different kernels")
     timed([*make, f"-j{os.cpu_count()}", "bzImage", "modules"])
     timed([*make, "modules_install", f"INSTALL_MOD_PATH={out / 'install'}"])
     seconds = time.monotonic() - started
@@ -105,12 +114,16 @@ def main() -> None:
 
     shutil.rmtree(BENCH, ignore_errors=True)
     # The reference build dir: its fetch warms the download and tree caches, its
-    # config is the bare side's .config and its tree the bare side's source.
+    # .config is what the bare side must configure and its tree the bare side's source.
     reference = BENCH / "reference"
     subprocess.run(doit_argv("config", f"paths.build={reference}"), check=True, cwd=ROOT,
                    stdout=subprocess.DEVNULL)
-    layout = settings.load(ROOT, {"paths.build": str(reference)}).layout
+    config = settings.load(ROOT, {"paths.build": str(reference)})
+    layout = config.layout
     link_shared_cache(layout.cache)
+    source = records.require(SourceRecord, layout)
+    fragments = [config.resolve(str(path))
+                 for path in kconfig.fragment_paths(config, source.kernel_version)]
 
     times: dict[str, list[float]] = {side: [] for side in SIDES}
     for round_number in range(args.rounds):
@@ -118,14 +131,14 @@ def main() -> None:
         for side in order:
             run = BENCH / f"{side}-{round_number}"
             if side == "bare":
-                seconds = bare_side(layout.kernel_config, layout.tree, run)
+                seconds = bare_side(fragments, layout.kernel_config, layout.tree, run)
             else:
                 seconds = doit_side(run, "off" if side == "doit-off" else "on")
             times[side].append(seconds)
             print(f"round {round_number + 1}: {side} {seconds:.1f} s", flush=True)
 
     # Once per source version, outside the comparison: the tree cache's extraction.
-    archive = Path(records.require(SourceRecord, layout).resolved["tarball"])
+    archive = Path(source.resolved["tarball"])
     extracted = BENCH / "first-extraction"
     extracted.mkdir()
     first_extraction = timed(treecache.extract_argv(archive, extracted))
