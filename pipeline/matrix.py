@@ -224,7 +224,8 @@ def summarize(config: Settings, cells: list[Cell]) -> dict:
 def table(cells: list[dict]) -> str:
     """Cases down, cells across: a result letter each; then each cell's line."""
     letter = {Status.PASSED.value: "ok", Status.FAILED.value: "FAIL",
-              Status.SKIPPED.value: "skip", Status.CRASHED.value: "CRASH"}
+              Status.SKIPPED.value: "skip", Status.CRASHED.value: "CRASH",
+              Status.NOT_EXERCISED.value: "idle", Status.TODO.value: "known"}
     names = list(dict.fromkeys(name for cell in cells for name in cell["cases"]))  # run order
     width = max([len(name) for name in names] + [4])
     columns = [cell["cell"] for cell in cells]
@@ -256,7 +257,8 @@ def write_junit(path: Path, rows: list[tuple[dict, Test | None]]) -> None:
         suite = ET.SubElement(suites, "testsuite", name=record["cell"],
                               tests=str(len(cases) + broken),
                               failures=str(counts.failed + broken), errors=str(counts.crashed),
-                              skipped=str(counts.skipped + counts.todo))
+                              skipped=str(counts.skipped + counts.todo
+                                          + counts.not_exercised))
         for name, test in cases:
             junit_case(suite, record["cell"], name, test)
         if broken:
