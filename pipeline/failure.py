@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import re
+import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ HOST_SIGNS: tuple[tuple[re.Pattern[str], str], ...] = (
                 r"|Cannot allocate memory|failed to map segment from shared object"),
      "the machine ran out of memory"),
     (re.compile(r"No space left on device|Disk quota exceeded"), "the disk is full"),
+    # git's words when a checkout cannot write a file (it leaves out the errno).
+    (re.compile(r"unable to write (?:new index )?file"),
+     "a file could not be written (a full disk, most likely)"),
     (re.compile(r"Read-only file system"), "a file system is read-only"),
     (re.compile(r"Cannot connect to the Docker daemon|Error response from daemon"
                 r"|error during connect"),
@@ -97,13 +101,30 @@ def host_failure(what: str, blamed: Blame, log_file: Path | None) -> HostFailure
                        out_of_memory=blamed.out_of_memory)
 
 
-def machine_error(what: str, exc: CommandError) -> EnvironmentProblem:
+# Free space below which a failed write is blamed on a full disk.
+FULL_DISK_BYTES = 16 << 20
+
+
+def machine_error(what: str, exc: CommandError, where: Path | None = None) -> EnvironmentProblem:
     """A command of the machine's own work (a checkout, an unpack) failed: HostFailure
-    when its output shows why (a full disk), else EnvironmentProblem with its output."""
-    host = host_sign(exc.output_tail)
+    when its output shows why, or when the file system it wrote to (`where`) is full;
+    else EnvironmentProblem with its output."""
+    host = None
+    if where is not None and _free_bytes(where) < FULL_DISK_BYTES:
+        last = (exc.output_tail.strip().splitlines() or ["nothing"])[-1]
+        host = Blame(True, f"the disk is full: {_free_bytes(where)} bytes free where it "
+                           f"wrote ({where}); its last words: {last}")
+    host = host or host_sign(exc.output_tail)
     if host is not None:
         return host_failure(what, host, None)
     return EnvironmentProblem(f"{what} failed:\n{exc.output_tail}")
+
+
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the file system of `path` (or of its nearest existing parent)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def unless_host(what: str, exc: CommandError, tree_error: PipelineError) -> PipelineError:

@@ -98,18 +98,20 @@ def test_a_full_disk_mid_bisection_stops_it_and_a_rerun_continues(kernel_history
     With space again, the rerun continues from the cached verdicts."""
     repo, commits = kernel_history
     bisect_dir = ROOT / BISECT_BUILD / "bisect"
-    if not (bisect_dir / "report.json").is_file():
-        assert pipeline_bisect(repo, commits[0]).returncode == 0
+    # Every verdict cached first (after the test above, this builds nothing).
+    assert pipeline_bisect(repo, commits[0]).returncode == 0
     report = json.loads((bisect_dir / "report.json").read_text())
-    # Forget one step the bisection itself chose (not a ref): the rerun must build it.
-    middle = report["steps"][2]["commit"]
+    # Forget one step the bisection itself chose (not a ref, not the skipped one): the
+    # rerun must build it.
+    forgotten = next(step for step in report["steps"][2:] if step["verdict"] != "skip")
+    middle = forgotten["commit"]
     verdicts_file = bisect_dir / "verdicts.json"
     verdicts = json.loads(verdicts_file.read_text())
     verdicts = {key: entry for key, entry in verdicts.items() if entry["commit"] != middle}
     verdicts_file.write_text(json.dumps(verdicts))
     # A build dir with room for the tree and not for its objects (tmpfs hides the warm
     # one, which is back once it is unmounted).
-    tree_bytes = int(subprocess.run(["du", "-sb", "--exclude=.git", str(repo)],
+    tree_bytes = int(subprocess.run(["du", "-s", "--block-size=1", "--exclude=.git", str(repo)],
                                     capture_output=True, text=True, check=True).stdout.split()[0])
     build = bisect_dir / "build"
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tree_bytes + (64 << 20)}", "tmpfs",
@@ -120,7 +122,7 @@ def test_a_full_disk_mid_bisection_stops_it_and_a_rerun_continues(kernel_history
         subprocess.run(["umount", str(build)], check=True)
     assert full.returncode == 3, full.stdout[-3000:] + full.stderr[-3000:]
     assert f"stopped at {middle[:12]}" in full.stderr
-    assert "the disk is full" in full.stderr and "No space left on device" in full.stderr
+    assert "the disk is full" in full.stderr
     assert "once more" in full.stderr  # tried twice
     log = subprocess.run(["git", "--git-dir", str(bisect_dir / "repo.git"), "bisect", "log"],
                          capture_output=True, text=True).stdout
@@ -133,7 +135,7 @@ def test_a_full_disk_mid_bisection_stops_it_and_a_rerun_continues(kernel_history
     second = json.loads((bisect_dir / "report.json").read_text())
     assert second["first_bad"] == report["first_bad"]
     step = next(step for step in second["steps"] if step["commit"] == middle)
-    assert not step["cached"] and step["verdict"] == report["steps"][2]["verdict"]
+    assert not step["cached"] and step["verdict"] == forgotten["verdict"]
     assert sum(not step["cached"] for step in second["steps"]) == 1
 
 

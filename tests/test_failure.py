@@ -158,3 +158,18 @@ def test_a_patch_or_config_step_the_disk_failed_is_not_the_trees():
     assert isinstance(failure.unless_host("git apply", full, tree_error), HostFailure)
     broken = CommandError("git apply", 1, "error: patch failed: arch/x86/kvm/x86.c:12")
     assert failure.unless_host("git apply", broken, tree_error) is tree_error
+
+
+def test_a_checkout_onto_a_full_disk_is_the_hosts(tmp_path, tiny_disk):
+    """git says only "unable to write file": the full file system it wrote to says why."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "big.c").write_bytes(b"/* filler */\n" * 8192)
+    env = {"GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "a",
+           "GIT_COMMITTER_EMAIL": "a@b"}
+    for argv in (["init", "-q"], ["add", "big.c"], ["commit", "-qm", "big"]):
+        commands.run(["git", *argv], cwd=repo, env=env)
+    exc = failed(["git", "--git-dir", str(repo / ".git"), "--work-tree", str(tiny_disk),
+                  "read-tree", "--reset", "-u", "HEAD"], tmp_path)
+    error = failure.machine_error("checking out", exc, tiny_disk)
+    assert isinstance(error, HostFailure) and "the disk is full" in str(error), str(error)

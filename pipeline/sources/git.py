@@ -121,7 +121,7 @@ def fetch(settings: Settings, dest: Path) -> dict:
     try:
         _in_tree(settings, dest, "read-tree", "--reset", "-u", commit)
     except CommandError as exc:
-        raise failure.machine_error(f"checking out {commit} into {dest}", exc) from None
+        raise failure.machine_error(f"checking out {commit} into {dest}", exc, dest) from None
     return {"repo": settings.source.repo, "ref": settings.source.ref, "commit": commit,
             "source_date_epoch": epoch}
 
@@ -147,7 +147,8 @@ def update(settings: Settings, tree: Path) -> dict | None:
         # What the patch step added (and any other stray file) goes.
         _in_tree(settings, tree, "clean", "-ffdxq")
     except CommandError as exc:
-        remove_tree(tree)  # half-moved: the next fetch starts afresh
-        raise failure.machine_error(f"moving {tree} to commit {commit}", exc) from None
+        error = failure.machine_error(f"moving {tree} to commit {commit}", exc, tree)
+        remove_tree(tree)  # half-moved (after the look at its disk): the next fetch starts afresh
+        raise error from None
     return {"repo": settings.source.repo, "ref": settings.source.ref, "commit": commit,
             "source_date_epoch": epoch}
