@@ -260,8 +260,10 @@ def run_once(settings: Settings, dest: Path) -> Run:
 def _reason(message: str) -> str:
     """The first line of an error, with the compiler's first complaint if there is one."""
     lines = message.splitlines() or [""]
-    complaint = next((line.strip() for line in lines if "error:" in line), "")
-    return f"{lines[0]} {complaint}".strip() if complaint else lines[0]
+    if "error:" in lines[0]:  # e.g. a BuildError names the compiler's complaint first
+        return lines[0]
+    complaint = next((line.strip() for line in lines[1:] if "error:" in line), "")
+    return f"{lines[0]} {complaint}".strip()
 
 
 # Labels of the chain's codes that are not guest outcomes.

@@ -21,15 +21,16 @@ from pathlib import Path
 
 from .errors import CommandError, EnvironmentProblem, HostFailure, PipelineError
 
+KILLED_COMPILER = "a compiler was killed (out of memory, most likely)"
+NO_MEMORY = "the machine ran out of memory"
 # (sign, what it means), in the order they are looked for.
 HOST_SIGNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # gcc's driver on a cc1 that died of a signal: SIGKILL from the OOM killer, or
     # SIGSEGV when an allocation failed under a memory limit.
-    (re.compile(r"signal terminated program"),
-     "a compiler was killed (out of memory, most likely)"),
+    (re.compile(r"signal terminated program"), KILLED_COMPILER),
     (re.compile(r"out of memory allocating|virtual memory exhausted|memory exhausted"
                 r"|Cannot allocate memory|failed to map segment from shared object"),
-     "the machine ran out of memory"),
+     NO_MEMORY),
     (re.compile(r"No space left on device|Disk quota exceeded"), "the disk is full"),
     # git's words when a checkout cannot write a file (it leaves out the errno).
     (re.compile(r"unable to write (?:new index )?file"),
@@ -39,7 +40,8 @@ HOST_SIGNS: tuple[tuple[re.Pattern[str], str], ...] = (
                 r"|error during connect"),
      "the Docker daemon failed"),
 )
-MEMORY_SIGNS = frozenset(meaning for _, meaning in HOST_SIGNS[:2])
+# Worth a retry with fewer make jobs.
+MEMORY_SIGNS = frozenset({KILLED_COMPILER, NO_MEMORY})
 TREE_SIGNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"^\S+?:\d+(?::\d+)?: (?:fatal )?error: ", re.M),  # gcc, file:line
     re.compile(r"^\S+?: (?:fatal )?error: ", re.M),  # cc1, objtool, ld on a whole file
@@ -135,8 +137,7 @@ def unless_host(what: str, exc: CommandError, tree_error: PipelineError) -> Pipe
 
 # OSErrors of our own writes that are the machine's, with what each means.
 HOST_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-               errno.EROFS: "a file system is read-only",
-               errno.ENOMEM: "the machine ran out of memory"}
+               errno.EROFS: "a file system is read-only", errno.ENOMEM: NO_MEMORY}
 
 
 def os_error(what: str, exc: OSError) -> HostFailure | None:
