@@ -120,9 +120,10 @@ def test_a_full_disk_mid_bisection_stops_it_and_a_rerun_continues(kernel_history
     finally:
         subprocess.run(["umount", str(build)], check=True)
     assert full.returncode == 3, full.stdout[-3000:] + full.stderr[-3000:]
-    assert f"stopped at {middle[:12]}" in full.stderr
-    assert "the disk is full" in full.stderr
-    assert "once more" in full.stderr  # tried twice
+    said = full.stdout + full.stderr  # doit reports a task's error on stdout
+    assert f"stopped at {middle[:12]}" in said
+    assert "the disk is full" in said
+    assert "once more" in said  # tried twice
     log = subprocess.run(["git", "--git-dir", str(bisect_dir / "repo.git"), "bisect", "log"],
                          capture_output=True, text=True).stdout
     assert middle not in log  # neither skip nor any other verdict
