@@ -76,6 +76,16 @@ def selected_suites(settings: Settings) -> str:
     return ",".join(s for s in suites if any(s in matched for matched in chosen.values()))
 
 
+def extra_disks(settings: Settings) -> tuple[Path, ...]:
+    """boot.disks as paths (relative ones to the project), each an existing file."""
+    disks = tuple(settings.resolve(name) for name in settings.boot.disks.split(",") if name)
+    for disk in disks:
+        if not disk.is_file():
+            raise UserError(f"boot.disks: {disk} does not exist (or is not a file); name "
+                            f"existing files, comma-separated, or leave it empty")
+    return disks
+
+
 def qemu_command(settings: Settings, accel: qemu.Accelerator, suite: str,
                  extra: tuple[str, ...] = (), results: Path | None = None,
                  monitor: Path | None = None) -> qemu.QemuCommand:
@@ -88,6 +98,7 @@ def qemu_command(settings: Settings, accel: qemu.Accelerator, suite: str,
         memory_mb=settings.boot.memory_mb,
         smp=settings.boot.smp,
         root_disk=layout.rootfs,
+        disks=extra_disks(settings),
         ports={"ktap": results / "ktap.log", "status": results / "status"},
         monitor=monitor,
     )

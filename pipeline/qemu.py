@@ -75,6 +75,7 @@ class QemuCommand:
     memory_mb: int = 1024
     smp: int = 2
     root_disk: Path | None = None
+    disks: tuple[Path, ...] = ()  # more, read-only: /dev/vdb, /dev/vdc...
     ports: dict[str, Path] = field(default_factory=dict)  # virtio-serial name -> host file
     monitor: Path | None = None  # a unix socket for QEMU's human monitor (HMP)
 
@@ -88,6 +89,8 @@ class QemuCommand:
         if self.root_disk is not None:
             # snapshot=on: the guest's writes never reach the image artifact.
             argv += ["-drive", f"file={self.root_disk},if=virtio,format=raw,snapshot=on"]
+        for disk in self.disks:
+            argv += ["-drive", f"file={disk},if=virtio,format=raw,readonly=on"]
         if self.ports:
             argv += ["-device", "virtio-serial-pci"]
             for name, path in self.ports.items():

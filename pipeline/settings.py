@@ -89,6 +89,7 @@ class BootSettings:
     suite: str
     dry_run: bool
     cpu: str
+    disks: str
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,24 @@ def test_settings_reach_the_argv(make_settings):
             "pipeline.lifecycle_cycles=50"} <= set(words)
 
 
+def test_extra_disks_follow_the_root_disk_read_only(make_settings, tmp_path):
+    first, second = tmp_path / "controls.tar", tmp_path / "data.img"
+    first.write_bytes(b"\0" * 10240)
+    second.write_bytes(b"\0" * 512)
+    s = make_settings(**{"boot.disks": f"{first},{second}"})
+    argv = guest.qemu_command(s, ACCELERATORS["tcg"], "faults").argv()
+    drives = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-drive"]
+    assert drives[0].endswith("rootfs.ext4,if=virtio,format=raw,snapshot=on")  # /dev/vda
+    assert drives[1:] == [f"file={first},if=virtio,format=raw,readonly=on",
+                          f"file={second},if=virtio,format=raw,readonly=on"]
+
+
+def test_a_missing_extra_disk_is_named(make_settings, tmp_path):
+    s = make_settings(**{"boot.disks": str(tmp_path / "nothing.tar")})
+    with pytest.raises(UserError, match=r"boot.disks: .*nothing.tar does not exist"):
+        guest.qemu_command(s, ACCELERATORS["tcg"], "faults")
+
+
 def test_cases_select_suites(make_settings):
     s = make_settings(**{"boot.suite": "smoke,lifecycle,kvm"})
     assert guest.selected_suites(s) == "smoke,lifecycle,kvm"
