@@ -21,15 +21,28 @@ injections into the test's threads.
                           no injection into its threads, that is said too)
     skipped   -           skipped, with the reason the test printed; the run
                           fails unless the known list says the test skips
-                          here ("skips: ..."), or test.allow_skips allows it
+                          here ("skips"), or test.allow_skips allows it
     failed    -           failed; a known failure (images/kselftest-known)
-                          is todo, with the list's reason
+                          is todo, with the list's reason, but only when it
+                          fails the way the list says (its output holds the
+                          entry's text, or it timed out for "hangs"): any
+                          other failure of a listed test is a failure
     the injector's checks failed: failed;  the runner cut off: crashed
 
 The count-only case (`count_only`) is the suite's own and stays as it is,
 apart from its subtests (the runner's results, each test once more), whose
-failures it takes on; a known test's failure there is only noted, with the
-list's reason, as its failure alone is.
+failures it takes on; a known test's failure there, the way the list says,
+is only noted, with the list's reason, as its failure alone is.
+
+images/kselftest-known holds one entry a line, three tab-separated fields:
+a glob over test names, what the entry tolerates, and why:
+
+    debug_regs<TAB>output: Unhandled exception<TAB>TCG's nested SVM ...
+    memslot_perf_test<TAB>hangs<TAB>runs past the per-test timeout ...
+    vmx_*<TAB>skips<TAB>needs Intel VMX ...
+
+"output: TEXT": a failure whose output has TEXT in a line; "hangs": the
+runner's timeout ("TIMEOUT N seconds"); "skips": a skip.
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
 from .ktap import Status, Test
 
 SUITE = "kselftest"
@@ -59,9 +73,13 @@ OUTPUT_TAIL = 15
 # busy host's stall breaks), so the injector is not the first suspect.
 NOTHING_INJECTED = "no injection into its threads"
 NOT_INJECTED_INTO = "no injection reached its threads: it says nothing about scheduling"
-# A known list entry whose reason starts so: the test skips on this machine, and
-# that skip does not fail a run (any other skip of a selftest does).
-KNOWN_SKIP = "skips:"
+# What a known list entry may tolerate: a skip (which then does not fail a run,
+# as any other skip of a selftest does), a timeout, a failure saying TEXT.
+SKIPS = "skips"
+HANGS = "hangs"
+OUTPUT = "output: "
+# The kselftest runner's result comment for a test it killed.
+_TIMEOUT = re.compile(r"^TIMEOUT [0-9]+ seconds$")
 
 
 @dataclass(frozen=True)
@@ -75,28 +93,52 @@ class Verdict:
     injections: int | None  # None: the guest did not report a count
     why: str
     output: tuple[str, ...] = ()  # the failing run's last lines
-    known: str = ""  # images/kselftest-known's reason, when the test is on that list
+    known: str = ""  # the known list's entry naming the test: "tolerates: reason"
+    known_skip: bool = False  # a skip the known list expects here
 
 
-def load_known(path: Path) -> list[tuple[str, str]]:
-    """images/kselftest-known: (glob, reason) pairs, comments and blank lines skipped."""
+@dataclass(frozen=True)
+class Known:
+    """An entry of images/kselftest-known."""
+
+    pattern: str
+    tolerates: str  # "output: TEXT", "hangs" or "skips"
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.tolerates}: {self.reason}"
+
+    def tolerates_failure(self, run: Test | None) -> bool:
+        """The run failed the way this entry says it does."""
+        if run is None:
+            return False
+        if self.tolerates == HANGS:
+            return any(_TIMEOUT.match(line) for line in run.diagnostics)
+        text = self.tolerates.removeprefix(OUTPUT)
+        return self.tolerates.startswith(OUTPUT) and any(text in line
+                                                        for line in run.diagnostics)
+
+
+def load_known(path: Path) -> list[Known]:
+    """images/kselftest-known's entries; comments and blank lines skipped."""
     known = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
             continue
-        pattern, reason = [*line.split(None, 1), ""][:2]
-        known.append((pattern, reason.strip()))
+        fields = line.split("\t")
+        tolerates = fields[1].strip() if len(fields) == 3 else ""
+        if not (tolerates in (SKIPS, HANGS) or (tolerates.startswith(OUTPUT)
+                                               and tolerates != OUTPUT.strip())):
+            raise UserError(
+                f"{path}:{number}: want GLOB<TAB>TOLERATES<TAB>REASON, where TOLERATES is "
+                f"'{OUTPUT}TEXT' (a line of the failure's output holds TEXT), '{HANGS}' "
+                f"(it times out) or '{SKIPS}'; got {line!r}")
+        known.append(Known(fields[0].strip(), tolerates, fields[2].strip()))
     return known
 
 
-def known_reason(name: str, known: list[tuple[str, str]]) -> str | None:
-    return next((reason for pattern, reason in known if fnmatch.fnmatchcase(name, pattern)),
-                None)
-
-
-def known_skip(reason: str | None) -> bool:
-    return bool(reason) and reason.startswith(KNOWN_SKIP)
+def known_entry(name: str, known: list[Known]) -> Known | None:
+    return next((entry for entry in known if fnmatch.fnmatchcase(name, entry.pattern)), None)
 
 
 def _runner_name(test: Test) -> str:
@@ -122,13 +164,15 @@ def _tail(test: Test) -> list[str]:
     return test.diagnostics[-OUTPUT_TAIL:]
 
 
-def _verdict(case: Test, known: list[tuple[str, str]]) -> tuple[Test, Verdict]:
+def _verdict(case: Test, known: list[Known]) -> tuple[Test, Verdict]:
     """The leaf replacing one selftest's case, and its verdict."""
     runs = {_runner_name(sub): sub for sub in case.subtests}
     alone = runs.get(case.name)
     injected = runs.get(case.name + INJECTED_SUFFIX)
     injections = _injections(case)
-    reason = known_reason(case.name, known) or ""
+    entry = known_entry(case.name, known)
+    reason = str(entry) if entry else ""
+    known_skip = False
     alone_status = alone.status if alone else Status.CRASHED
     injected_status = injected.status if injected else Status.CRASHED
     status, directive = Status.PASSED, ""
@@ -139,12 +183,19 @@ def _verdict(case: Test, known: list[tuple[str, str]]) -> tuple[Test, Verdict]:
     elif alone_status is Status.SKIPPED:
         status = Status.SKIPPED
         directive = why = _skip_reason(alone)
-        if known_skip(reason):
+        if entry and entry.tolerates == SKIPS:
+            known_skip = True
             directive = why = f"{why} (known: {reason})"
     elif alone_status is not Status.PASSED:
-        status = Status.TODO if reason else Status.FAILED
-        directive = f"known: {reason}" if reason else ""
-        why = f"fails alone{f' (known: {reason})' if reason else ''}"
+        why = "fails alone"
+        if entry and entry.tolerates_failure(alone):
+            status, directive = Status.TODO, f"known: {reason}"
+            why += f" (known: {reason})"
+        else:
+            status = Status.FAILED
+            if entry:
+                why += (f", not the way the known list says it does ({reason}): "
+                        f"{_unlike(entry)}")
         output = _tail(alone)
     elif injected_status is not Status.PASSED:
         # Still a failure: a known flake and an injector bug look alike here.
@@ -173,14 +224,29 @@ def _verdict(case: Test, known: list[tuple[str, str]]) -> tuple[Test, Verdict]:
     leaf = dataclasses.replace(case, status=status, directive=directive, subtests=[],
                                diagnostics=diagnostics)
     return leaf, Verdict(case.name, status.value, alone_status.value, injected_status.value,
-                         injections, why, tuple(output), reason)
+                         injections, why, tuple(output), reason, known_skip)
 
 
-def _count_only(case: Test, known: list[tuple[str, str]]) -> Test:
+def _unlike(entry: Known) -> str:
+    if entry.tolerates == SKIPS:
+        return "it failed instead of skipping"
+    if entry.tolerates == HANGS:
+        return "it failed without timing out"
+    return f"no line of its output says {entry.tolerates.removeprefix(OUTPUT)!r}"
+
+
+def _known_failure(run: Test, known: list[Known]) -> str | None:
+    """The known list's entry for a failed run of the count-only pass, when it failed
+    the way the entry says."""
+    entry = known_entry(_runner_name(run).removesuffix(COUNTED_SUFFIX), known)
+    return str(entry) if entry and entry.tolerates_failure(run) else None
+
+
+def _count_only(case: Test, known: list[Known]) -> Test:
     """The count-only case, failed by any test that failed while counted, but for
     a known failure (images/kselftest-known), which is only noted, as alone."""
-    # Each failed run's name -> the known list's reason for its test, if any.
-    failed = {sub.name: known_reason(_runner_name(sub).removesuffix(COUNTED_SUFFIX), known)
+    # Each failed run's name -> the known list's entry for its failure, if any.
+    failed = {sub.name: _known_failure(sub, known)
               for sub in case.subtests if sub.status not in (Status.PASSED, Status.SKIPPED)}
     status = case.status
     diagnostics = list(case.diagnostics)

@@ -64,7 +64,7 @@ def skips(tree: Test, verdicts: list[kselftest.Verdict], allow: list[str]) -> li
     """Every skipped case: allowed when a glob of `allow` (test.allow_skips) matches its
     name, or when it is a selftest the known list says skips here."""
     known = {f"{kselftest.SUITE}.{v.name}" for v in verdicts
-             if v.status == Status.SKIPPED.value and kselftest.known_skip(v.known)}
+             if v.status == Status.SKIPPED.value and v.known_skip}
     found = []
     for names, test in tree.walk():
         if test.subtests or test.status is not Status.SKIPPED:

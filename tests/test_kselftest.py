@@ -6,9 +6,11 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 from pipeline import kselftest, ktap, results
+from pipeline.errors import UserError
 from pipeline.results import Outcome, classify_outcome
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -108,7 +110,7 @@ def skipping(number: int, name: str, reason: str) -> list[str]:
 
 def test_a_skip_keeps_the_tests_reason_and_fails_unless_known_or_allowed():
     """A lost option turns a test into a skip: that fails the run, unless the known
-    list says the test skips here ("skips: ...") or test.allow_skips allows it."""
+    list says the test skips here ("skips") or test.allow_skips allows it."""
     tree, cases, verdicts = merged(skipping(1, "svm_nested_soft_inject_test", "Requires: NRIPS"),
                                    skipping(2, "vmx_dirty_log_test", "Requires: VMX"))
     skipped = cases["svm_nested_soft_inject_test"]
@@ -134,13 +136,57 @@ def test_a_skip_keeps_the_tests_reason_and_fails_unless_known_or_allowed():
            "kselftest.vmx_dirty_log_test)" in why
 
 
-def test_a_failure_alone_is_known_only_when_the_list_names_it():
-    _, cases, verdicts = merged(selftest_case(1, "debug_regs", alone="not ok"),
-                                selftest_case(2, "set_sregs_test", alone="not ok"))
+def test_a_failure_alone_is_known_only_when_it_fails_the_way_the_list_says():
+    """The known list tolerates a failure by its signature, not by the test's name:
+    a listed test failing some other way fails the run, naming the entry."""
+    entry = kselftest.known_entry("debug_regs", KNOWN)
+    said = entry.tolerates.removeprefix(kselftest.OUTPUT)
+    tree, cases, verdicts = merged(
+        selftest_case(1, "debug_regs", alone="not ok", alone_output=("1..1", f"# {said}")),
+        selftest_case(2, "monitor_mwait_test", alone="not ok",
+                      alone_output=("1..1", "# Segmentation fault")),
+        selftest_case(3, "set_sregs_test", alone="not ok"))
     known = cases["debug_regs"]
-    assert known.status is ktap.Status.TODO and known.directive.startswith("known: ")
+    assert known.status is ktap.Status.TODO
+    assert known.directive == f"known: {entry}"
+    otherwise = cases["monitor_mwait_test"]
+    assert otherwise.status is ktap.Status.FAILED and not otherwise.directive
+    other = kselftest.known_entry("monitor_mwait_test", KNOWN)
+    assert verdicts[1].why == (
+        f"fails alone, not the way the known list says it does ({other}): no line of its "
+        f"output says {other.tolerates.removeprefix(kselftest.OUTPUT)!r}")
     assert cases["set_sregs_test"].status is ktap.Status.FAILED
-    assert [v.why for v in verdicts][1] == "fails alone"
+    assert verdicts[2].why == "fails alone"
+    assert [v.known for v in verdicts] == [str(entry), str(other), ""]
+    assert tree.counts().todo == 1 and tree.counts().failed == 2
+
+
+def test_a_known_hang_is_the_runners_timeout_and_a_known_skip_tolerates_no_failure():
+    timed_out = [line.replace("not ok 1 selftests: kvm: memslot_perf_test",
+                              "not ok 1 selftests: kvm: memslot_perf_test # TIMEOUT 120 seconds")
+                 for line in selftest_case(1, "memslot_perf_test", alone="not ok")]
+    _, cases, verdicts = merged(timed_out,
+                                selftest_case(2, "hyperv_tlb_flush", alone="not ok"),
+                                selftest_case(3, "amx_test", alone="not ok"))
+    assert cases["memslot_perf_test"].status is ktap.Status.TODO
+    assert cases["hyperv_tlb_flush"].status is ktap.Status.FAILED
+    assert verdicts[1].why.endswith("it failed without timing out")
+    assert cases["amx_test"].status is ktap.Status.FAILED
+    assert verdicts[2].why.endswith("it failed instead of skipping")
+
+
+@pytest.mark.parametrize("line", [
+    "debug_regs\tTCG does not deliver #BP",  # two fields
+    "debug_regs\tcrashes\tTCG does not deliver #BP",  # no such kind
+    "debug_regs\toutput:\tTCG does not deliver #BP",  # output of nothing
+    "debug_regs output: Unhandled exception TCG does not deliver #BP",  # spaces, no tabs
+])
+def test_a_known_list_line_without_its_signature_is_refused_with_its_place(tmp_path, line):
+    known = tmp_path / "kselftest-known"
+    known.write_text(f"# comment\n\n{line}\n")
+    with pytest.raises(UserError, match=r"kselftest-known:3: want GLOB<TAB>TOLERATES<TAB>"
+                                        r"REASON, where TOLERATES is 'output: TEXT'"):
+        kselftest.load_known(known)
 
 
 def test_a_pass_without_injection_is_not_exercised_and_the_injectors_checks_count():
@@ -201,14 +247,16 @@ def test_a_known_test_failing_under_injection_still_fails_with_the_lists_reason_
     the flake may explain it, but so may the injector, so it stays a failure."""
     tree, cases, verdicts = merged(selftest_case(1, "state_test", injected="not ok",
                                                  injected_output=("#UD",)))
+    entry = kselftest.known_entry("state_test", KNOWN)
     failed = cases["state_test"]
     assert failed.status is ktap.Status.FAILED and not failed.directive
     verdict = next(line for line in failed.diagnostics if line.startswith("verdict: "))
-    assert verdict.startswith("verdict: passes alone, FAILS UNDER INJECTION (on the known "
-                              "list, which may explain it: flaky under QEMU 7.2"), verdict
+    assert verdict == ("verdict: passes alone, FAILS UNDER INJECTION (on the known list, "
+                       f"which may explain it: {entry})"), verdict
+    assert "flaky under QEMU 7.2" in entry.reason
     lines = kselftest.summary_lines(verdicts)
-    assert any(line.startswith("FAILS UNDER INJECTION: state_test (passes alone; on the "
-                               "known list: flaky under QEMU 7.2") for line in lines), lines
+    assert f"FAILS UNDER INJECTION: state_test (passes alone; on the known list: {entry}); " \
+        "its output:" in lines, lines
     outcome, _ = classify_outcome(kernel_started=True, timed_out=None, findings=[],
                                   guest_status=0, tree=tree)
     assert outcome is Outcome.TEST_FAILURES
@@ -238,17 +286,24 @@ def test_a_failure_under_injection_with_nothing_injected_says_so():
 
 
 def test_count_only_notes_a_known_failure_as_the_alone_run_does():
-    """A test on the known list, selected anyway, that fails while counted: noted
-    with the list's reason, not a failure of the count (it is not the injector's)."""
+    """A test on the known list, selected anyway, that fails while counted the way
+    the list says: noted with the entry, not a failure of the count (it is not the
+    injector's).  Failing another way, it fails the count."""
+    entry = kselftest.known_entry("state_test", KNOWN)
+    said = entry.tolerates.removeprefix(kselftest.OUTPUT)
     count_only = ["        TAP version 13", "        1..1",
-                  *runner_result(1, "state_test-counted", "not ok", ("#UD",)),
+                  *runner_result(1, "state_test-counted", "not ok", (f"# {said} at RIP",)),
                   "    ok 1 count_only"]
     _, cases, _ = merged(count_only)
     diagnostics = cases["count_only"].diagnostics
     assert cases["count_only"].status is ktap.Status.PASSED
-    assert any(line.startswith("known failure while counted: selftests: kvm: "
-                               "state_test-counted (known: flaky under QEMU 7.2")
-               for line in diagnostics), diagnostics
+    assert ("known failure while counted: selftests: kvm: state_test-counted "
+            f"(known: {entry})") in diagnostics, diagnostics
+    otherwise = ["        TAP version 13", "        1..1",
+                 *runner_result(1, "state_test-counted", "not ok", ("# it broke",)),
+                 "    ok 1 count_only"]
+    _, cases, _ = merged(otherwise)
+    assert cases["count_only"].status is ktap.Status.FAILED
 
 
 def test_other_suites_are_left_alone():
@@ -257,11 +312,11 @@ def test_other_suites_are_left_alone():
     assert kselftest.merge(tree, KNOWN_FILE) == (tree, [])
 
 
-def test_the_known_list_gives_a_reason_for_every_entry():
-    assert KNOWN and all(pattern and reason for pattern, reason in KNOWN)
-    assert kselftest.known_reason("vmx_dirty_log_test", KNOWN).startswith(
+def test_the_known_list_gives_a_signature_and_a_reason_for_every_entry():
+    assert KNOWN and all(entry.pattern and entry.tolerates and entry.reason for entry in KNOWN)
+    assert str(kselftest.known_entry("vmx_dirty_log_test", KNOWN)).startswith(
         "skips: needs Intel VMX")
-    assert kselftest.known_reason("set_sregs_test", KNOWN) is None
+    assert kselftest.known_entry("set_sregs_test", KNOWN) is None
 
 
 def test_selftests_inputs_key_sees_only_the_files_they_build_from(make_settings, tmp_path):
@@ -317,3 +372,32 @@ def test_selection_globs_match_names_not_the_files_beside_the_suite(tmp_path):
                           capture_output=True, text=True,
                           env={"PIPELINE_KSELFTESTS": "svm_*,smm_test"}).stdout
     assert only == "no\n"
+
+
+def test_golden_run_of_the_known_failures_matches_each_by_its_signature(tmp_path):
+    """A real run of the 13 listed tests that fail here for good (2026-12-07, default
+    kernel, TCG; `kselftest.tests=` naming them): each fails the way its entry says,
+    so each is known (todo) and the run passes.  With one entry's text changed,
+    that test's failure is no longer the one tolerated: it fails the run."""
+    raw = ktap.parse((GOLDEN / "kselftest-known-run.ktap").read_text().splitlines())
+    tree, verdicts = kselftest.merge(raw, KNOWN_FILE)
+    assert len(verdicts) == 13
+    assert all(v.status == "todo" and v.known for v in verdicts), [
+        (v.name, v.status, v.why) for v in verdicts if v.status != "todo"]
+    assert tree.counts().todo == 13 and tree.counts().failed == 0
+    assert kselftest.known_count(verdicts) == 13
+    outcome, _ = classify_outcome(kernel_started=True, timed_out=None, findings=[],
+                                  guest_status=0, tree=tree)
+    assert outcome is Outcome.PASSED
+
+    planted = tmp_path / "kselftest-known"
+    planted.write_text(KNOWN_FILE.read_text().replace(
+        "debug_regs\toutput: Unhandled exception '0x3'\t",
+        "debug_regs\toutput: Unhandled exception '0x1'\t"))
+    tree, verdicts = kselftest.merge(raw, planted)
+    failed = [v for v in verdicts if v.status == "failed"]
+    assert [v.name for v in failed] == ["debug_regs"]
+    assert "not the way the known list says it does" in failed[0].why
+    outcome, _ = classify_outcome(kernel_started=True, timed_out=None, findings=[],
+                                  guest_status=0, tree=tree)
+    assert outcome is Outcome.TEST_FAILURES
