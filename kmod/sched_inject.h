@@ -10,6 +10,7 @@
 
 #include <linux/atomic.h>
 #include <linux/kallsyms.h>
+#include <linux/kprobes.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/notifier.h>
@@ -24,6 +25,7 @@
 #include "sched_inject_tramp.h"
 
 #define INJ_MAX_RANGES		20
+#define INJ_MAX_POINTS		32
 #define INJ_MAX_PENDING		INJ_STUBS
 #define INJ_PERIOD_MIN_US	1000
 #define INJ_PERIOD_MAX_US	1000000
@@ -118,6 +120,21 @@ struct inj_range_stats {
 	atomic64_t skips[INJ_SKIP_NR];
 };
 
+/*
+ * An injection point: a kprobe on one instruction (a function's entry,
+ * usually) where the target task is sent into the trampoline when it gets
+ * there, with what each of its hits came to.
+ */
+struct inj_point {
+	struct kprobe kp;
+	char symbol[KSYM_SYMBOL_LEN];	/* of the probed address, for humans */
+	atomic64_t hits;		/* eligible: injected, or counted */
+	atomic64_t injections;
+	atomic64_t would_inject;	/* count-only mode */
+	atomic64_t resumes;		/* the one passing hit after each injection */
+	atomic64_t skips[INJ_SKIP_NR];
+};
+
 /* A number setting with bounds, checked on every write. */
 struct inj_knob {
 	unsigned int *value;
@@ -162,6 +179,11 @@ extern atomic64_t inj_tramp_entries, inj_tramp_exits, inj_migrations;
 /* Sleeps taken again because msleep() returned without a switch, and gave up. */
 extern atomic64_t inj_sleep_retries, inj_sleeps_without_switch;
 
+/* The points (under inj_lock), and the injections of every point since a reset. */
+extern struct inj_point *inj_points[INJ_MAX_POINTS];
+extern unsigned int inj_nr_points;
+extern atomic64_t inj_point_injections;
+
 /* The last location injected into (or, counting only, that would have been). */
 extern unsigned long inj_last_ip;
 extern int inj_last_cpu;
@@ -176,6 +198,16 @@ int inj_knob_check(const struct inj_knob *knob, unsigned int value);
 /* sched_inject_timer.c: start and stop the per-CPU timers, inj_lock held. */
 int inj_enable_locked(void);
 void inj_disable_locked(void);
+/* The checks and the claim both paths share (in hard-irq or int3 context). */
+bool inj_is_target(struct task_struct *task);
+bool inj_stack_ok(struct pt_regs *regs);
+bool inj_is_pending(struct task_struct *task);
+int inj_claim_pending(struct task_struct *task);
+
+/* sched_inject_points.c */
+int inj_add_point(const char *name);
+void inj_clear_points(void);
+void inj_drop_module_points(struct module *mod);
 
 /* sched_inject_ranges.c */
 int inj_add_range(unsigned long start, unsigned long end);

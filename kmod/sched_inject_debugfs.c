@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * sched_inject: every file of debugfs sched_inject/.  enable, target,
- * period_us, sleep_ms, count_only, ranges and stats, each a thin layer
+ * period_us, sleep_ms, count_only, ranges, points and stats, each a thin layer
  * over the settings and state of the other files; their format is
  * documented in the project's README.md.
  */
@@ -237,6 +237,58 @@ static const struct file_operations inj_ranges_fops = {
 	.release = single_release,
 };
 
+static int inj_points_show(struct seq_file *m, void *v)
+{
+	unsigned int i, why;
+
+	mutex_lock(&inj_lock);
+	for (i = 0; i < inj_nr_points; i++) {
+		struct inj_point *point = inj_points[i];
+
+		seq_printf(m, "%u hits=%lld injections=%lld would_inject=%lld resumes=%lld", i,
+			   atomic64_read(&point->hits), atomic64_read(&point->injections),
+			   atomic64_read(&point->would_inject), atomic64_read(&point->resumes));
+		for (why = 0; why < INJ_SKIP_NR; why++)
+			if (atomic64_read(&point->skips[why]))
+				seq_printf(m, " skip_%s=%lld", inj_skip_names[why],
+					   atomic64_read(&point->skips[why]));
+		seq_printf(m, " %s\n", point->symbol);
+	}
+	mutex_unlock(&inj_lock);
+	return 0;
+}
+
+static int inj_points_open(struct inode *inode, struct file *file)
+{
+	return single_open(file, inj_points_show, NULL);
+}
+
+static ssize_t inj_points_write(struct file *file, const char __user *ubuf, size_t count,
+				loff_t *ppos)
+{
+	char buf[KSYM_NAME_LEN + MODULE_NAME_LEN];
+	int ret;
+
+	ret = inj_read_line(ubuf, count, buf, sizeof(buf));
+	if (ret)
+		return ret;
+	if (!strcmp(buf, "clear")) {
+		inj_clear_points();
+		return count;
+	}
+	ret = inj_add_point(buf);
+	return ret ? ret : count;
+}
+
+static const struct file_operations inj_points_fops = {
+	.owner = THIS_MODULE,
+	.open = inj_points_open,
+	.read = seq_read,
+	.write = inj_points_write,
+	.llseek = seq_lseek,
+	.release = single_release,
+};
+
 static int inj_stats_show(struct seq_file *m, void *v)
 {
 	struct inj_stats sum = {};
@@ -257,6 +309,7 @@ static int inj_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "enabled %d\n", READ_ONCE(inj_enabled));
 	seq_printf(m, "fires %llu\n", sum.fires);
 	seq_printf(m, "injections %llu\n", sum.injections);
+	seq_printf(m, "point_injections %lld\n", atomic64_read(&inj_point_injections));
 	seq_printf(m, "would_inject %llu\n", sum.would_inject);
 	seq_printf(m, "inflight %d\n", atomic_read(&inj_inflight));
 	seq_printf(m, "trampoline_entries %lld\n", atomic64_read(&inj_tramp_entries));
@@ -306,6 +359,7 @@ static ssize_t inj_stats_write(struct file *file, const char __user *ubuf, size_
 	inj_dispatch_ns_max = 0;
 	spin_unlock(&inj_sleep_lock);
 	atomic64_set(&inj_tramp_entries, 0);
+	atomic64_set(&inj_point_injections, 0);
 	atomic64_set(&inj_tramp_exits, 0);
 	atomic64_set(&inj_migrations, 0);
 	atomic64_set(&inj_sleep_retries, 0);
@@ -334,6 +388,7 @@ void inj_debugfs_create(void)
 	debugfs_create_file("sleep_ms", 0600, inj_dir, &inj_knob_sleep, &inj_knob_fops);
 	debugfs_create_bool("count_only", 0600, inj_dir, &inj_count_only);
 	debugfs_create_file("ranges", 0600, inj_dir, NULL, &inj_ranges_fops);
+	debugfs_create_file("points", 0600, inj_dir, NULL, &inj_points_fops);
 	debugfs_create_file("stats", 0600, inj_dir, NULL, &inj_stats_fops);
 }
 

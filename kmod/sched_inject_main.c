@@ -161,6 +161,8 @@ static void __exit sched_inject_exit(void)
 	mutex_lock(&inj_lock);
 	inj_disable_locked();
 	mutex_unlock(&inj_lock);
+	/* No point's handler runs once this returns. */
+	inj_clear_points();
 	/* Tasks sleeping in, or about to enter, the trampoline. */
 	wait_event(inj_inflight_wq, !atomic_read(&inj_inflight));
 	/*

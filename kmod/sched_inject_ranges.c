@@ -198,7 +198,7 @@ unlock:
 	return ret;
 }
 
-/* Drop the ranges in a module that is going away: its addresses will be reused. */
+/* Drop the ranges and points in a module that is going away: its addresses will be reused. */
 static int inj_module_notify(struct notifier_block *nb, unsigned long action, void *data)
 {
 	struct module *mod = data;
@@ -208,6 +208,7 @@ static int inj_module_notify(struct notifier_block *nb, unsigned long action, vo
 	if (action != MODULE_STATE_GOING)
 		return NOTIFY_DONE;
 	mutex_lock(&inj_lock);
+	inj_drop_module_points(mod);
 	set = inj_copy_ranges();
 	if (set) {
 		for (i = 0; i < set->nr; i++)

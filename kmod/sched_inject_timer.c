@@ -13,6 +13,7 @@
 #include <linux/cpuhotplug.h>
 #include <linux/hardirq.h>
 #include <linux/hrtimer.h>
+#include <linux/kprobes.h>
 #include <linux/ktime.h>
 #include <linux/lockdep.h>
 #include <linux/percpu.h>
@@ -43,7 +44,7 @@ static int inj_hp_state = -1;
 
 /* ------------------------------------------------------------ hardirq side */
 
-static bool inj_is_target(struct task_struct *task)
+bool inj_is_target(struct task_struct *task)
 {
 	struct inj_target *target = rcu_dereference(inj_target);
 
@@ -61,6 +62,8 @@ static bool inj_is_target(struct task_struct *task)
 	}
 }
 
+NOKPROBE_SYMBOL(inj_is_target);
+
 static void inj_count_preempt_field(unsigned int pc)
 {
 	if (pc & PREEMPT_MASK)
@@ -74,7 +77,7 @@ static void inj_count_preempt_field(unsigned int pc)
 }
 
 /* The interrupted stack pointer is on the task stack, with room below it. */
-static bool inj_stack_ok(struct pt_regs *regs)
+bool inj_stack_ok(struct pt_regs *regs)
 {
 	unsigned long base = (unsigned long)task_stack_page(current);
 	unsigned long sp = regs->sp;
@@ -83,6 +86,8 @@ static bool inj_stack_ok(struct pt_regs *regs)
 		return false;
 	return sp >= base + INJ_MIN_FREE_STACK && sp <= base + THREAD_SIZE;
 }
+
+NOKPROBE_SYMBOL(inj_stack_ok);
 
 static int inj_find_range(unsigned long ip)
 {
@@ -145,7 +150,7 @@ static enum inj_skip inj_check(struct pt_regs *regs, unsigned int pc, int rcu_de
 	return INJ_SKIP_NR;
 }
 
-static bool inj_is_pending(struct task_struct *task)
+bool inj_is_pending(struct task_struct *task)
 {
 	unsigned int i;
 
@@ -155,8 +160,10 @@ static bool inj_is_pending(struct task_struct *task)
 	return false;
 }
 
+NOKPROBE_SYMBOL(inj_is_pending);
+
 /* The index of a record now owned by @task, or -1 when all are in use. */
-static int inj_claim_pending(struct task_struct *task)
+int inj_claim_pending(struct task_struct *task)
 {
 	unsigned int i;
 
@@ -166,6 +173,8 @@ static int inj_claim_pending(struct task_struct *task)
 			return i;
 	return -1;
 }
+
+NOKPROBE_SYMBOL(inj_claim_pending);
 
 static void inj_consider(struct pt_regs *regs)
 {

@@ -90,8 +90,9 @@ __visible void inj_tramp_body(unsigned long *ret_slot, unsigned long index)
 	start = ktime_get_ns();
 	start_jiffies = jiffies;
 	inj_sleep_and_switch();
+	/* A point's injection took its time on the NMI-safe clock, which may lag. */
 	inj_account_sleep(ktime_get_ns() - start, jiffies - start_jiffies,
-			  start - pending->fired_ns);
+			  start > pending->fired_ns ? start - pending->fired_ns : 0);
 	if (raw_smp_processor_id() != pending->cpu)
 		atomic64_inc(&inj_migrations);
 	atomic64_inc(&inj_tramp_exits);

@@ -75,6 +75,12 @@ FAULTS = {
     "preempt_count_ignored": Fault("preempt_count is not checked", (
         ("sched_inject_timer.c", "if (pc != HARDIRQ_OFFSET) {",
          "if (0 && pc != HARDIRQ_OFFSET) {"),)),
+    "resume_never_taken": Fault("a task resumed at a point is sent into the trampoline again", (
+        ("sched_inject_points.c", "\t\treturn true;\n", "\t\treturn false;\n"),)),
+    "own_point_accepted": Fault("a point in the injector's own text is accepted", (
+        ("sched_inject_points.c",
+         "if (within_module((unsigned long)point->kp.addr, THIS_MODULE)) {",
+         "if (0 && within_module((unsigned long)point->kp.addr, THIS_MODULE)) {"),)),
 }
 # Not a kmod/ fault: KVM built from the patched tree with every include of
 # <linux/kvm_preempt_count.h> removed (stock KVM), the image still saying
@@ -101,12 +107,16 @@ CONTROLS = (
     Control("smoke.target_by_comm_and_tgid", "comm_never_matches",
             "target comm inject_target was injected into"),
     Control("smoke.stalled_sleep_still_switches", "no_retry", "a voluntary switch per injection"),
+    Control("smoke.point_register_integrity", "resume_never_taken",
+            "one resume per injection (0 for"),
     Control("lifecycle.bad_parameters_refused", "knob_range_unchecked",
             "accepted: modprobe sched_inject period_us=10"),
     Control("lifecycle.bad_target_and_knobs_refused", "enable_without_target",
             "accepted: enable without a target"),
     Control("lifecycle.bad_ranges_refused", "probe_check_ignored",
             "accepted: not an instruction boundary"),
+    Control("lifecycle.bad_points_refused", "own_point_accepted",
+            "accepted: a point in the injector's own text"),
     Control("lifecycle.unload_with_injections_in_flight", "no_sleep",
             "at least a fifth (10) unloaded in flight (got 0)"),
     Control("lifecycle.cpu_hotplug_during_injection", "hotplug_stops_timers",

@@ -161,7 +161,7 @@ def test_debug_kernel_runs_every_case_clean(matrix_run):
     results_dir = cell(config, DEBUG).layout.results
     results = json.loads((results_dir / "results.json").read_text())
     assert results["console_findings"] == []
-    assert results["counts"]["passed"] == 16 + 1
+    assert results["counts"]["passed"] == 18 + 1
     assert results["counts"]["skipped"] == 0
     # With PREEMPT_COUNT the ranges are all of kvm and kvm-amd: lockdep, KASAN and
     # might_sleep stay silent with the selftest's threads put to sleep in KVM

@@ -115,12 +115,26 @@ no_corruption() {	# inject_target saw every register and flag intact
 	[ "$corruptions" = 0 ]
 }
 
-trampoline_balanced() {	# every injection entered the trampoline and left it
+# Every injection, the timer's and the points', entered the trampoline and left it.
+trampoline_balanced() {
 	entries=$(stat_of "$INJ/stats" trampoline_entries)
 	exits=$(stat_of "$INJ/stats" trampoline_exits)
 	injections=$(stat_of "$INJ/stats" injections)
-	echo "injections $injections, trampoline entries $entries, exits $exits"
-	[ "$entries" = "$injections" ] && [ "$exits" = "$injections" ]
+	at_points=$(stat_of "$INJ/stats" point_injections)
+	echo "injections $injections by the timer and $at_points at points, trampoline" \
+		"entries $entries, exits $exits"
+	numbers injections="$injections" point_injections="$at_points" || return 1
+	[ "$entries" = $((injections + at_points)) ] && [ "$exits" = "$entries" ]
+}
+
+point_stat() {	# point_stat INDEX KEY: a key=value field of the points line INDEX
+	awk -v index_="$1" -v key="$2" '$1 == index_ {
+		for (i = 2; i <= NF; i++) if (split($i, kv, "=") == 2 && kv[1] == key) print kv[2]
+	}' "$INJ/points"
+}
+
+point_injected_at_least() {	# point_injected_at_least N
+	[ "$(stat_of "$INJ/stats" point_injections)" -ge "$1" ]
 }
 
 every_sleep_switched() {	# the injector's retries got every sleep its switch

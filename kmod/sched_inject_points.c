@@ -1,0 +1,313 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * sched_inject: injection points, the targeted path.  A kprobe on each
+ * named instruction (a function's entry, usually).  When the target task
+ * gets there preemptible, with nothing that preempt_count() shows held,
+ * the pre-handler sends it into the trampoline as the timer callback does
+ * with an interrupt's return address: it sleeps, then resumes at the
+ * probed instruction.  That instruction's next hit by the same task must
+ * pass, or the task would sleep there forever: a resume record, claimed
+ * with the injection, lets exactly that one hit through.
+ *
+ * The pre-handler runs from int3, which the kernel enters like an NMI
+ * (preempt_count() gains NMI_OFFSET + HARDIRQ_OFFSET) with interrupts off:
+ * atomic and per-CPU updates only, no lock, the NMI-safe clock.  A kprobe
+ * without a post-handler may be optimized into a jump, and an optimized
+ * probe ignores a changed instruction pointer: every point has an empty
+ * post-handler, so each stays an int3.
+ *
+ * Without CONFIG_PREEMPT_COUNT, spinlocks, RCU readers and preempt_disable()
+ * leave preempt_count() at zero: there the choice of points is what keeps
+ * an injection safe, as the ranges are for the timer path.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/atomic.h>
+#include <linux/hardirq.h>
+#include <linux/kprobes.h>
+#include <linux/ktime.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/preempt.h>
+#include <linux/rcupdate.h>
+#include <linux/sched.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+#include <linux/uaccess.h>
+
+#include "sched_inject.h"
+#include "sched_inject_compat.h"
+#include "sched_inject_tramp.h"
+
+struct inj_point *inj_points[INJ_MAX_POINTS];
+unsigned int inj_nr_points;
+atomic64_t inj_point_injections;
+
+/* A task sent into the trampoline from a point, until it reaches it again. */
+struct inj_resume {
+	struct task_struct *task;
+	unsigned long addr;
+};
+
+static struct inj_resume inj_resumes[INJ_MAX_PENDING];
+
+/* The current task's resume record for @addr, taken: true when it had one. */
+static bool inj_take_resume(unsigned long addr)
+{
+	unsigned int i;
+
+	for (i = 0; i < INJ_MAX_PENDING; i++) {
+		if (READ_ONCE(inj_resumes[i].task) != current ||
+		    READ_ONCE(inj_resumes[i].addr) != addr)
+			continue;
+		WRITE_ONCE(inj_resumes[i].addr, 0);
+		/* Free for a claim only after the old address is gone. */
+		smp_store_release(&inj_resumes[i].task, NULL);
+		return true;
+	}
+	return false;
+}
+
+NOKPROBE_SYMBOL(inj_take_resume);
+
+/* A record now the current task's, for its next hit of @addr; -1 when none is free. */
+static int inj_claim_resume(unsigned long addr)
+{
+	unsigned int i;
+
+	for (i = 0; i < INJ_MAX_PENDING; i++) {
+		if (READ_ONCE(inj_resumes[i].task) ||
+		    cmpxchg(&inj_resumes[i].task, NULL, current))
+			continue;
+		WRITE_ONCE(inj_resumes[i].addr, addr);
+		return i;
+	}
+	return -1;
+}
+
+NOKPROBE_SYMBOL(inj_claim_resume);
+
+/* Returns INJ_SKIP_NR when the task at the point may sleep; as inj_check(). */
+static enum inj_skip inj_point_check(struct pt_regs *regs, unsigned int pc, int rcu_depth)
+{
+	if (!inj_is_target(current))
+		return INJ_SKIP_NOT_TARGET;
+	if (current->flags & PF_EXITING)
+		return INJ_SKIP_EXITING;
+	/* int3 adds exactly NMI_OFFSET + HARDIRQ_OFFSET; anything more is the task's. */
+	if (pc != NMI_OFFSET + HARDIRQ_OFFSET)
+		return INJ_SKIP_PREEMPT_COUNT;
+	if (IS_ENABLED(CONFIG_PREEMPT_RT) && softirq_count())
+		return INJ_SKIP_RT_SOFTIRQ;
+	if (rcu_depth)
+		return INJ_SKIP_RCU_DEPTH;
+	if (!(regs->flags & X86_EFLAGS_IF))
+		return INJ_SKIP_IRQS_DISABLED;
+	if (regs->flags & X86_EFLAGS_AC)
+		return INJ_SKIP_FLAGS_AC;
+	if (regs->flags & (X86_EFLAGS_DF | X86_EFLAGS_TF | X86_EFLAGS_NT))
+		return INJ_SKIP_FLAGS_DF_TF_NT;
+	if (!task_is_running(current))
+		return INJ_SKIP_TASK_STATE;
+	if (pagefault_disabled())
+		return INJ_SKIP_PAGEFAULT_DISABLED;
+	/*
+	 * No irq_fpu_usable(): it warns in NMI context.  fpregs_lock() shows
+	 * in the softirq count; kernel_fpu_begin() is for the choice of points.
+	 */
+	if (!inj_stack_ok(regs))
+		return INJ_SKIP_STACK;
+	if (!inj_fred_frame_ok(regs))
+		return INJ_SKIP_FRED_STACK_LEVEL;
+	if (READ_ONCE(inj_stopping))
+		return INJ_SKIP_STOPPING;
+	if (inj_is_pending(current))
+		return INJ_SKIP_ALREADY_PENDING;
+	return INJ_SKIP_NR;
+}
+
+NOKPROBE_SYMBOL(inj_point_check);
+
+static int inj_point_pre(struct kprobe *kp, struct pt_regs *regs)
+{
+	struct inj_point *point = container_of(kp, struct inj_point, kp);
+	unsigned long addr = (unsigned long)kp->addr;
+	unsigned int pc = preempt_count();
+	int rcu_depth = rcu_preempt_depth();
+	struct inj_pending *pending;
+	enum inj_skip why;
+	int index, resume;
+
+	/* First: a task diverted before a disable still has its one hit to pass. */
+	if (inj_take_resume(addr)) {
+		atomic64_inc(&point->resumes);
+		return 0;
+	}
+	if (!READ_ONCE(inj_enabled))
+		return 0;
+	rcu_read_lock();
+	why = inj_point_check(regs, pc, rcu_depth);
+	if (why != INJ_SKIP_NR) {
+		atomic64_inc(&point->skips[why]);
+		goto pass;
+	}
+	atomic64_inc(&point->hits);
+	WRITE_ONCE(inj_last_ip, addr);
+	WRITE_ONCE(inj_last_cpu, smp_processor_id());
+	if (READ_ONCE(inj_count_only)) {
+		atomic64_inc(&point->would_inject);
+		goto pass;
+	}
+	resume = inj_claim_resume(addr);
+	index = resume < 0 ? -1 : inj_claim_pending(current);
+	if (index < 0) {
+		if (resume >= 0)	/* after its address, as in inj_take_resume() */
+			smp_store_release(&inj_resumes[resume].task, NULL);
+		atomic64_inc(&point->skips[INJ_SKIP_NO_SLOT]);
+		goto pass;
+	}
+	pending = &inj_pending[index];
+	pending->orig_ip = addr;
+	pending->fired_ns = ktime_get_mono_fast_ns();
+	pending->cpu = smp_processor_id();
+	/* Counted before the redirect, so unload waits for this task. */
+	atomic_inc(&inj_inflight);
+	atomic64_inc(&point->injections);
+	atomic64_inc(&inj_point_injections);
+	/* Return from int3 into the stub: the probed instruction has not run. */
+	regs->ip = (unsigned long)inj_trampoline + index * INJ_STUB_SIZE;
+	rcu_read_unlock();
+	return 1;
+pass:
+	rcu_read_unlock();
+	return 0;
+}
+
+NOKPROBE_SYMBOL(inj_point_pre);
+
+/* Only there so the probe is never optimized into a jump (see above). */
+static void inj_point_post(struct kprobe *kp, struct pt_regs *regs, unsigned long flags)
+{
+}
+
+NOKPROBE_SYMBOL(inj_point_post);
+
+/* Forget the resume records of @addr (0: every one): its probe is gone. */
+static void inj_forget_resumes(unsigned long addr)
+{
+	unsigned int i;
+
+	for (i = 0; i < INJ_MAX_PENDING; i++) {
+		if (addr && READ_ONCE(inj_resumes[i].addr) != addr)
+			continue;
+		WRITE_ONCE(inj_resumes[i].addr, 0);
+		/* As in inj_take_resume(): free only once the address is gone. */
+		smp_store_release(&inj_resumes[i].task, NULL);
+	}
+}
+
+int inj_add_point(const char *name)
+{
+	struct inj_point *point;
+	int ret;
+
+	point = kzalloc(sizeof(*point), GFP_KERNEL);
+	if (!point)
+		return -ENOMEM;
+	point->kp.symbol_name = kstrdup(name, GFP_KERNEL);
+	if (!point->kp.symbol_name) {
+		kfree(point);
+		return -ENOMEM;
+	}
+	point->kp.pre_handler = inj_point_pre;
+	point->kp.post_handler = inj_point_post;
+	/* Registered disabled: checked before it can fire. */
+	point->kp.flags = KPROBE_FLAG_DISABLED;
+	mutex_lock(&inj_lock);
+	if (inj_nr_points == INJ_MAX_POINTS) {
+		pr_err("points: %s: there are %d points already, the most there can be\n",
+		       name, INJ_MAX_POINTS);
+		ret = -EINVAL;
+		goto unlock;
+	}
+	ret = register_kprobe(&point->kp);
+	if (ret) {
+		pr_err("points: %s cannot be probed (%d): no such symbol, or not an instruction boundary, or entry, noinstr or blacklisted code\n",
+		       name, ret);
+		ret = -EINVAL;
+		goto unlock;
+	}
+	if (within_module((unsigned long)point->kp.addr, THIS_MODULE)) {
+		pr_err("points: %s: the injector's own text is never allowed\n", name);
+		ret = -EINVAL;
+		goto unregister;
+	}
+	sprint_symbol(point->symbol, (unsigned long)point->kp.addr);
+	ret = enable_kprobe(&point->kp);
+	if (ret) {
+		pr_err("points: %s: enabling its kprobe failed (%d)\n", name, ret);
+		goto unregister;
+	}
+	inj_points[inj_nr_points++] = point;
+	mutex_unlock(&inj_lock);
+	return 0;
+unregister:
+	unregister_kprobe(&point->kp);
+unlock:
+	mutex_unlock(&inj_lock);
+	kfree(point->kp.symbol_name);
+	kfree(point);
+	return ret;
+}
+
+static void inj_free_point(struct inj_point *point)
+{
+	kfree(point->kp.symbol_name);
+	kfree(point);
+}
+
+/* Unregister and free every point; no handler runs any more when it returns. */
+void inj_clear_points(void)
+{
+	struct kprobe *kps[INJ_MAX_POINTS];
+	unsigned int i, nr;
+
+	mutex_lock(&inj_lock);
+	nr = inj_nr_points;
+	for (i = 0; i < nr; i++)
+		kps[i] = &inj_points[i]->kp;
+	/* Waits for every handler in flight (one grace period for all). */
+	if (nr)
+		unregister_kprobes(kps, nr);
+	inj_forget_resumes(0);
+	for (i = 0; i < nr; i++) {
+		inj_free_point(inj_points[i]);
+		inj_points[i] = NULL;
+	}
+	inj_nr_points = 0;
+	mutex_unlock(&inj_lock);
+}
+
+/* The points in a module that is going away; inj_lock held. */
+void inj_drop_module_points(struct module *mod)
+{
+	unsigned int i, kept = 0;
+
+	lockdep_assert_held(&inj_lock);
+	for (i = 0; i < inj_nr_points; i++) {
+		struct inj_point *point = inj_points[i];
+		unsigned long addr = (unsigned long)point->kp.addr;
+
+		if (!within_module(addr, mod)) {
+			inj_points[kept++] = point;
+			continue;
+		}
+		pr_info("%s is unloading: dropped the point %s\n", mod->name, point->symbol);
+		unregister_kprobe(&point->kp);
+		inj_forget_resumes(addr);
+		inj_free_point(point);
+	}
+	for (i = kept; i < inj_nr_points; i++)
+		inj_points[i] = NULL;
+	inj_nr_points = kept;
+}
