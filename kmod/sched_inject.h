@@ -200,7 +200,7 @@ int inj_enable_locked(void);
 void inj_disable_locked(void);
 /* The checks and the claim both paths share (in hard-irq or int3 context). */
 bool inj_is_target(struct task_struct *task);
-bool inj_stack_ok(struct pt_regs *regs);
+enum inj_skip inj_check_context(struct pt_regs *regs, int rcu_depth, bool from_int3);
 bool inj_is_pending(struct task_struct *task);
 int inj_claim_pending(struct task_struct *task);
 

@@ -36,7 +36,6 @@
 #include <linux/uaccess.h>
 
 #include "sched_inject.h"
-#include "sched_inject_compat.h"
 #include "sched_inject_tramp.h"
 
 struct inj_point *inj_points[INJ_MAX_POINTS];
@@ -90,6 +89,8 @@ NOKPROBE_SYMBOL(inj_claim_resume);
 /* Returns INJ_SKIP_NR when the task at the point may sleep; as inj_check(). */
 static enum inj_skip inj_point_check(struct pt_regs *regs, unsigned int pc, int rcu_depth)
 {
+	enum inj_skip why;
+
 	if (!inj_is_target(current))
 		return INJ_SKIP_NOT_TARGET;
 	if (current->flags & PF_EXITING)
@@ -97,30 +98,14 @@ static enum inj_skip inj_point_check(struct pt_regs *regs, unsigned int pc, int 
 	/* int3 adds exactly NMI_OFFSET + HARDIRQ_OFFSET; anything more is the task's. */
 	if (pc != NMI_OFFSET + HARDIRQ_OFFSET)
 		return INJ_SKIP_PREEMPT_COUNT;
-	if (IS_ENABLED(CONFIG_PREEMPT_RT) && softirq_count())
-		return INJ_SKIP_RT_SOFTIRQ;
-	if (rcu_depth)
-		return INJ_SKIP_RCU_DEPTH;
-	if (!(regs->flags & X86_EFLAGS_IF))
-		return INJ_SKIP_IRQS_DISABLED;
-	if (regs->flags & X86_EFLAGS_AC)
-		return INJ_SKIP_FLAGS_AC;
-	if (regs->flags & (X86_EFLAGS_DF | X86_EFLAGS_TF | X86_EFLAGS_NT))
-		return INJ_SKIP_FLAGS_DF_TF_NT;
-	if (!task_is_running(current))
-		return INJ_SKIP_TASK_STATE;
-	if (pagefault_disabled())
-		return INJ_SKIP_PAGEFAULT_DISABLED;
 	/*
-	 * No irq_fpu_usable(): it warns in NMI context.  fpregs_lock() shows
-	 * in the softirq count; kernel_fpu_begin() is for the choice of points.
+	 * Without irq_fpu_usable(): fpregs_lock() shows in the softirq count;
+	 * kernel_fpu_begin() is for the choice of points to avoid.
 	 */
-	if (!inj_stack_ok(regs))
-		return INJ_SKIP_STACK;
-	if (!inj_fred_frame_ok(regs))
-		return INJ_SKIP_FRED_STACK_LEVEL;
-	if (READ_ONCE(inj_stopping))
-		return INJ_SKIP_STOPPING;
+	why = inj_check_context(regs, rcu_depth, true);
+	if (why != INJ_SKIP_NR)
+		return why;
+	/* A point in code the trampoline's sleep runs would nest it. */
 	if (inj_is_pending(current))
 		return INJ_SKIP_ALREADY_PENDING;
 	return INJ_SKIP_NR;

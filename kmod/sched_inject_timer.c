@@ -77,7 +77,7 @@ static void inj_count_preempt_field(unsigned int pc)
 }
 
 /* The interrupted stack pointer is on the task stack, with room below it. */
-bool inj_stack_ok(struct pt_regs *regs)
+static bool inj_stack_ok(struct pt_regs *regs)
 {
 	unsigned long base = (unsigned long)task_stack_page(current);
 	unsigned long sp = regs->sp;
@@ -125,6 +125,16 @@ static enum inj_skip inj_check(struct pt_regs *regs, unsigned int pc, int rcu_de
 		inj_count_preempt_field(pc);
 		return INJ_SKIP_PREEMPT_COUNT;
 	}
+	return inj_check_context(regs, rcu_depth, false);
+}
+
+/*
+ * The checks of both paths once preempt_count() has passed: RCU, the
+ * interrupted flags, the task's state, the stack.  @from_int3: a point's
+ * handler, which cannot ask irq_fpu_usable() (it warns in NMI context).
+ */
+enum inj_skip inj_check_context(struct pt_regs *regs, int rcu_depth, bool from_int3)
+{
 	if (IS_ENABLED(CONFIG_PREEMPT_RT) && softirq_count())
 		return INJ_SKIP_RT_SOFTIRQ;
 	if (rcu_depth)
@@ -139,7 +149,7 @@ static enum inj_skip inj_check(struct pt_regs *regs, unsigned int pc, int rcu_de
 		return INJ_SKIP_TASK_STATE;
 	if (pagefault_disabled())
 		return INJ_SKIP_PAGEFAULT_DISABLED;
-	if (!irq_fpu_usable())
+	if (!from_int3 && !irq_fpu_usable())
 		return INJ_SKIP_FPU_IN_USE;
 	if (!inj_stack_ok(regs))
 		return INJ_SKIP_STACK;
@@ -149,6 +159,8 @@ static enum inj_skip inj_check(struct pt_regs *regs, unsigned int pc, int rcu_de
 		return INJ_SKIP_STOPPING;
 	return INJ_SKIP_NR;
 }
+
+NOKPROBE_SYMBOL(inj_check_context);
 
 bool inj_is_pending(struct task_struct *task)
 {
