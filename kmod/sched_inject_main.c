@@ -11,7 +11,8 @@
  * at the interrupted instruction.  The interrupted address is kept per
  * task, never per CPU: the task may wake up anywhere: the callback claims a
  * pending record and sends the task to the trampoline's entry stub of the
- * same number.
+ * same number.  Injection points (sched_inject_points.c) do the same from
+ * a kprobe's pre-handler at a chosen instruction.
  *
  * Why each check: see the skip reasons (enum inj_skip in sched_inject.h)
  * and docs/design.md.
@@ -26,6 +27,8 @@
  *   sched_inject_ranges.c      allowed ranges: validation, publication,
  *                              the module notifier
  *   sched_inject_target.c      the target task, process or command name
+ *   sched_inject_points.c      injection points: kprobes that divert the
+ *                              target at chosen instructions (int3 context)
  *   sched_inject_debugfs.c     every file of debugfs sched_inject/
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
