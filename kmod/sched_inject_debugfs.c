@@ -177,10 +177,21 @@ static const struct file_operations inj_knob_fops = {
 	.llseek = default_llseek,
 };
 
+/* " skip_<reason>=N" for each reason a range or point counted. */
+static void inj_show_skips(struct seq_file *m, atomic64_t *skips)
+{
+	unsigned int why;
+
+	for (why = 0; why < INJ_SKIP_NR; why++)
+		if (atomic64_read(&skips[why]))
+			seq_printf(m, " skip_%s=%lld", inj_skip_names[why],
+				   atomic64_read(&skips[why]));
+}
+
 static int inj_ranges_show(struct seq_file *m, void *v)
 {
 	struct inj_range_set *set;
-	unsigned int i, why;
+	unsigned int i;
 
 	rcu_read_lock();
 	set = rcu_dereference(inj_ranges);
@@ -189,10 +200,7 @@ static int inj_ranges_show(struct seq_file *m, void *v)
 
 		seq_printf(m, "%u %lx %lx hits=%lld", i, set->ranges[i].start,
 			   set->ranges[i].end, atomic64_read(&stats->hits));
-		for (why = 0; why < INJ_SKIP_NR; why++)
-			if (atomic64_read(&stats->skips[why]))
-				seq_printf(m, " skip_%s=%lld", inj_skip_names[why],
-					   atomic64_read(&stats->skips[why]));
+		inj_show_skips(m, stats->skips);
 		seq_printf(m, " %s\n", set->ranges[i].symbol);
 	}
 	rcu_read_unlock();
@@ -239,7 +247,7 @@ static const struct file_operations inj_ranges_fops = {
 
 static int inj_points_show(struct seq_file *m, void *v)
 {
-	unsigned int i, why;
+	unsigned int i;
 
 	mutex_lock(&inj_lock);
 	for (i = 0; i < inj_nr_points; i++) {
@@ -248,10 +256,7 @@ static int inj_points_show(struct seq_file *m, void *v)
 		seq_printf(m, "%u hits=%lld injections=%lld would_inject=%lld resumes=%lld", i,
 			   atomic64_read(&point->hits), atomic64_read(&point->injections),
 			   atomic64_read(&point->would_inject), atomic64_read(&point->resumes));
-		for (why = 0; why < INJ_SKIP_NR; why++)
-			if (atomic64_read(&point->skips[why]))
-				seq_printf(m, " skip_%s=%lld", inj_skip_names[why],
-					   atomic64_read(&point->skips[why]));
+		inj_show_skips(m, point->skips);
 		seq_printf(m, " %s\n", point->symbol);
 	}
 	mutex_unlock(&inj_lock);

@@ -50,6 +50,15 @@ struct inj_resume {
 
 static struct inj_resume inj_resumes[INJ_MAX_PENDING];
 
+static void inj_release_resume(unsigned int i)
+{
+	WRITE_ONCE(inj_resumes[i].addr, 0);
+	/* Free for a claim only after the old address is gone. */
+	smp_store_release(&inj_resumes[i].task, NULL);
+}
+
+NOKPROBE_SYMBOL(inj_release_resume);
+
 /* The current task's resume record for @addr, taken: true when it had one. */
 static bool inj_take_resume(unsigned long addr)
 {
@@ -59,9 +68,7 @@ static bool inj_take_resume(unsigned long addr)
 		if (READ_ONCE(inj_resumes[i].task) != current ||
 		    READ_ONCE(inj_resumes[i].addr) != addr)
 			continue;
-		WRITE_ONCE(inj_resumes[i].addr, 0);
-		/* Free for a claim only after the old address is gone. */
-		smp_store_release(&inj_resumes[i].task, NULL);
+		inj_release_resume(i);
 		return true;
 	}
 	return false;
@@ -146,8 +153,8 @@ static int inj_point_pre(struct kprobe *kp, struct pt_regs *regs)
 	resume = inj_claim_resume(addr);
 	index = resume < 0 ? -1 : inj_claim_pending(current);
 	if (index < 0) {
-		if (resume >= 0)	/* after its address, as in inj_take_resume() */
-			smp_store_release(&inj_resumes[resume].task, NULL);
+		if (resume >= 0)
+			inj_release_resume(resume);
 		atomic64_inc(&point->skips[INJ_SKIP_NO_SLOT]);
 		goto pass;
 	}
@@ -183,11 +190,8 @@ static void inj_forget_resumes(unsigned long addr)
 	unsigned int i;
 
 	for (i = 0; i < INJ_MAX_PENDING; i++) {
-		if (addr && READ_ONCE(inj_resumes[i].addr) != addr)
-			continue;
-		WRITE_ONCE(inj_resumes[i].addr, 0);
-		/* As in inj_take_resume(): free only once the address is gone. */
-		smp_store_release(&inj_resumes[i].task, NULL);
+		if (!addr || READ_ONCE(inj_resumes[i].addr) == addr)
+			inj_release_resume(i);
 	}
 }
 

@@ -118,7 +118,8 @@ CONTROLS = (
     Control("lifecycle.bad_points_refused", "own_point_accepted",
             "accepted: a point in the injector's own text"),
     Control("lifecycle.unload_with_injections_in_flight", "no_sleep",
-            "at least a fifth (10) unloaded in flight (got 0)"),
+            # Not "(got 0)": one in 50 samples may catch the short trip through it.
+            "at least a fifth (10) unloaded in flight (got"),
     Control("lifecycle.cpu_hotplug_during_injection", "hotplug_stops_timers",
             "injections while cpu1 was offline (round 1:"),
     Control("lifecycle.target_exits_during_injection", "module_exit_disables",
@@ -163,10 +164,9 @@ def make_for(settings):
     return kmake.for_settings(settings, source.source_date_epoch, compiles=True)
 
 
-def build_faulty_modules(settings, work: Path) -> dict[str, Path]:
+def build_faulty_modules(make: kmake.Make, work: Path) -> dict[str, Path]:
     """sched_inject.ko per fault: one copy of kmod/ built once, then each fault's
     edits made, built (only the edited file compiles again) and undone."""
-    make = make_for(settings)
     shutil.rmtree(work, ignore_errors=True)
     source = work / "kmod"
     shutil.copytree(ROOT / "kmod", source)
@@ -190,7 +190,7 @@ def build_faulty_modules(settings, work: Path) -> dict[str, Path]:
     return built
 
 
-def build_stock_kvm(settings, work: Path) -> Path:
+def build_stock_kvm(settings, make: kmake.Make, work: Path) -> Path:
     """kvm.ko, kvm-amd.ko and kvm-intel.ko from the patched tree with every include
     of the series' header removed: KVM as it is without the series."""
     tree = settings.layout.tree
@@ -203,7 +203,6 @@ def build_stock_kvm(settings, work: Path) -> Path:
     assert unpatched, "the KVM series adds its include to no file: what does stock mean?"
     for path in unpatched:
         path.write_text(include.sub("", path.read_text()))
-    make = make_for(settings)
     make.run(make.argv(f"M={copy / 'arch/x86/kvm'}", "modules", parallel=True),
              log_file=work / "stock-kvm.log")
     return copy / "arch/x86/kvm"
@@ -235,8 +234,9 @@ def controls_archive(modules: dict[str, Path], stock_kvm: Path, dest: Path) -> N
 
 def test_every_case_fails_with_its_fault_planted(kernel_build):
     work = kernel_build.layout.build / "faults"
-    modules = build_faulty_modules(kernel_build, work)
-    stock_kvm = build_stock_kvm(kernel_build, work)
+    make = make_for(kernel_build)
+    modules = build_faulty_modules(make, work)
+    stock_kvm = build_stock_kvm(kernel_build, make, work)
     disk = work / "controls.tar"
     controls_archive(modules, stock_kvm, disk)
 
