@@ -30,6 +30,8 @@
 #define INJ_PERIOD_MIN_US	1000
 #define INJ_PERIOD_MAX_US	1000000
 #define INJ_SLEEP_MAX_MS	100
+#define INJ_MIN_INTERVAL_MAX_US	1000000
+#define INJ_BURST_MAX		1000
 /* Extra one-tick sleeps for an injected sleep that did not switch. */
 #define INJ_SLEEP_RETRIES_MAX	3
 /* msleep() and schedule() need room below the interrupted stack pointer. */
@@ -58,6 +60,7 @@ enum inj_skip {
 	INJ_SKIP_RIP_NOT_ALLOWED,	/* outside every allowed range */
 	INJ_SKIP_ALREADY_PENDING,	/* the task has not resumed from the last one */
 	INJ_SKIP_NO_SLOT,		/* too many tasks in the trampoline at once */
+	INJ_SKIP_TOO_SOON,		/* a point, over the task's budget (min_interval_us) */
 	INJ_SKIP_STOPPING,		/* the module is going away */
 	INJ_SKIP_NR,
 };
@@ -108,6 +111,7 @@ struct inj_pending {
 	unsigned long orig_ip;
 	u64 fired_ns;
 	int cpu;
+	bool from_point;	/* a point's injection, not the timer's */
 };
 
 /*
@@ -147,12 +151,16 @@ struct inj_knob {
 /* The module parameters; the callbacks read them with READ_ONCE(). */
 extern unsigned int inj_period_us;
 extern unsigned int inj_sleep_ms;
+extern unsigned int inj_min_interval_us;
+extern unsigned int inj_burst;
 extern bool inj_count_only;
 extern bool inj_unsafe_wide_ranges;
 
 /* Their bounds: at load and on every write of the debugfs file. */
 extern struct inj_knob inj_knob_period;
 extern struct inj_knob inj_knob_sleep;
+extern struct inj_knob inj_knob_min_interval;
+extern struct inj_knob inj_knob_burst;
 
 DECLARE_PER_CPU(struct inj_stats, inj_stats);
 
@@ -208,6 +216,8 @@ int inj_claim_pending(struct task_struct *task);
 int inj_add_point(const char *name);
 void inj_clear_points(void);
 void inj_drop_module_points(struct module *mod);
+/* A task a point sent into the trampoline is back from its sleep. */
+void inj_note_resumed(struct task_struct *task, u64 fired_ns);
 
 /* sched_inject_ranges.c */
 int inj_add_range(unsigned long start, unsigned long end);

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * sched_inject: every file of debugfs sched_inject/.  enable, target,
- * period_us, sleep_ms, count_only, ranges, points and stats, each a thin layer
+ * period_us, sleep_ms, min_interval_us, burst, count_only, ranges, points and
+ * stats, each a thin layer
  * over the settings and state of the other files; their format is
  * documented in the project's README.md.
  */
@@ -46,6 +47,7 @@ static const char * const inj_skip_names[INJ_SKIP_NR] = {
 	[INJ_SKIP_RIP_NOT_ALLOWED] = "rip_not_allowed",
 	[INJ_SKIP_ALREADY_PENDING] = "already_pending",
 	[INJ_SKIP_NO_SLOT] = "no_slot",
+	[INJ_SKIP_TOO_SOON] = "too_soon",
 	[INJ_SKIP_STOPPING] = "stopping",
 };
 
@@ -143,7 +145,7 @@ static const struct file_operations inj_target_fops = {
 	.release = single_release,
 };
 
-/* period_us and sleep_ms: each file's private data is its knob (sched_inject_main.c). */
+/* The number knobs: each file's private data is its inj_knob. */
 static ssize_t inj_knob_write(struct file *file, const char __user *ubuf, size_t count,
 			      loff_t *ppos)
 {
@@ -391,6 +393,9 @@ void inj_debugfs_create(void)
 	debugfs_create_file("target", 0600, inj_dir, NULL, &inj_target_fops);
 	debugfs_create_file("period_us", 0600, inj_dir, &inj_knob_period, &inj_knob_fops);
 	debugfs_create_file("sleep_ms", 0600, inj_dir, &inj_knob_sleep, &inj_knob_fops);
+	debugfs_create_file("min_interval_us", 0600, inj_dir, &inj_knob_min_interval,
+			    &inj_knob_fops);
+	debugfs_create_file("burst", 0600, inj_dir, &inj_knob_burst, &inj_knob_fops);
 	debugfs_create_bool("count_only", 0600, inj_dir, &inj_count_only);
 	debugfs_create_file("ranges", 0600, inj_dir, NULL, &inj_ranges_fops);
 	debugfs_create_file("points", 0600, inj_dir, NULL, &inj_points_fops);

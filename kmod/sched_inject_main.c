@@ -54,6 +54,20 @@ unsigned int inj_sleep_ms = 2;
 module_param_named(sleep_ms, inj_sleep_ms, uint, 0444);
 MODULE_PARM_DESC(sleep_ms, "msleep() per injection in milliseconds (1..100, default 2)");
 
+/*
+ * A selftest reaches a KVM function thousands of times, and each sleep lasts
+ * a tick or more: at points, a task earns an injection per interval and
+ * saves up to burst of them (sched_inject_points.c).
+ */
+unsigned int inj_min_interval_us = 10000;
+module_param_named(min_interval_us, inj_min_interval_us, uint, 0444);
+MODULE_PARM_DESC(min_interval_us,
+		 "at points, a task earns one injection per interval it runs (0..1000000, 0: no limit, default 10000)");
+
+unsigned int inj_burst = 10;
+module_param_named(burst, inj_burst, uint, 0444);
+MODULE_PARM_DESC(burst, "at points, the injections a task may save up, and starts with (1..1000, default 10)");
+
 bool inj_count_only;
 module_param_named(count_only, inj_count_only, bool, 0444);
 MODULE_PARM_DESC(count_only, "evaluate every check and count, never inject");
@@ -66,6 +80,9 @@ MODULE_PARM_DESC(unsafe_wide_ranges,
 struct inj_knob inj_knob_period = { &inj_period_us, INJ_PERIOD_MIN_US, INJ_PERIOD_MAX_US,
 				    "period_us" };
 struct inj_knob inj_knob_sleep = { &inj_sleep_ms, 1, INJ_SLEEP_MAX_MS, "sleep_ms" };
+struct inj_knob inj_knob_min_interval = { &inj_min_interval_us, 0, INJ_MIN_INTERVAL_MAX_US,
+					  "min_interval_us" };
+struct inj_knob inj_knob_burst = { &inj_burst, 1, INJ_BURST_MAX, "burst" };
 
 int inj_knob_check(const struct inj_knob *knob, unsigned int value)
 {
@@ -141,14 +158,17 @@ static int __init sched_inject_init(void)
 		return -EOPNOTSUPP;
 	}
 	if (inj_knob_check(&inj_knob_period, inj_period_us) ||
-	    inj_knob_check(&inj_knob_sleep, inj_sleep_ms))
+	    inj_knob_check(&inj_knob_sleep, inj_sleep_ms) ||
+	    inj_knob_check(&inj_knob_min_interval, inj_min_interval_us) ||
+	    inj_knob_check(&inj_knob_burst, inj_burst))
 		return -EINVAL;
 
 	ret = register_module_notifier(&inj_module_nb);
 	if (ret)
 		return ret;
 	inj_debugfs_create();
-	pr_info("loaded: period %u us, sleep %u ms%s\n", inj_period_us, inj_sleep_ms,
+	pr_info("loaded: period %u us, sleep %u ms, min_interval %u us, burst %u%s\n",
+		inj_period_us, inj_sleep_ms, inj_min_interval_us, inj_burst,
 		inj_count_only ? ", counting only" : "");
 	return 0;
 }

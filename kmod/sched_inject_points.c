@@ -24,7 +24,10 @@
 
 #include <linux/atomic.h>
 #include <linux/hardirq.h>
+#include <linux/hash.h>
 #include <linux/kprobes.h>
+#include <linux/math64.h>
+#include <linux/minmax.h>
 #include <linux/ktime.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
@@ -93,6 +96,92 @@ static int inj_claim_resume(unsigned long addr)
 
 NOKPROBE_SYMBOL(inj_claim_resume);
 
+/*
+ * The targeted path's rate limit, per task: a token bucket.  A task earns
+ * one injection per min_interval_us while it runs (not while it sleeps in
+ * the trampoline) and saves up to `burst` of them; a task not seen yet has
+ * its whole burst, so a selftest that lasts a tenth of a second still gets
+ * its sleeps, and one that lasts minutes sleeps a bounded share of its time.
+ *
+ * Once it may inject again, a task's next hit would nearly always be the
+ * first point of a path (svm_handle_exit, before the handler it calls, on
+ * every exit), and the points after it would never inject.  So it also
+ * passes 0 to 3 further hits first, a number taken from the clock when it
+ * last resumed, and the sleeps spread along the path.
+ *
+ * A slot per hash of the task.  Only the task itself writes its slot (the
+ * trampoline's body, then its own hits, which never nest: kprobes does not
+ * run a handler inside another).  Two tasks sharing a slot, or a read torn
+ * between its fields, can only get a hit's budget wrong, never make an
+ * injection unsafe: every check of inj_point_check() ran before this one.
+ */
+struct inj_budget {
+	struct task_struct *task;
+	u64 ns;			/* tokens counts the injections earned until then */
+	unsigned int tokens;
+	unsigned int spread;	/* hits still to pass after the last sleep */
+};
+
+#define INJ_BUDGET_BITS 6
+#define INJ_SPREAD_BITS 2
+static struct inj_budget inj_budgets[1 << INJ_BUDGET_BITS];
+
+/* The injections @budget allows at @now: what it saved plus what it earned since. */
+static unsigned int inj_tokens(const struct inj_budget *budget, u64 now, u64 interval)
+{
+	u64 since = READ_ONCE(budget->ns);
+	u64 earned = now > since ? div64_u64(now - since, interval) : 0;
+
+	return min_t(u64, READ_ONCE(budget->tokens) + earned, READ_ONCE(inj_burst));
+}
+
+NOKPROBE_SYMBOL(inj_tokens);
+
+/*
+ * @task is back from a sleep a point sent it into at @fired_ns: one token
+ * spent, none earned while asleep.
+ */
+void inj_note_resumed(struct task_struct *task, u64 fired_ns)
+{
+	struct inj_budget *budget = &inj_budgets[hash_ptr(task, INJ_BUDGET_BITS)];
+	u64 interval = (u64)READ_ONCE(inj_min_interval_us) * NSEC_PER_USEC;
+	u64 now = ktime_get_mono_fast_ns();
+	unsigned int tokens = READ_ONCE(inj_burst);
+
+	if (!interval)
+		return;
+	if (READ_ONCE(budget->task) == task)
+		tokens = inj_tokens(budget, fired_ns, interval);
+	WRITE_ONCE(budget->tokens, tokens ? tokens - 1 : 0);
+	WRITE_ONCE(budget->ns, now);
+	WRITE_ONCE(budget->spread, hash_64(now, INJ_SPREAD_BITS));
+	WRITE_ONCE(budget->task, task);
+}
+
+/*
+ * The current task has no injection to spend, or hits to pass first: those
+ * are counted down only once it has one, so that they spread the injection
+ * it has just earned, mostly while its guest ran.
+ */
+static bool inj_too_soon(void)
+{
+	struct inj_budget *budget = &inj_budgets[hash_ptr(current, INJ_BUDGET_BITS)];
+	u64 interval = (u64)READ_ONCE(inj_min_interval_us) * NSEC_PER_USEC;
+	unsigned int spread;
+
+	if (!interval || READ_ONCE(budget->task) != current)
+		return false;
+	if (!inj_tokens(budget, ktime_get_mono_fast_ns(), interval))
+		return true;
+	spread = READ_ONCE(budget->spread);
+	if (!spread)
+		return false;
+	WRITE_ONCE(budget->spread, spread - 1);
+	return true;
+}
+
+NOKPROBE_SYMBOL(inj_too_soon);
+
 /* Returns INJ_SKIP_NR when the task at the point may sleep; as inj_check(). */
 static enum inj_skip inj_point_check(struct pt_regs *regs, unsigned int pc, int rcu_depth)
 {
@@ -115,6 +204,9 @@ static enum inj_skip inj_point_check(struct pt_regs *regs, unsigned int pc, int 
 	/* A point in code the trampoline's sleep runs would nest it. */
 	if (inj_is_pending(current))
 		return INJ_SKIP_ALREADY_PENDING;
+	/* Last: every hit is checked, so a wrong point shows however often it is hit. */
+	if (inj_too_soon())
+		return INJ_SKIP_TOO_SOON;
 	return INJ_SKIP_NR;
 }
 
@@ -162,6 +254,7 @@ static int inj_point_pre(struct kprobe *kp, struct pt_regs *regs)
 	pending->orig_ip = addr;
 	pending->fired_ns = ktime_get_mono_fast_ns();
 	pending->cpu = smp_processor_id();
+	pending->from_point = true;
 	/* Counted before the redirect, so unload waits for this task. */
 	atomic_inc(&inj_inflight);
 	atomic64_inc(&point->injections);

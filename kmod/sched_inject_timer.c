@@ -225,6 +225,7 @@ static void inj_consider(struct pt_regs *regs)
 	pending->orig_ip = regs->ip;
 	pending->fired_ns = ktime_get_ns();
 	pending->cpu = smp_processor_id();
+	pending->from_point = false;
 	/* Counted before the redirect, so unload waits for this task. */
 	atomic_inc(&inj_inflight);
 	this_cpu_inc(inj_stats.injections);

@@ -95,6 +95,8 @@ __visible void inj_tramp_body(unsigned long *ret_slot, unsigned long index)
 			  start > pending->fired_ns ? start - pending->fired_ns : 0);
 	if (raw_smp_processor_id() != pending->cpu)
 		atomic64_inc(&inj_migrations);
+	if (pending->from_point)
+		inj_note_resumed(current, pending->fired_ns);
 	atomic64_inc(&inj_tramp_exits);
 
 	/* Our reads of the record happen before another callback may claim it. */

@@ -5,8 +5,10 @@ In the guest (images/suites/kselftest) every selftest is one case of the
 runner, which ran the test twice: as NAME alone and as NAME-injected, with
 the injector aimed at its process.  The case's own result says whether the
 injector's checks held (aimed, trampoline balanced, counters adding up,
-modules unloading), and a `kselftest_injections: N` diagnostic counts the
-injections into the test's threads.
+modules unloading), a `kselftest_injections: N` diagnostic counts the
+injections into the test's threads (the timer's and the points'), and one
+`kselftest_point: FUNCTION N` line per injection point says how many were
+at that KVM function.
 
 `merge()` replaces each such case by one leaf carrying the test's verdict:
 
@@ -50,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
@@ -63,6 +65,7 @@ COUNT_ONLY = "count_only"
 # "ok 1 selftests: kvm: NAME": the runner's name for a test of collection kvm.
 _RUNNER_NAME = re.compile(r"^selftests: \S+: (\S+)$")
 _INJECTIONS = re.compile(r"^kselftest_injections:\s*([0-9]{1,12})$")
+_POINT = re.compile(r"^kselftest_point:\s*(\S+)\s+([0-9]{1,12})$")
 # How kselftest's helpers say why a test skipped: "1..0 # SKIP - reason",
 # "ok 1 # SKIP reason" or a library's "SKIP: reason"; the runner prefixes "# ".
 _SKIP_REASON = re.compile(r"SKIP\b[\s:-]*(.*)$")
@@ -95,6 +98,8 @@ class Verdict:
     output: tuple[str, ...] = ()  # the failing run's last lines
     known: str = ""  # the known list's entry naming the test: "tolerates: reason"
     known_skip: bool = False  # a skip the known list expects here
+    # Injections at each injection point (KVM function), part of `injections`.
+    points: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,11 @@ def _injections(case: Test) -> int | None:
     return None
 
 
+def _points(case: Test) -> dict[str, int]:
+    return {match.group(1): int(match.group(2))
+            for line in case.diagnostics if (match := _POINT.match(line))}
+
+
 def _tail(test: Test) -> list[str]:
     return test.diagnostics[-OUTPUT_TAIL:]
 
@@ -171,6 +181,7 @@ def _verdict(case: Test, known: list[Known]) -> tuple[Test, Verdict]:
     alone = runs.get(case.name)
     injected = runs.get(case.name + INJECTED_SUFFIX)
     injections = _injections(case)
+    points = _points(case)
     entry = known_entry(case.name, known)
     reason = str(entry) if entry else ""
     known_skip = False
@@ -215,17 +226,19 @@ def _verdict(case: Test, known: list[Known]) -> tuple[Test, Verdict]:
                               "the guest reported no injection count"))
     head = [f"alone: {alone_status.value}", f"under injection: {injected_status.value}",
             f"injections into its threads: {'?' if injections is None else injections}",
+            *([f"of which at points: {by_function(points)}"] if points else []),
             f"verdict: {why}"]
     if output:
         head += ["output:", *output]
-    diagnostics = head + [line for line in case.diagnostics if not _INJECTIONS.match(line)]
+    diagnostics = head + [line for line in case.diagnostics
+                          if not (_INJECTIONS.match(line) or _POINT.match(line))]
     for run in (alone, injected):
         if run is not None:
             diagnostics += [f"[{run.name}] {line}" for line in run.diagnostics]
     leaf = dataclasses.replace(case, status=status, directive=directive, subtests=[],
                                diagnostics=diagnostics)
     return leaf, Verdict(case.name, status.value, alone_status.value, injected_status.value,
-                         injections, why, tuple(output), reason, known_skip)
+                         injections, why, tuple(output), reason, known_skip, points)
 
 
 def _unlike(entry: Known) -> str:
@@ -290,10 +303,15 @@ def summary_lines(verdicts: list[Verdict]) -> list[str]:
     """What the run summary says of the selftests beyond the table."""
     if not verdicts:
         return []
-    lines = ["", f"{'selftest':<32} {'alone':<8} {'injected':<9} injections"]
+    lines = ["", f"{'selftest':<32} {'alone':<8} {'injected':<9} {'injections':>10} "
+             f"{'at points':>9}"]
     for verdict in verdicts:
         count = "?" if verdict.injections is None else str(verdict.injections)
-        lines.append(f"{verdict.name:<32} {verdict.alone:<8} {verdict.injected:<9} {count}")
+        lines.append(f"{verdict.name:<32} {verdict.alone:<8} {verdict.injected:<9} {count:>10} "
+                     f"{sum(verdict.points.values()):>9}")
+    functions = points_total(verdicts)
+    if functions:
+        lines.append(f"injections at points, all selftests: {by_function(functions)}")
     for verdict in verdicts:
         if verdict.alone == "passed" and verdict.injected != "passed":
             untouched = f"; {NOTHING_INJECTED}" if verdict.injections == 0 else ""
@@ -311,6 +329,19 @@ def summary_lines(verdicts: list[Verdict]) -> list[str]:
                  f"{sum(v.injections or 0 for v in verdicts)} injections in all, "
                  f"known {known_count(verdicts)}")
     return lines
+
+
+def points_total(verdicts: list[Verdict]) -> dict[str, int]:
+    """Injections at each point over every selftest, most first."""
+    total: dict[str, int] = {}
+    for verdict in verdicts:
+        for function, count in verdict.points.items():
+            total[function] = total.get(function, 0) + count
+    return dict(sorted(total.items(), key=lambda item: (-item[1], item[0])))
+
+
+def by_function(points: dict[str, int]) -> str:
+    return ", ".join(f"{function} {count}" for function, count in points.items())
 
 
 def known_count(verdicts: list[Verdict]) -> int:

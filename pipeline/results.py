@@ -177,6 +177,7 @@ def write_json(path: Path, report: RunReport, tree: Test) -> None:
         "console_findings": [asdict(f) for f in report.findings],
         "kselftests": [asdict(v) for v in report.kselftests],
         "selftests_exercised": kselftest.exercised(report.kselftests),
+        "injections_at_points": kselftest.points_total(report.kselftests),
         "skips": [asdict(skip) for skip in report.skips],
         "qemu_argv": report.qemu_argv,
         "tests": _test_json(tree),

@@ -29,6 +29,9 @@ VARIANTS = ("default", "debug")
 CCACHE_MODES = ("auto", "on", "off", "recache")
 RUNTIMES = ("host", "docker")
 ACCELERATORS = ("auto", "kvm", "tcg")
+# How the selftests' injected pass injects: the timer in KVM's ranges, the
+# points of images/kvm-points, or both.
+KSELFTEST_INJECT = ("timer", "targeted", "both")
 BISECT_FIND = ("regression", "fix")
 
 
@@ -117,10 +120,12 @@ class KselftestSettings:
     build: bool
     tests: str
     timeout: int
+    inject: str
 
     def guest_parameters(self) -> list[str]:
         """The kernel command-line words the kselftest suite reads."""
         return [f"pipeline.kselftest_timeout={self.timeout}",
+                f"pipeline.kselftest_inject={self.inject}",
                 *([f"pipeline.kselftests={self.tests}"] if self.tests else [])]
 
 
@@ -221,6 +226,7 @@ ALLOWED = {
     ("kernel", "ccache_remote_mode"): ccache.REMOTE_MODES,
     ("kernel", "runtime"): RUNTIMES,
     ("boot", "accel"): ACCELERATORS,
+    ("kselftest", "inject"): KSELFTEST_INJECT,
     ("bisect", "find"): BISECT_FIND,
 }
 # What each source kind needs, checked after all layers are merged.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -178,6 +179,18 @@ def clone_pipeline(*words: str, timeout: int = 3600) -> subprocess.CompletedProc
     """`python -m pipeline` of the clone, run from the clone."""
     return subprocess.run([sys.executable, "-m", "pipeline", *words], cwd=CLONE,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def suite_cases(suite: str) -> list[str]:
+    """The cases a guest suite script runs: the words of its `ktap_run SUITE ...` line."""
+    text = (ROOT / "images" / "suites" / suite).read_text()
+    line = re.search(rf"^ktap_run {suite} ((?:\\\n|.)*)$", text, re.MULTILINE).group(1)
+    return line.replace("\\\n", " ").split()
+
+
+# Our own suites (all but kselftest) of the default `doit test`, and their cases.
+OUR_SUITES = ("smoke", "lifecycle", "sections", "kvm")
+OUR_CASES = sum(len(suite_cases(suite)) for suite in OUR_SUITES)
 
 
 def show(proc: subprocess.CompletedProcess) -> str:

@@ -2,8 +2,9 @@
 FAILED line it promises, when the fault it exists to catch is planted; on a real guest.
 
 A fault is a small edit of a copy of kmod/ (or KVM built without the KVM series'
-includes), built against the shared e2e kernel (conftest.kernel_build) into a
-directory of its own: the shipped module has no fault switch.  The faulty modules
+includes, or a KVM points list with a wrong entry), built against the shared e2e
+kernel (conftest.kernel_build) into a directory of its own: the shipped module has
+no fault switch.  The faulty modules
 go to the guest on a second disk; the `faults` suite (images/suites/faults) binds
 each over the installed module of its name, runs the one case and checks how it
 failed.  One boot runs every control.  The README's "Negative controls" table is
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import E2E_BUILD, ROOT, show
+from conftest import E2E_BUILD, OUR_SUITES, ROOT, show, suite_cases
 
 from pipeline import kmake, ktap, records
 from pipeline.records import SourceRecord
@@ -76,7 +77,10 @@ FAULTS = {
         ("sched_inject_timer.c", "if (pc != HARDIRQ_OFFSET) {",
          "if (0 && pc != HARDIRQ_OFFSET) {"),)),
     "resume_never_taken": Fault("a task resumed at a point is sent into the trampoline again", (
-        ("sched_inject_points.c", "\t\treturn true;\n", "\t\treturn false;\n"),)),
+        ("sched_inject_points.c", "\t\tinj_release_resume(i);\n\t\treturn true;\n",
+         "\t\tinj_release_resume(i);\n\t\treturn false;\n"),)),
+    "no_rate_limit": Fault("a point ignores min_interval_us", (
+        ("sched_inject_points.c", "if (inj_too_soon())", "if (0 && inj_too_soon())"),)),
     "own_point_accepted": Fault("a point in the injector's own text is accepted", (
         ("sched_inject_points.c",
          "if (within_module((unsigned long)point->kp.addr, THIS_MODULE)) {",
@@ -87,6 +91,12 @@ FAULTS = {
 # the series is applied.
 STOCK_KVM = "stock_kvm"
 STOCK_KVM_WHAT = "KVM without the KVM series (the image says it is applied)"
+# Not a kmod/ fault either: images/kvm-points with a function KVM calls with
+# interrupts off (svm_vcpu_run, before entering the guest).  The injector
+# refuses every hit there, so the fault is safe to plant on any kernel.
+WRONG_POINT = "wrong_point"
+WRONG_POINT_ENTRY = "kvm:kvm_load_guest_xsave_state"
+WRONG_POINT_WHAT = f"the KVM points list has {WRONG_POINT_ENTRY}, entered with interrupts off"
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,13 @@ class Control:
     fault: str  # a FAULTS key or STOCK_KVM
     expect: str  # in the case's "FAILED: ..." line
     run: str = ""  # PIPELINE_CASES when cases before it must run too
+
+    @property
+    def name(self) -> str:
+        """Its case in the faults suite: SUITE_CASE, and the fault for a case's second."""
+        first = next(control for control in CONTROLS if control.case == self.case)
+        name = self.case.replace(".", "_")
+        return name if first is self else f"{name}_{self.fault}"
 
 
 # In the order the guest runs them: debugfs_leaked leaves a directory no
@@ -109,6 +126,7 @@ CONTROLS = (
     Control("smoke.stalled_sleep_still_switches", "no_retry", "a voluntary switch per injection"),
     Control("smoke.point_register_integrity", "resume_never_taken",
             "one resume per injection (0 for"),
+    Control("smoke.point_rate_limited", "no_rate_limit", "at most the burst and one injection per interval ("),
     Control("lifecycle.bad_parameters_refused", "knob_range_unchecked",
             "accepted: modprobe sched_inject period_us=10"),
     Control("lifecycle.bad_target_and_knobs_refused", "enable_without_target",
@@ -130,33 +148,26 @@ CONTROLS = (
             "local_bh_disable: no sample inside it was refused for its own state"),
     Control("kvm.kvm_under_injection", "no_sleep",
             "vCPU switches at least 90% of the injections (0 of"),
+    Control("kvm.kvm_under_injection", WRONG_POINT, "no point refused for what the task held"),
     Control("kvm.kvm_patch_effect", STOCK_KVM, "samples inside KVM's preempt-disabled sections (0)"),
     Control("lifecycle.nothing_left_registered", "debugfs_leaked",
             "no passing case left a module or debugfs dir behind (1 did)",
             run="lifecycle.bad_target_and_knobs_refused,lifecycle.nothing_left_registered"),
 )
-SUITES = ("smoke", "lifecycle", "sections", "kvm")
+KVM_POINTS = ROOT / "images" / "kvm-points"
 
 
-def suite_cases(suite: str) -> list[str]:
-    """The cases a suite's ktap_run line runs."""
-    text = (ROOT / "images" / "suites" / suite).read_text()
-    line = re.search(rf"^ktap_run {suite} ((?:\\\n|.)*)$", text, re.MULTILINE).group(1)
-    return [f"{suite}.{name}" for name in line.replace("\\\n", " ").split()]
-
-
-def control_name(case: str) -> str:
-    return case.replace(".", "_")
-
-
-def test_every_case_has_one_control_with_a_fault_of_its_own():
-    """Pure: the table covers each case of the four suites once, every edit applies."""
-    cases = [case for suite in SUITES for case in suite_cases(suite)]
-    assert sorted(control.case for control in CONTROLS) == sorted(cases)
-    assert {control.fault for control in CONTROLS} == {*FAULTS, STOCK_KVM}
+def test_every_case_has_a_control_and_every_fault_applies():
+    """Pure: the table covers each case of the four suites, every fault is used, every
+    edit applies, the wrong point is not on the list already."""
+    cases = [f"{suite}.{case}" for suite in OUR_SUITES for case in suite_cases(suite)]
+    assert {control.case for control in CONTROLS} == set(cases)
+    assert len({control.name for control in CONTROLS}) == len(CONTROLS)
+    assert {control.fault for control in CONTROLS} == {*FAULTS, STOCK_KVM, WRONG_POINT}
     for fault in FAULTS.values():
         for name, text, _ in fault.edits:
             assert (ROOT / "kmod" / name).read_text().count(text) == 1, (name, text)
+    assert WRONG_POINT_ENTRY not in KVM_POINTS.read_text().split()
 
 
 def make_for(settings):
@@ -216,10 +227,11 @@ def controls_archive(modules: dict[str, Path], stock_kvm: Path, dest: Path) -> N
         tar.addfile(info, io.BytesIO(text.encode()))
 
     with tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tar:
-        add_text(tar, "order", "\n".join(control_name(c.case) for c in CONTROLS) + "\n")
+        add_text(tar, "order", "\n".join(c.name for c in CONTROLS) + "\n")
         for control in CONTROLS:
-            name = control_name(control.case)
-            what = STOCK_KVM_WHAT if control.fault == STOCK_KVM else FAULTS[control.fault].what
+            name = control.name
+            what = {STOCK_KVM: STOCK_KVM_WHAT, WRONG_POINT: WRONG_POINT_WHAT}.get(
+                control.fault) or FAULTS[control.fault].what
             lines = [f"case {control.case}", f"expect {control.expect}",
                      f"fault {control.fault}: {what}"]
             if control.run:
@@ -228,6 +240,9 @@ def controls_archive(modules: dict[str, Path], stock_kvm: Path, dest: Path) -> N
             if control.fault == STOCK_KVM:
                 for ko in ("kvm.ko", "kvm-amd.ko", "kvm-intel.ko"):
                     tar.add(stock_kvm / ko, f"{name}/{ko}")
+            elif control.fault == WRONG_POINT:
+                add_text(tar, f"{name}/kvm-points",
+                         f"{KVM_POINTS.read_text()}{WRONG_POINT_ENTRY}\n")
             else:
                 tar.add(modules[control.fault], f"{name}/sched_inject.ko")
 
@@ -248,9 +263,9 @@ def test_every_case_fails_with_its_fault_planted(kernel_build):
     tree = ktap.parse((results / "ktap.log").read_text().splitlines())
     suite = next(test for test in tree.subtests if test.name == "faults")
     verdicts = {case.name: case for case in suite.subtests}
-    assert list(verdicts) == [control_name(c.case) for c in CONTROLS], show(proc)
+    assert list(verdicts) == [c.name for c in CONTROLS], show(proc)
     for control in CONTROLS:
-        case = verdicts[control_name(control.case)]
+        case = verdicts[control.name]
         # The inner case's own result and FAILED line, as the guest saw them.
         said = "\n".join(case.diagnostics)
         assert case.status == ktap.Status.PASSED, f"{control}:\n{said}"

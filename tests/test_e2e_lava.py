@@ -22,7 +22,7 @@ import threading
 
 import pytest
 import yaml
-from conftest import E2E_BUILD, ROOT, doit
+from conftest import E2E_BUILD, ROOT, doit, suite_cases
 
 from pipeline import lava, settings
 
@@ -32,13 +32,6 @@ pytestmark = pytest.mark.slow
 # zstd, which unpacks rootfs.ext4.zst, comes with lava-dispatcher.
 DISPATCHER_PACKAGES = ("lava-dispatcher", "qemu-system-x86", "ca-certificates")
 CASES = "smoke"  # six cases, about 70 s of guest time
-
-
-def cases_of(suite: str) -> list[str]:
-    """The cases a suite script runs: the words of its `ktap_run SUITE case...` line."""
-    text = (ROOT / "images" / "suites" / suite).read_text().replace("\\\n", " ")
-    line = next(line for line in text.splitlines() if line.startswith(f"ktap_run {suite} "))
-    return line.split()[2:]
 
 
 def dispatcher_image() -> str:
@@ -97,7 +90,7 @@ def test_lava_runs_the_suite_with_doit_tests_verdicts(kernel_build, artifacts_se
     results = json.loads((kernel_build.layout.results / "results.json").read_text())
     expected = {f"{suite['name']}.{case['name']}": case["status"]
                 for suite in results["tests"]["subtests"] for case in suite["subtests"]}
-    assert sorted(expected) == sorted(f"{CASES}.{case}" for case in cases_of(CASES))
+    assert sorted(expected) == sorted(f"{CASES}.{case}" for case in suite_cases(CASES))
 
     doit("lava", *words, f"lava.artifacts_url={artifacts_server}")
     job = kernel_build.layout.lava / "job.yaml"

@@ -21,7 +21,7 @@ import sys
 import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import ROOT
+from conftest import OUR_CASES, ROOT
 
 from pipeline import ktap, matrix, settings
 
@@ -161,7 +161,7 @@ def test_debug_kernel_runs_every_case_clean(matrix_run):
     results_dir = cell(config, DEBUG).layout.results
     results = json.loads((results_dir / "results.json").read_text())
     assert results["console_findings"] == []
-    assert results["counts"]["passed"] == 18 + 1
+    assert results["counts"]["passed"] == OUR_CASES + 1
     assert results["counts"]["skipped"] == 0
     # With PREEMPT_COUNT the ranges are all of kvm and kvm-amd: lockdep, KASAN and
     # might_sleep stay silent with the selftest's threads put to sleep in KVM
@@ -170,6 +170,9 @@ def test_debug_kernel_runs_every_case_clean(matrix_run):
     assert list(verdicts) == [DEBUG_SELFTEST]
     assert verdicts[DEBUG_SELFTEST]["status"] == "passed"
     assert verdicts[DEBUG_SELFTEST]["injections"] > 100
+    # The KVM points on PREEMPT_COUNT + lockdep: reached, and never refused for what
+    # the task held (the case fails otherwise: the list's proof on this kernel).
+    assert sum(verdicts[DEBUG_SELFTEST]["points"].values()) >= 10
     tree = ktap.parse((results_dir / "ktap.log").read_text().splitlines())
     diagnostics = {".".join(names): "\n".join(test.diagnostics) for names, test in tree.walk()}
     # The PREEMPT_COUNT side of every kernel-dependent case ran.
@@ -178,6 +181,7 @@ def test_debug_kernel_runs_every_case_clean(matrix_run):
     assert "injecting over the whole module" in diagnostics["sections.whole_module"]
     assert "ranges are all of kvm and kvm-amd's text" in \
         diagnostics["kvm.kvm_under_injection"]
+    assert re.search(r"at KVM's points: [1-9]", diagnostics["kvm.kvm_under_injection"])
     assert "PREEMPT_COUNT kernel: samples in kvm inside preempt-disabled sections" in \
         diagnostics["kvm.kvm_patch_effect"]
     assert "ranges are all of kvm and kvm-amd's text" in \

@@ -26,7 +26,8 @@ def runner_result(number: int, name: str, result: str, output: tuple[str, ...]) 
 def selftest_case(number: int, name: str, alone: str = "ok", injected: str = "ok",
                   injections: int = 7, case_result: str = "ok",
                   alone_output: tuple[str, ...] = ("1..1", "ok 1 it works"),
-                  injected_output: tuple[str, ...] = ("1..1", "ok 1 it works")) -> list[str]:
+                  injected_output: tuple[str, ...] = ("1..1", "ok 1 it works"),
+                  points: tuple[tuple[str, int], ...] = ()) -> list[str]:
     """One case as images/suites/kselftest prints it: the runner's document, then ours."""
     return ["        TAP version 13", "        1..2",
             "        # timeout set to 120",
@@ -34,6 +35,7 @@ def selftest_case(number: int, name: str, alone: str = "ok", injected: str = "ok
             "        # timeout set to 120",
             *runner_result(2, f"{name}-injected", injected, injected_output),
             f"    # kselftest_injections: {injections}",
+            *(f"    # kselftest_point: {function} {count}" for function, count in points),
             "    # injections 7, trampoline entries 7, exits 7",
             f"    {case_result} {number} {name}"]
 
@@ -100,6 +102,25 @@ def test_passes_alone_fails_under_injection_fails_and_is_named_with_its_output()
     outcome, _ = classify_outcome(kernel_started=True, timed_out=None, findings=[],
                                   guest_status=0, tree=tree)
     assert outcome is Outcome.TEST_FAILURES
+
+
+def test_injections_at_points_are_counted_per_selftest_and_per_function(tmp_path):
+    """The guest's kselftest_point lines: per selftest in the verdict, summed per
+    function (most first) in the summary and results.json."""
+    _, cases, verdicts = merged(
+        selftest_case(1, "state_test", injections=40,
+                      points=(("svm_handle_exit", 20), ("kvm_fast_pio", 12))),
+        selftest_case(2, "smm_test", injections=9, points=(("kvm_fast_pio", 9),)),
+        selftest_case(3, "cpuid_test", injections=3))
+    assert [v.points for v in verdicts] == [{"svm_handle_exit": 20, "kvm_fast_pio": 12},
+                                            {"kvm_fast_pio": 9}, {}]
+    assert "of which at points: svm_handle_exit 20, kvm_fast_pio 12" in \
+        cases["state_test"].diagnostics
+    assert not any(line.startswith("kselftest_point") for line in cases["state_test"].diagnostics)
+    assert kselftest.points_total(verdicts) == {"kvm_fast_pio": 21, "svm_handle_exit": 20}
+    lines = kselftest.summary_lines(verdicts)
+    assert re.search(r"^state_test +passed +passed +40 +32$", "\n".join(lines), re.MULTILINE)
+    assert "injections at points, all selftests: kvm_fast_pio 21, svm_handle_exit 20" in lines
 
 
 def skipping(number: int, name: str, reason: str) -> list[str]:

@@ -77,6 +77,7 @@ def test_bad_file_names_key_and_file(tmp_path, text, expected):
         ({"settings": "missing.toml"}, r"missing\.toml does not exist"),
         ({"boot.smp": "0"}, r"boot\.smp in the command line is 0: it must be at least 1"),
         ({"boot.accel": "hvf"}, r"boot\.accel .* auto, kvm, tcg"),
+        ({"kselftest.inject": "kprobes"}, r"kselftest\.inject .* timer, targeted, both"),
         ({"image.uuid": "not-a-uuid"}, r"image\.uuid .* UUID"),
         ({"test.repeat": "0"}, r"test\.repeat in the command line is 0: it must be at least 1"),
         ({"test.cases": "smoke rate"}, r"test\.cases .* comma-separated globs"),

@@ -63,3 +63,48 @@ aim_at_kvm() {
 	fi
 	[ -n "$(cat "$INJ/ranges")" ] || { echo "no range inside kvm"; return 1; }
 }
+
+# The targeted path: a point on each KVM function of images/kvm-points whose
+# module is loaded (module names there are /proc/modules').
+KVM_POINTS=/usr/local/lib/pipeline/kvm-points
+aim_points_at_kvm() {
+	for point in $(sed -n 's/^\([a-z0-9_]*:[a-z0-9_]*\)$/\1/p' "$KVM_POINTS"); do
+		loaded "${point%%:*}" || continue
+		if ! echo "$point" 2>/dev/null >"$INJ/points"; then
+			echo "the point $point was refused:" \
+				"$(dmesg | grep 'sched_inject: points:' | tail -1)"
+			return 1
+		fi
+	done
+	[ -n "$(cat "$INJ/points")" ] || { echo "no point of $KVM_POINTS applies"; return 1; }
+	echo "points: $(points_by_function hits | cut -d' ' -f1 | tr '\n' ' ')"
+}
+
+# "FUNCTION N" for each point, N its KEY=N field of the points file (0 when
+# the file does not show it).
+points_by_function() {	# points_by_function KEY
+	awk -v key="$1" '{
+		n = 0
+		for (i = 2; i < NF; i++) if (split($i, kv, "=") == 2 && kv[1] == key) n = kv[2]
+		for (i = 2; i <= NF; i++) if ($i ~ /\+0x/) name = $i
+		sub(/\+.*/, "", name)
+		print name, n
+	}' "$INJ/points"
+}
+
+# A point's hits the injector refused because of what the task held: the
+# list says the function is never reached that way, so each is the list's
+# error (task_state: between set_current_state() and schedule()).
+CONTEXT_REFUSALS="skip_preempt_count|skip_rt_softirq|skip_rcu_depth|skip_irqs_disabled|skip_flags_ac|skip_task_state|skip_pagefault_disabled|skip_fpu_in_use"
+points_never_refused_for_context() {
+	wrong=$(awk -v keys="^($CONTEXT_REFUSALS)$" '{
+		n = ""
+		for (i = 2; i < NF; i++) if (split($i, kv, "=") == 2 && kv[1] ~ keys) n = n " " $i
+		for (i = 2; i <= NF; i++) if ($i ~ /\+0x/) name = $i
+		sub(/\+.*/, "", name)
+		if (n != "") print name ":" n
+	}' "$INJ/points")
+	[ -z "$wrong" ] && return 0
+	echo "$wrong" | sed 's/^/  refused at a point of the list: /'
+	return 1
+}
