@@ -138,6 +138,8 @@ CONTROLS = (
     Control("lifecycle.unload_with_injections_in_flight", "no_sleep",
             # Not "(got 0)": one in 50 samples may catch the short trip through it.
             "at least a fifth (10) unloaded in flight (got"),
+    Control("lifecycle.unload_with_points_in_flight", "no_sleep",
+            "at least a fifth (5) unloaded with a point's sleep in flight (got"),
     Control("lifecycle.cpu_hotplug_during_injection", "hotplug_stops_timers",
             "injections while cpu1 was offline (round 1:"),
     Control("lifecycle.target_exits_during_injection", "module_exit_disables",
@@ -150,6 +152,8 @@ CONTROLS = (
             "vCPU switches at least 90% of the injections (0 of"),
     Control("kvm.kvm_under_injection", WRONG_POINT, "no point refused for what the task held"),
     Control("kvm.kvm_patch_effect", STOCK_KVM, "samples inside KVM's preempt-disabled sections (0)"),
+    Control("kvm.kvm_patch_effect", STOCK_KVM,
+            "every hit of kvm_amd:svm_prepare_switch_to_guest refused for preempt_count (0 refused"),
     Control("lifecycle.nothing_left_registered", "debugfs_leaked",
             "no passing case left a module or debugfs dir behind (1 did)",
             run="lifecycle.bad_target_and_knobs_refused,lifecycle.nothing_left_registered"),

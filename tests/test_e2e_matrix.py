@@ -123,6 +123,9 @@ def test_what_the_kvm_patch_buys(matrix_run, kernel_build, capsys):
     assert re.search(r"preempt-disabled sections: 0\b", stock)
     would = int(re.search(r"would be injected: (\d+)", stock)[1])
     assert would > 0
+    # The targeted path: the point just inside the window would inject at every hit.
+    assert re.search(r"preempt_disable\(\): 0 refused for preempt_count, [1-9]\d* would inject",
+                     stock)
     counted = cases["kselftest.count_only"]
     assert counted.status is ktap.Status.PASSED
     text = "\n".join(counted.diagnostics)
