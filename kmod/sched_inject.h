@@ -39,7 +39,10 @@
 /* A "range" over more than this is a mistake, whatever the kernel. */
 #define INJ_MAX_RANGE_BYTES	(16UL << 20)
 
-/* Why a timer fire did not inject.  Every fire counts exactly one outcome. */
+/*
+ * Why a timer fire, or a point's hit, did not inject.  Every fire counts
+ * exactly one outcome; so does every hit of a point (too_soon is its own).
+ */
 enum inj_skip {
 	INJ_SKIP_NO_REGS,		/* not called from an interrupt frame */
 	INJ_SKIP_WRONG_CPU,		/* a pinned timer ran elsewhere (hotplug) */
@@ -60,7 +63,7 @@ enum inj_skip {
 	INJ_SKIP_RIP_NOT_ALLOWED,	/* outside every allowed range */
 	INJ_SKIP_ALREADY_PENDING,	/* the task has not resumed from the last one */
 	INJ_SKIP_NO_SLOT,		/* too many tasks in the trampoline at once */
-	INJ_SKIP_TOO_SOON,		/* a point, over the task's budget (min_interval_us) */
+	INJ_SKIP_TOO_SOON,		/* a point: over the task's budget, or spreading it */
 	INJ_SKIP_STOPPING,		/* the module is going away */
 	INJ_SKIP_NR,
 };
@@ -102,9 +105,9 @@ struct inj_target {
 
 /*
  * The interrupted address of a task sent into the trampoline.  Claimed by
- * the timer callback (cmpxchg of .task) before it redirects the interrupt
- * to the entry stub of the same index, released by inj_tramp_body() after
- * the sleep.
+ * the timer callback or a point's pre-handler (cmpxchg of .task) before it
+ * redirects the interrupt or int3 to the entry stub of the same index,
+ * released by inj_tramp_body() after the sleep.
  */
 struct inj_pending {
 	struct task_struct *task;
@@ -216,8 +219,8 @@ int inj_claim_pending(struct task_struct *task);
 int inj_add_point(const char *name);
 void inj_clear_points(void);
 void inj_drop_module_points(struct module *mod);
-/* A task a point sent into the trampoline is back from its sleep. */
-void inj_note_resumed(struct task_struct *task, u64 fired_ns);
+/* The current task, sent into the trampoline by a point, is back from its sleep. */
+void inj_note_resumed(u64 fired_ns);
 
 /* sched_inject_ranges.c */
 int inj_add_range(unsigned long start, unsigned long end);

@@ -1,10 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * sched_inject: every file of debugfs sched_inject/.  enable, target,
- * period_us, sleep_ms, min_interval_us, burst, count_only, ranges, points and
- * stats, each a thin layer
- * over the settings and state of the other files; their format is
- * documented in the project's README.md.
+ * period_us, sleep_ms, min_interval_us, burst, count_only, ranges, points
+ * and stats, each a thin layer over the settings and state of the other
+ * files; their format is documented in the project's README.md.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 

@@ -26,9 +26,9 @@
 #include <linux/hardirq.h>
 #include <linux/hash.h>
 #include <linux/kprobes.h>
+#include <linux/ktime.h>
 #include <linux/math64.h>
 #include <linux/minmax.h>
-#include <linux/ktime.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/preempt.h>
@@ -98,10 +98,11 @@ NOKPROBE_SYMBOL(inj_claim_resume);
 
 /*
  * The targeted path's rate limit, per task: a token bucket.  A task earns
- * one injection per min_interval_us while it runs (not while it sleeps in
- * the trampoline) and saves up to `burst` of them; a task not seen yet has
- * its whole burst, so a selftest that lasts a tenth of a second still gets
- * its sleeps, and one that lasts minutes sleeps a bounded share of its time.
+ * one injection per min_interval_us, except while it sleeps in the
+ * trampoline from a point, and saves up to `burst` of them; a task not seen
+ * yet has its whole burst, so a selftest that lasts a tenth of a second
+ * still gets its sleeps, and one that lasts minutes sleeps a bounded share
+ * of its time.
  *
  * Once it may inject again, a task's next hit would nearly always be the
  * first point of a path (svm_handle_exit, before the handler it calls, on
@@ -109,69 +110,102 @@ NOKPROBE_SYMBOL(inj_claim_resume);
  * passes 0 to 3 further hits first, a number taken from the clock when it
  * last resumed, and the sleeps spread along the path.
  *
- * A slot per hash of the task.  Only the task itself writes its slot (the
- * trampoline's body, then its own hits, which never nest: kprobes does not
- * run a handler inside another).  Two tasks sharing a slot, or a read torn
- * between its fields, can only get a hit's budget wrong, never make an
- * injection unsafe: every check of inj_point_check() ran before this one.
+ * A bucket per hash of the task.  Two tasks whose pointers hash alike share
+ * one, which only limits them more; a task whose address is a dead task's
+ * (its start time differs) gets a full one.  A write torn between two CPUs
+ * can only misjudge a hit's budget, never make an injection unsafe: every
+ * check of inj_point_check() runs before this one.
  */
 struct inj_budget {
-	struct task_struct *task;
-	u64 ns;			/* tokens counts the injections earned until then */
+	struct task_struct *task;	/* the last to sleep from a point... */
+	u64 start_time;			/* ...and its start, to tell a reused address */
+	u64 ns;				/* tokens were saved at this time */
 	unsigned int tokens;
-	unsigned int spread;	/* hits still to pass after the last sleep */
+	unsigned int spread;		/* hits still to pass once one is earned */
 };
 
-#define INJ_BUDGET_BITS 6
+#define INJ_BUDGET_BITS 8
 #define INJ_SPREAD_BITS 2
 static struct inj_budget inj_budgets[1 << INJ_BUDGET_BITS];
 
-/* The injections @budget allows at @now: what it saved plus what it earned since. */
-static unsigned int inj_tokens(const struct inj_budget *budget, u64 now, u64 interval)
+static struct inj_budget *inj_budget_of_current(void)
 {
-	u64 since = READ_ONCE(budget->ns);
-	u64 earned = now > since ? div64_u64(now - since, interval) : 0;
+	return &inj_budgets[hash_ptr(current, INJ_BUDGET_BITS)];
+}
 
-	return min_t(u64, READ_ONCE(budget->tokens) + earned, READ_ONCE(inj_burst));
+NOKPROBE_SYMBOL(inj_budget_of_current);
+
+/* The last task to use @budget had the current task's address, and is gone. */
+static bool inj_budget_is_a_dead_tasks(const struct inj_budget *budget)
+{
+	return READ_ONCE(budget->task) == current &&
+	       READ_ONCE(budget->start_time) != current->start_time;
+}
+
+NOKPROBE_SYMBOL(inj_budget_is_a_dead_tasks);
+
+/*
+ * The injections @budget allows at @at: what it saved plus what it earned
+ * since, at most the burst; @partial (if not NULL) gets the time run
+ * towards the next one.
+ */
+static unsigned int inj_tokens(const struct inj_budget *budget, u64 at, u64 interval,
+			       u64 *partial)
+{
+	unsigned int burst = READ_ONCE(inj_burst);
+	u64 since = READ_ONCE(budget->ns);
+	u64 earned = 0, rest = 0;
+	u64 tokens;
+
+	if (at > since)
+		earned = div64_u64_rem(at - since, interval, &rest);
+	tokens = min_t(u64, READ_ONCE(budget->tokens) + earned, burst);
+	if (partial)
+		*partial = tokens == burst ? 0 : rest;
+	return tokens;
 }
 
 NOKPROBE_SYMBOL(inj_tokens);
 
 /*
- * @task is back from a sleep a point sent it into at @fired_ns: one token
- * spent, none earned while asleep.
+ * The current task is back from a sleep a point sent it into at @fired_ns:
+ * one token spent, none earned while asleep.  Called by the trampoline's
+ * body before it releases the pending record, so the task's own hits
+ * (refused as already_pending until then) never race with it.
  */
-void inj_note_resumed(struct task_struct *task, u64 fired_ns)
+void inj_note_resumed(u64 fired_ns)
 {
-	struct inj_budget *budget = &inj_budgets[hash_ptr(task, INJ_BUDGET_BITS)];
 	u64 interval = (u64)READ_ONCE(inj_min_interval_us) * NSEC_PER_USEC;
+	struct inj_budget *budget = inj_budget_of_current();
 	u64 now = ktime_get_mono_fast_ns();
 	unsigned int tokens = READ_ONCE(inj_burst);
+	u64 partial = 0;
 
 	if (!interval)
 		return;
-	if (READ_ONCE(budget->task) == task)
-		tokens = inj_tokens(budget, fired_ns, interval);
+	if (!inj_budget_is_a_dead_tasks(budget))
+		tokens = inj_tokens(budget, fired_ns, interval, &partial);
 	WRITE_ONCE(budget->tokens, tokens ? tokens - 1 : 0);
-	WRITE_ONCE(budget->ns, now);
+	WRITE_ONCE(budget->ns, now - partial);
 	WRITE_ONCE(budget->spread, hash_64(now, INJ_SPREAD_BITS));
-	WRITE_ONCE(budget->task, task);
+	WRITE_ONCE(budget->start_time, current->start_time);
+	WRITE_ONCE(budget->task, current);
 }
 
 /*
  * The current task has no injection to spend, or hits to pass first: those
  * are counted down only once it has one, so that they spread the injection
- * it has just earned, mostly while its guest ran.
+ * it has just earned, mostly while its guest ran.  Both count as too_soon.
  */
 static bool inj_too_soon(void)
 {
-	struct inj_budget *budget = &inj_budgets[hash_ptr(current, INJ_BUDGET_BITS)];
 	u64 interval = (u64)READ_ONCE(inj_min_interval_us) * NSEC_PER_USEC;
+	struct inj_budget *budget = inj_budget_of_current();
 	unsigned int spread;
 
-	if (!interval || READ_ONCE(budget->task) != current)
+	if (!interval || inj_budget_is_a_dead_tasks(budget))
 		return false;
-	if (!inj_tokens(budget, ktime_get_mono_fast_ns(), interval))
+	if (!inj_tokens(budget, ktime_get_mono_fast_ns(), interval, NULL))
 		return true;
 	spread = READ_ONCE(budget->spread);
 	if (!spread)

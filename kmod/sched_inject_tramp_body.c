@@ -3,7 +3,8 @@
  * sched_inject: the trampoline's C half, inj_tramp_body(), run by the
  * injected task itself in process context (sched_inject_tramp.S calls it):
  * the msleep() (again if it did not switch), the statistics of the sleeps,
- * and the release of the pending record the timer callback claimed.
+ * the rate limit's note of a point's sleep, and the release of the pending
+ * record the timer callback or a point's pre-handler claimed.
  */
 #include <linux/atomic.h>
 #include <linux/compiler.h>
@@ -74,7 +75,7 @@ NOKPROBE_SYMBOL(inj_sleep_and_switch);
 /*
  * Called by inj_trampoline, on the injected task, with interrupts on and
  * nothing held.  @index is the number of the entry stub the task came
- * through, so the record the callback claimed for it.  @ret_slot is the
+ * through, so the record the callback or pre-handler claimed for it.  @ret_slot is the
  * trampoline's return slot: it gets the interrupted address before the
  * sleep, so a stack trace of the sleeping task shows where it was.
  */
@@ -96,7 +97,7 @@ __visible void inj_tramp_body(unsigned long *ret_slot, unsigned long index)
 	if (raw_smp_processor_id() != pending->cpu)
 		atomic64_inc(&inj_migrations);
 	if (pending->from_point)
-		inj_note_resumed(current, pending->fired_ns);
+		inj_note_resumed(pending->fired_ns);
 	atomic64_inc(&inj_tramp_exits);
 
 	/* Our reads of the record happen before another callback may claim it. */

@@ -138,8 +138,6 @@ CONTROLS = (
     Control("lifecycle.unload_with_injections_in_flight", "no_sleep",
             # Not "(got 0)": one in 50 samples may catch the short trip through it.
             "at least a fifth (10) unloaded in flight (got"),
-    Control("lifecycle.unload_with_points_in_flight", "no_sleep",
-            "at least a fifth (5) unloaded with a point's sleep in flight (got"),
     Control("lifecycle.cpu_hotplug_during_injection", "hotplug_stops_timers",
             "injections while cpu1 was offline (round 1:"),
     Control("lifecycle.target_exits_during_injection", "module_exit_disables",
