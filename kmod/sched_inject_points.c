@@ -128,6 +128,13 @@ struct inj_budget {
 #define INJ_SPREAD_BITS 2
 static struct inj_budget inj_budgets[1 << INJ_BUDGET_BITS];
 
+static u64 inj_interval_ns(void)
+{
+	return (u64)READ_ONCE(inj_min_interval_us) * NSEC_PER_USEC;
+}
+
+NOKPROBE_SYMBOL(inj_interval_ns);
+
 static struct inj_budget *inj_budget_of_current(void)
 {
 	return &inj_budgets[hash_ptr(current, INJ_BUDGET_BITS)];
@@ -175,7 +182,7 @@ NOKPROBE_SYMBOL(inj_tokens);
  */
 void inj_note_resumed(u64 fired_ns)
 {
-	u64 interval = (u64)READ_ONCE(inj_min_interval_us) * NSEC_PER_USEC;
+	u64 interval = inj_interval_ns();
 	struct inj_budget *budget = inj_budget_of_current();
 	u64 now = ktime_get_mono_fast_ns();
 	unsigned int tokens = READ_ONCE(inj_burst);
@@ -199,7 +206,7 @@ void inj_note_resumed(u64 fired_ns)
  */
 static bool inj_too_soon(void)
 {
-	u64 interval = (u64)READ_ONCE(inj_min_interval_us) * NSEC_PER_USEC;
+	u64 interval = inj_interval_ns();
 	struct inj_budget *budget = inj_budget_of_current();
 	unsigned int spread;
 

@@ -80,16 +80,21 @@ aim_points_at_kvm() {
 	echo "points: $(points_by_function hits | cut -d' ' -f1 | tr '\n' ' ')"
 }
 
-# "FUNCTION N" for each point, N its KEY=N field of the points file (0 when
-# the file does not show it).
-points_by_function() {	# points_by_function KEY
-	awk -v key="$1" '{
-		n = 0
-		for (i = 2; i < NF; i++) if (split($i, kv, "=") == 2 && kv[1] == key) n = kv[2]
+# "FUNCTION KEY=N..." for each point: the key=value fields of the points
+# file whose key matches the regex KEYS.
+points_fields() {	# points_fields KEYS
+	awk -v keys="^($1)$" '{
+		fields = ""
+		for (i = 2; i < NF; i++) if (split($i, kv, "=") == 2 && kv[1] ~ keys) fields = fields " " $i
 		for (i = 2; i <= NF; i++) if ($i ~ /\+0x/) name = $i
 		sub(/\+.*/, "", name)
-		print name, n
+		print name fields
 	}' "$INJ/points"
+}
+
+# "FUNCTION N" for each point, N its KEY=N field (0 when not shown).
+points_by_function() {	# points_by_function KEY
+	points_fields "$1" | awk '{ n = 0; if (NF > 1) { split($2, kv, "="); n = kv[2] } print $1, n }'
 }
 
 # A point's hits the injector refused because of what the task held: the
@@ -97,13 +102,7 @@ points_by_function() {	# points_by_function KEY
 # error (task_state: between set_current_state() and schedule()).
 CONTEXT_REFUSALS="skip_preempt_count|skip_rt_softirq|skip_rcu_depth|skip_irqs_disabled|skip_flags_ac|skip_task_state|skip_pagefault_disabled|skip_fpu_in_use"
 points_never_refused_for_context() {
-	wrong=$(awk -v keys="^($CONTEXT_REFUSALS)$" '{
-		n = ""
-		for (i = 2; i < NF; i++) if (split($i, kv, "=") == 2 && kv[1] ~ keys) n = n " " $i
-		for (i = 2; i <= NF; i++) if ($i ~ /\+0x/) name = $i
-		sub(/\+.*/, "", name)
-		if (n != "") print name ":" n
-	}' "$INJ/points")
+	wrong=$(points_fields "$CONTEXT_REFUSALS" | awk 'NF > 1 { $1 = $1 ":"; print }')
 	[ -z "$wrong" ] && return 0
 	echo "$wrong" | sed 's/^/  refused at a point of the list: /'
 	return 1
