@@ -118,7 +118,8 @@ def read_results(settings: Settings, ktap_log: Path,
                  suite: str = "main") -> tuple[ktap.Test, list[kselftest.Verdict]]:
     """The parsed KTAP of a run, the kselftest suite's cases turned into verdicts."""
     tree = ktap.parse(port_lines(ktap_log), name=suite)
-    return kselftest.merge(tree, settings.layout.kselftest_known)
+    return kselftest.merge(tree, settings.layout.kselftest_known,
+                           exercised_at=settings.kselftest.exercised_at)
 
 
 def accelerator(settings: Settings) -> qemu.Choice:
@@ -177,8 +178,8 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
     outcome, why = classify_outcome(kernel_started=started_kernel, timed_out=run.timed_out,
                                     findings=findings, guest_status=guest_status, tree=tree,
                                     skipped=skipped,
-                                    exercised=(kselftest.exercised(verdicts), len(verdicts)),
-                                    min_exercised=settings.test.min_exercised)
+                                    exercised=kselftest.exercised_share(verdicts),
+                                    min_exercised_percent=settings.test.min_exercised_percent)
     if outcome is Outcome.QEMU_FAILED and run.lines:
         why += ": " + " / ".join(run.lines[-3:])
     report = RunReport(

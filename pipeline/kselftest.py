@@ -13,10 +13,11 @@ at that KVM function.
 `merge()` replaces each such case by one leaf carrying the test's verdict:
 
     alone     injected    the case
-    passed    passed      passed, when injections reached the test's threads;
-                          else "not exercised" (its own status: it proves
-                          nothing about scheduling; test.min_exercised can
-                          make too few exercised tests fail the run)
+    passed    passed      passed, when at least kselftest.exercised_at
+                          injections reached the test's threads; else "not
+                          exercised" (its own status: it proves little about
+                          scheduling; below test.min_exercised_percent of the
+                          selftests exercised, the run fails)
     passed    not passed  failed: passes alone, fails under injection (for a
                           known test too, with the list's reason beside it:
                           a known flake and an injector bug look alike; with
@@ -175,8 +176,18 @@ def _tail(test: Test) -> list[str]:
     return test.diagnostics[-OUTPUT_TAIL:]
 
 
-def _verdict(case: Test, known: list[Known]) -> tuple[Test, Verdict]:
-    """The leaf replacing one selftest's case, and its verdict."""
+def _too_few(injections: int | None, exercised_at: int) -> str:
+    if injections is None:
+        return "the guest reported no injection count"
+    if injections == 0:
+        return NOT_INJECTED_INTO
+    return (f"only {injections} injection(s) reached its threads, fewer than "
+            f"kselftest.exercised_at={exercised_at}: too few to say much about scheduling")
+
+
+def _verdict(case: Test, known: list[Known], exercised_at: int) -> tuple[Test, Verdict]:
+    """The leaf replacing one selftest's case, and its verdict: exercised when at least
+    `exercised_at` injections reached the test's threads."""
     runs = {_runner_name(sub): sub for sub in case.subtests}
     alone = runs.get(case.name)
     injected = runs.get(case.name + INJECTED_SUFFIX)
@@ -219,11 +230,10 @@ def _verdict(case: Test, known: list[Known]) -> tuple[Test, Verdict]:
         output = _tail(injected)
     elif case.status is Status.FAILED:
         status, why = Status.FAILED, "the injector's checks failed (see the case's output)"
-    elif not injections:
+    elif injections is None or injections < exercised_at:
         status = Status.NOT_EXERCISED
         directive = why = ("not exercised: passes alone and under injection, but "
-                           + (NOT_INJECTED_INTO if injections == 0 else
-                              "the guest reported no injection count"))
+                           + _too_few(injections, exercised_at))
     head = [f"alone: {alone_status.value}", f"under injection: {injected_status.value}",
             f"injections into its threads: {'?' if injections is None else injections}",
             *([f"of which at points: {by_function(points)}"] if points else []),
@@ -277,9 +287,10 @@ def _count_only(case: Test, known: list[Known]) -> Test:
     return dataclasses.replace(case, status=status, subtests=[], diagnostics=diagnostics)
 
 
-def merge(tree: Test, known_file: Path) -> tuple[Test, list[Verdict]]:
+def merge(tree: Test, known_file: Path, *, exercised_at: int) -> tuple[Test, list[Verdict]]:
     """`tree` with the kselftest suite's cases turned into verdicts (no suite: unchanged);
-    known failures as `known_file` (images/kselftest-known) lists them."""
+    known failures as `known_file` (images/kselftest-known) lists them; a selftest
+    with fewer than `exercised_at` injections into its threads is not exercised."""
     suite = next((top for top in tree.subtests if top.name == SUITE), None)
     if suite is None:
         return tree, []
@@ -289,7 +300,7 @@ def merge(tree: Test, known_file: Path) -> tuple[Test, list[Verdict]]:
         if case.name == COUNT_ONLY:
             cases.append(_count_only(case, known))
         elif case.subtests:
-            leaf, verdict = _verdict(case, known)
+            leaf, verdict = _verdict(case, known, exercised_at)
             cases.append(leaf)
             verdicts.append(verdict)
         else:
@@ -319,10 +330,11 @@ def summary_lines(verdicts: list[Verdict]) -> list[str]:
             lines.append(f"FAILS UNDER INJECTION: {verdict.name} (passes alone{untouched}{known});"
                          " its output:")
             lines += [f"  {line}" for line in verdict.output]
-    idle = [v.name for v in verdicts if v.status == Status.NOT_EXERCISED.value]
+    idle = [f"{v.name} ({'?' if v.injections is None else v.injections})"
+            for v in verdicts if v.status == Status.NOT_EXERCISED.value]
     if idle:
-        lines.append(f"not exercised (passed, but no injection reached their threads): "
-                     f"{', '.join(idle)}")
+        lines.append("not exercised (passed, but too few injections reached their threads): "
+                     + ", ".join(idle))
     passed_both = sum(v.alone == "passed" and v.injected == "passed" for v in verdicts)
     lines.append(f"selftests: {passed_both} of {len(verdicts)} pass alone and under injection, "
                  f"exercised {exercised(verdicts)} of {len(verdicts)}, "
@@ -349,6 +361,14 @@ def known_count(verdicts: list[Verdict]) -> int:
     return sum(bool(v.known) for v in verdicts)
 
 
+def exercised_share(verdicts: list[Verdict]) -> tuple[int, int]:
+    """(selftests exercised, selftests that passed alone and under injection): what
+    test.min_exercised_percent judges; skips and known failures are judged elsewhere."""
+    candidates = (Status.PASSED.value, Status.NOT_EXERCISED.value)
+    return exercised(verdicts), sum(v.status in candidates for v in verdicts)
+
+
 def exercised(verdicts: list[Verdict]) -> int:
-    """Selftests that passed under injection and got some: the ones that say something."""
+    """Selftests that passed under injection and got enough of it (kselftest.exercised_at):
+    the ones that say something about scheduling."""
     return sum(v.status == Status.PASSED.value for v in verdicts)

@@ -104,7 +104,7 @@ class TestSettings:
     kvm_seconds: int
     lifecycle_cycles: int
     allow_skips: str
-    min_exercised: int
+    min_exercised_percent: int
 
     def guest_parameters(self) -> list[str]:
         """The kernel command-line words the suites read (as PIPELINE_NAME)."""
@@ -121,6 +121,7 @@ class KselftestSettings:
     tests: str
     timeout: int
     inject: str
+    exercised_at: int
 
     def guest_parameters(self) -> list[str]:
         """The kernel command-line words the kselftest suite reads."""
@@ -249,6 +250,7 @@ MINIMUM = {
     ("test", "kvm_seconds"): 2,
     ("test", "lifecycle_cycles"): 1,
     ("bisect", "runs"): 1,
+    ("kselftest", "exercised_at"): 1,
 }
 # Case globs travel on the kernel command line: no blanks, quotes or '='.
 CASES_RE = re.compile(r"^[A-Za-z0-9_.*?\[\],-]*$")
@@ -434,6 +436,12 @@ def _finish(root: Path, merged: dict, origins: dict) -> Settings:
             f"test.cases in {origins[('test', 'cases')]} is {merged['test']['cases']!r}: it must "
             "be comma-separated globs over SUITE or SUITE.CASE names, e.g. "
             "'smoke,kvm.kvm_patch_effect' (no spaces, quotes or '=')"
+        )
+    if merged["test"]["min_exercised_percent"] > 100:
+        raise SettingsError(
+            f"test.min_exercised_percent in {origins[('test', 'min_exercised_percent')]} is "
+            f"{merged['test']['min_exercised_percent']}: it is a share of the selftests run, "
+            "0 to 100"
         )
     if not KSELFTESTS_RE.match(merged["kselftest"]["tests"]):
         raise SettingsError(

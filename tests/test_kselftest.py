@@ -16,6 +16,8 @@ from pipeline.results import Outcome, classify_outcome
 GOLDEN = Path(__file__).parent / "golden"
 KNOWN_FILE = ROOT / "images" / "kselftest-known"
 KNOWN = kselftest.load_known(KNOWN_FILE)
+# kselftest.exercised_at's default.
+EXERCISED_AT = 10
 
 
 def runner_result(number: int, name: str, result: str, output: tuple[str, ...]) -> list[str]:
@@ -24,7 +26,7 @@ def runner_result(number: int, name: str, result: str, output: tuple[str, ...]) 
 
 
 def selftest_case(number: int, name: str, alone: str = "ok", injected: str = "ok",
-                  injections: int = 7, case_result: str = "ok",
+                  injections: int = 17, case_result: str = "ok",
                   alone_output: tuple[str, ...] = ("1..1", "ok 1 it works"),
                   injected_output: tuple[str, ...] = ("1..1", "ok 1 it works"),
                   points: tuple[tuple[str, int], ...] = ()) -> list[str]:
@@ -49,7 +51,8 @@ def stream(*cases: list[str]) -> list[str]:
 
 
 def merged(*cases: list[str]) -> tuple[ktap.Test, dict[str, ktap.Test], list]:
-    tree, verdicts = kselftest.merge(ktap.parse(stream(*cases)), KNOWN_FILE)
+    tree, verdicts = kselftest.merge(ktap.parse(stream(*cases)), KNOWN_FILE,
+                                      exercised_at=EXERCISED_AT)
     suite = tree.subtests[0]
     return tree, {case.name: case for case in suite.subtests}, verdicts
 
@@ -62,7 +65,7 @@ def test_golden_guest_run_becomes_one_case_per_selftest():
     raw = ktap.parse((GOLDEN / "kselftest-run.ktap").read_text().splitlines())
     suite = next(top for top in raw.subtests if top.name == "kselftest")
     assert raw.errors == [] and len(suite.subtests) > 30
-    tree, verdicts = kselftest.merge(raw, KNOWN_FILE)
+    tree, verdicts = kselftest.merge(raw, KNOWN_FILE, exercised_at=EXERCISED_AT)
     assert [top.name for top in tree.subtests] == [top.name for top in raw.subtests]
     assert [top for top in tree.subtests if top.name != "kselftest"] == \
         [top for top in raw.subtests if top.name != "kselftest"]
@@ -210,42 +213,57 @@ def test_a_known_list_line_without_its_signature_is_refused_with_its_place(tmp_p
         kselftest.load_known(known)
 
 
-def test_a_pass_without_injection_is_not_exercised_and_the_injectors_checks_count():
+def test_a_pass_with_too_few_injections_is_not_exercised_and_the_injectors_checks_count():
     tree, cases, verdicts = merged(selftest_case(1, "cpuid_test", injections=0),
                                    selftest_case(2, "smm_test", case_result="not ok"),
-                                   selftest_case(3, "sync_regs_test", injections=4))
+                                   selftest_case(3, "sync_regs_test", injections=EXERCISED_AT - 1),
+                                   selftest_case(4, "set_sregs_test", injections=EXERCISED_AT))
     idle = cases["cpuid_test"]
     assert idle.status is ktap.Status.NOT_EXERCISED
     assert idle.directive.startswith("not exercised: passes alone and under injection, but no "
                                      "injection reached its threads")
+    few = cases["sync_regs_test"]
+    assert few.status is ktap.Status.NOT_EXERCISED
+    assert few.directive.endswith("only 9 injection(s) reached its threads, fewer than "
+                                  "kselftest.exercised_at=10: too few to say much about "
+                                  "scheduling")
     assert cases["smm_test"].status is ktap.Status.FAILED
-    assert cases["sync_regs_test"].status is ktap.Status.PASSED
+    assert cases["set_sregs_test"].status is ktap.Status.PASSED
     assert verdicts[0].injections == 0 and verdicts[0].status == "not exercised"
-    assert tree.counts().not_exercised == 1 and tree.counts().passed == 1
+    assert tree.counts().not_exercised == 2 and tree.counts().passed == 1
     lines = kselftest.summary_lines(verdicts)
-    assert "not exercised (passed, but no injection reached their threads): cpuid_test" in lines
-    assert lines[-1] == ("selftests: 3 of 3 pass alone and under injection, exercised 1 of 3, "
-                         "11 injections in all, known 0")
+    assert ("not exercised (passed, but too few injections reached their threads): "
+            "cpuid_test (0), sync_regs_test (9)") in lines
+    assert lines[-1] == ("selftests: 4 of 4 pass alone and under injection, exercised 1 of 4, "
+                         "36 injections in all, known 0")
     assert kselftest.exercised(verdicts) == 1
 
 
-def test_too_few_exercised_selftests_fail_the_run_when_asked():
+def test_too_few_exercised_selftests_fail_the_run():
+    """The share is of the selftests that passed alone and under injection: a skip
+    (allowed here) counts neither way."""
     tree, _, verdicts = merged(selftest_case(1, "cpuid_test", injections=0),
-                               selftest_case(2, "state_test", injections=4))
+                               *(selftest_case(number, f"test_{number}", injections=40)
+                                 for number in range(2, 11)),
+                               skipping(11, "skipper", "no SVM"))
+    assert kselftest.exercised_share(verdicts) == (9, 10)
     run = {"kernel_started": True, "timed_out": None, "findings": [], "guest_status": 0,
-           "tree": tree, "exercised": (kselftest.exercised(verdicts), len(verdicts))}
-    outcome, why = classify_outcome(**run, min_exercised=1)
-    assert outcome is Outcome.PASSED and "exercised 1 of 2 selftests" in why
-    outcome, why = classify_outcome(**run, min_exercised=2)
+           "tree": tree, "exercised": kselftest.exercised_share(verdicts)}
+    outcome, why = classify_outcome(**run, min_exercised_percent=90)
+    assert outcome is Outcome.PASSED and "exercised 9 of 10 selftests" in why
+    outcome, why = classify_outcome(**run, min_exercised_percent=91)
     assert outcome is Outcome.TEST_FAILURES
-    assert why == ("exercised 1 of 2 selftests (an injection reached their threads), fewer "
-                   "than test.min_exercised=2")
+    assert why.startswith("exercised 9 of the 10 selftests that passed under injection "
+                          "(enough injections reached their threads), fewer than "
+                          "test.min_exercised_percent=91 % of them")
+    assert "lower test.min_exercised_percent" in why
 
 
 def test_a_run_cut_off_inside_the_runner_is_crashed():
     lines = stream(selftest_case(1, "state_test"))
     cut = lines[:lines.index("        # selftests: kvm: state_test-injected") + 1]
-    tree, verdicts = kselftest.merge(ktap.parse(cut), KNOWN_FILE)
+    tree, verdicts = kselftest.merge(ktap.parse(cut), KNOWN_FILE,
+                                     exercised_at=EXERCISED_AT)
     case = tree.subtests[0].subtests[0]
     assert case.status is ktap.Status.CRASHED
     assert tree.counts().crashed == 1 and verdicts[0].status == "crashed"
@@ -330,7 +348,7 @@ def test_count_only_notes_a_known_failure_as_the_alone_run_does():
 def test_other_suites_are_left_alone():
     tree = ktap.parse(["KTAP version 1", "1..1", "    KTAP version 1", "    # Subtest: smoke",
                        "    1..1", "    ok 1 a", "ok 1 smoke"])
-    assert kselftest.merge(tree, KNOWN_FILE) == (tree, [])
+    assert kselftest.merge(tree, KNOWN_FILE, exercised_at=EXERCISED_AT) == (tree, [])
 
 
 def test_the_known_list_gives_a_signature_and_a_reason_for_every_entry():
@@ -401,7 +419,7 @@ def test_golden_run_of_the_known_failures_matches_each_by_its_signature(tmp_path
     so each is known (todo) and the run passes.  With one entry's text changed,
     that test's failure is no longer the one tolerated: it fails the run."""
     raw = ktap.parse((GOLDEN / "kselftest-known-run.ktap").read_text().splitlines())
-    tree, verdicts = kselftest.merge(raw, KNOWN_FILE)
+    tree, verdicts = kselftest.merge(raw, KNOWN_FILE, exercised_at=EXERCISED_AT)
     assert len(verdicts) == 13
     assert all(v.status == "todo" and v.known for v in verdicts), [
         (v.name, v.status, v.why) for v in verdicts if v.status != "todo"]
@@ -415,7 +433,7 @@ def test_golden_run_of_the_known_failures_matches_each_by_its_signature(tmp_path
     planted.write_text(KNOWN_FILE.read_text().replace(
         "debug_regs\toutput: Unhandled exception '0x3'\t",
         "debug_regs\toutput: Unhandled exception '0x1'\t"))
-    tree, verdicts = kselftest.merge(raw, planted)
+    tree, verdicts = kselftest.merge(raw, planted, exercised_at=EXERCISED_AT)
     failed = [v for v in verdicts if v.status == "failed"]
     assert [v.name for v in failed] == ["debug_regs"]
     assert "not the way the known list says it does" in failed[0].why

@@ -82,6 +82,11 @@ def test_bad_file_names_key_and_file(tmp_path, text, expected):
         ({"test.repeat": "0"}, r"test\.repeat in the command line is 0: it must be at least 1"),
         ({"test.cases": "smoke rate"}, r"test\.cases .* comma-separated globs"),
         ({"test.cases": "a=b"}, r"test\.cases .*no spaces, quotes or '='"),
+        ({"test.min_exercised_percent": "101"},
+         r"test\.min_exercised_percent in the command line is 101: it is a share .* 0 to 100"),
+        ({"test.min_exercised": "35"}, r"unknown setting test\.min_exercised=35"),
+        ({"kselftest.exercised_at": "0"},
+         r"kselftest\.exercised_at in the command line is 0: it must be at least 1"),
     ],
 )
 def test_bad_override_names_key(tmp_path, overrides, expected):
