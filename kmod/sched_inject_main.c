@@ -177,6 +177,7 @@ static void __exit sched_inject_exit(void)
 {
 	struct inj_range_set *set;
 	struct inj_target *target;
+	int inflight;
 
 	/* No new writes; those in progress finish first. */
 	inj_debugfs_remove();
@@ -187,6 +188,9 @@ static void __exit sched_inject_exit(void)
 	/* No point's handler runs once this returns. */
 	inj_clear_points();
 	/* Tasks sleeping in, or about to enter, the trampoline. */
+	inflight = atomic_read(&inj_inflight);
+	if (inflight)
+		pr_info("unload waits for %d injected task(s) to resume\n", inflight);
 	wait_event(inj_inflight_wq, !atomic_read(&inj_inflight));
 	/*
 	 * The last of them may still be in inj_tramp_body()'s epilogue or the

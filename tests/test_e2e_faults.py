@@ -81,6 +81,9 @@ FAULTS = {
          "\t\tinj_release_resume(i);\n\t\treturn false;\n"),)),
     "no_rate_limit": Fault("a point ignores min_interval_us", (
         ("sched_inject_points.c", "if (inj_too_soon())", "if (0 && inj_too_soon())"),)),
+    "no_refill": Fault("a point's rate limit never earns an injection back", (
+        ("sched_inject_points.c", "\tif (at > since)\n\t\tearned =",
+         "\tif (0 && at > since)\n\t\tearned ="),)),
     "own_point_accepted": Fault("a point in the injector's own text is accepted", (
         ("sched_inject_points.c",
          "if (within_module((unsigned long)point->kp.addr, THIS_MODULE)) {",
@@ -114,6 +117,10 @@ class Control:
         return name if first is self else f"{name}_{self.fault}"
 
 
+# The KVM selftest whose case stands for the kselftest suite's per-test checks.
+KSELFTEST = "xapic_state_test"
+
+
 # In the order the guest runs them: debugfs_leaked leaves a directory no
 # module can create again, so it goes last.
 CONTROLS = (
@@ -138,6 +145,8 @@ CONTROLS = (
     Control("lifecycle.unload_with_injections_in_flight", "no_sleep",
             # Not "(got 0)": one in 50 samples may catch the short trip through it.
             "at least a fifth (10) unloaded in flight (got"),
+    Control("lifecycle.unload_with_points_in_flight", "no_sleep",
+            "a point's sleep in flight when the unload began (cycle "),
     Control("lifecycle.cpu_hotplug_during_injection", "hotplug_stops_timers",
             "injections while cpu1 was offline (round 1:"),
     Control("lifecycle.target_exits_during_injection", "module_exit_disables",
@@ -149,9 +158,14 @@ CONTROLS = (
     Control("kvm.kvm_under_injection", "no_sleep",
             "vCPU switches at least 90% of the injections (0 of"),
     Control("kvm.kvm_under_injection", WRONG_POINT, "no point refused for what the task held"),
+    # Each thread then has its first burst (10) and nothing after.
+    Control("kvm.kvm_under_injection", "no_refill", "injections at KVM's points (got "),
     Control("kvm.kvm_patch_effect", STOCK_KVM, "samples inside KVM's preempt-disabled sections (0)"),
     Control("kvm.kvm_patch_effect", STOCK_KVM,
             "every hit of kvm_amd:svm_prepare_switch_to_guest refused for preempt_count (0 refused"),
+    # The selftests' own check of the list: one selftest stands for all (the
+    # suite runs the same check after each).
+    Control(f"kselftest.{KSELFTEST}", WRONG_POINT, "no point refused for what the task held"),
     Control("lifecycle.nothing_left_registered", "debugfs_leaked",
             "no passing case left a module or debugfs dir behind (1 did)",
             run="lifecycle.bad_target_and_knobs_refused,lifecycle.nothing_left_registered"),
@@ -160,10 +174,10 @@ KVM_POINTS = ROOT / "images" / "kvm-points"
 
 
 def test_every_case_has_a_control_and_every_fault_applies():
-    """Pure: the table covers each case of the four suites, every fault is used, every
-    edit applies, the wrong point is not on the list already."""
+    """Pure: the table covers each case of the four suites (and a selftest's), every
+    fault is used, every edit applies, the wrong point is not on the list already."""
     cases = [f"{suite}.{case}" for suite in OUR_SUITES for case in suite_cases(suite)]
-    assert {control.case for control in CONTROLS} == set(cases)
+    assert {control.case for control in CONTROLS} == {*cases, f"kselftest.{KSELFTEST}"}
     assert len({control.name for control in CONTROLS}) == len(CONTROLS)
     assert {control.fault for control in CONTROLS} == {*FAULTS, STOCK_KVM, WRONG_POINT}
     for fault in FAULTS.values():
