@@ -81,7 +81,7 @@ FAULTS = {
          "\t\tinj_release_resume(i);\n\t\treturn false;\n"),)),
     "no_rate_limit": Fault("a point ignores min_interval_us", (
         ("sched_inject_points.c", "if (inj_too_soon())", "if (0 && inj_too_soon())"),)),
-    "no_refill": Fault("a point's rate limit never earns an injection back", (
+    "no_refill": Fault("a point's rate limit never earns an injection", (
         ("sched_inject_points.c", "\tif (at > since)\n\t\tearned =",
          "\tif (0 && at > since)\n\t\tearned ="),)),
     "own_point_accepted": Fault("a point in the injector's own text is accepted", (
@@ -158,8 +158,9 @@ CONTROLS = (
     Control("kvm.kvm_under_injection", "no_sleep",
             "vCPU switches at least 90% of the injections (0 of"),
     Control("kvm.kvm_under_injection", WRONG_POINT, "no point refused for what the task held"),
-    # Each thread then has its first burst (10) and nothing after.
-    Control("kvm.kvm_under_injection", "no_refill", "injections at KVM's points (got "),
+    # A task's first burst is earned too (its budget starts at time 0): none at all.
+    Control("kvm.kvm_under_injection", "no_refill",
+            "at least 1000 injections at KVM's points (got 0)"),
     Control("kvm.kvm_patch_effect", STOCK_KVM, "samples inside KVM's preempt-disabled sections (0)"),
     Control("kvm.kvm_patch_effect", STOCK_KVM,
             "every hit of kvm_amd:svm_prepare_switch_to_guest refused for preempt_count (0 refused"),
