@@ -65,6 +65,10 @@ FAULTS = {
          "for_each_possible_cpu(cpu)\n\t\thrtimer_cancel(&per_cpu_ptr(&inj_cpus, cpu)->timer);"),
         ("sched_inject_timer.c", "\t/* Runs on @cpu itself, so PINNED pins the timer there. */\n",
          "\tif (inj_hp_state >= 0)\n\t\treturn 0;\n"))),
+    "points_need_every_cpu": Fault("a point injects only while every CPU is online", (
+        ("sched_inject_points.c", "\tif (!READ_ONCE(inj_enabled))\n\t\treturn 0;\n",
+         "\tif (!READ_ONCE(inj_enabled) || num_online_cpus() < num_possible_cpus())\n"
+         "\t\treturn 0;\n"),)),
     "module_exit_disables": Fault("a module going away disables the injector", (
         ("sched_inject_ranges.c", "\t\t\tinj_publish_ranges(set);\n",
          "\t\t\tinj_publish_ranges(set);\n\t\t\tinj_disable_locked();\n"),)),
@@ -149,6 +153,8 @@ CONTROLS = (
             "a point's sleep in flight when the unload began (cycle "),
     Control("lifecycle.cpu_hotplug_during_injection", "hotplug_stops_timers",
             "injections while cpu1 was offline (round 1:"),
+    Control("lifecycle.cpu_hotplug_during_injection", "points_need_every_cpu",
+            "injections at the point while cpu1 was offline (round 1:"),
     Control("lifecycle.target_exits_during_injection", "module_exit_disables",
             "the timers keep firing"),
     Control("sections.loop_only", "ranges_ignored", "no injection inside a section"),
