@@ -1,7 +1,7 @@
 """Tasks of the KVM kernel pipeline, for plain `doit`.  `doit list` is the table of contents.
 
-The tasks are declared from one Settings value by `pipeline.tasks.declare`
-(so `python -m pipeline` and later a matrix declare them the same way).
+The tasks are declared from one Settings value by `pipeline.drivers.tasks.declare`
+(so `python -m pipeline` declares them the same way).
 Settings come from pipeline/default.toml, an optional pipeline.toml, and
 the `section.key=value` words of the command line, e.g.
 `doit build kernel.variant=debug`.  A bad setting stops here, before any
@@ -14,6 +14,7 @@ from pathlib import Path
 from doit.exceptions import InvalidDodoFile
 
 from pipeline import settings, tasks
+from pipeline.drivers import tasks as all_tasks
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parent
@@ -23,7 +24,7 @@ try:
 except PipelineError as exc:
     raise InvalidDodoFile(f"pipeline: {exc}") from None
 S.layout.build.mkdir(parents=True, exist_ok=True)
-globals().update(tasks.declare(S))
+globals().update(all_tasks.declare(S))
 
 
 def _interrupted(kind, value, traceback):

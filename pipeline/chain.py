@@ -1,14 +1,16 @@
 """Run the chain's tasks through doit's API and say how it went.
 
-`run(tasks, settings)` can be called many times in one process, with other
+`run(words, settings)` can be called many times in one process, with other
 settings and build dirs each time, also from inside a running doit task
 (bisect and repro do exactly that): every call declares its own tasks,
-its own RunState and its own doit dependency file.
+its own RunState and its own doit dependency file.  A nested run has the
+stage tasks only; the command line passes `declare` to add the drivers'.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from doit.cmd_base import NamespaceTaskLoader
@@ -42,20 +44,22 @@ class _Loader(NamespaceTaskLoader):
         self.namespace = namespace
 
 
-def check_words(words: list[str]) -> None:
+def check_words(words: list[str], names: list[str]) -> None:
     """Reject a task name the chain does not have, before doit sees it."""
-    names = words[1:] if words and words[0] in DOIT_COMMANDS else words
-    for name in names:
-        if name not in tasks.TASKS:
-            raise UserError(f"no task named {name!r}; the tasks are {', '.join(tasks.TASKS)}")
+    asked = words[1:] if words and words[0] in DOIT_COMMANDS else words
+    for name in asked:
+        if name not in names:
+            raise UserError(f"no task named {name!r}; the tasks are {', '.join(names)}")
 
 
-def run(words: list[str], config: Settings) -> Outcome:
+def run(words: list[str], config: Settings,
+        declare: Callable[[Settings, tasks.RunState], dict[str, object]] = tasks.declare
+        ) -> Outcome:
     """Run the tasks in `words` (optionally after a doit command such as `clean`)."""
-    check_words(words)
     state = tasks.RunState()
+    namespace = declare(config, state)
+    check_words(words, tasks.task_names(namespace))
     config.layout.build.mkdir(parents=True, exist_ok=True)
-    namespace = tasks.declare(config, state)
     # doit's default output stream is the sys.stdout of when doit was imported;
     # the caller's current one is where a nested or captured run must report.
     namespace["DOIT_CONFIG"]["outfile"] = sys.stdout

@@ -29,7 +29,7 @@ script (and a bisection) must tell apart:
                                 the manifest's (whatever the artifacts)
     20    BisectAmbiguous       skipped commits leave several candidates  -
     *     MatrixFailed          a matrix cell failed: the first failing   -
-                                cell's own code (pipeline.matrix)
+                                cell's own code (pipeline.drivers.matrix)
     130   -                     interrupted (Ctrl-C)                      abort
 
 A failed external command raises CommandError (code 1): the stage that ran

@@ -1,12 +1,13 @@
-"""doit glue: the chain's tasks, declared from one Settings value.
+"""doit glue: the chain's stage tasks, declared from one Settings value.
 
-`declare(settings, run)` returns the task creators doit loads, as dodo.py's
-globals would hold them; `pipeline.chain` hands them to doit's API and plain
-`doit` reads them through dodo.py.  Each action is one stage function of
-`pipeline/` called with the settings; a stage that raises a PipelineError
-fails its task with the one-paragraph message (no traceback) and leaves the
-error in `run` (a RunState of this one run of the chain: nothing is kept in
-module globals, so the chain can run many times in one process).
+`declare(settings, run)` returns the stage tasks (fetch to test) as a doit
+namespace; `pipeline.chain` hands them to doit's API, and the drivers
+(`pipeline.drivers.tasks`) add their own tasks on top for the command line
+and dodo.py.  Each action is one stage function of `pipeline/` called with
+the settings; a stage that raises a PipelineError fails its task with the
+one-paragraph message (no traceback) and leaves the error in `run` (a
+RunState of this one run of the chain: nothing is kept in module globals, so
+the chain can run many times in one process).
 
 A task is stale when its inputs, its settings subset, the code of its stage,
 or its record changed; a record of another schema counts as missing.
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +56,8 @@ from .util import code_version, remove_tree
 log = logging.getLogger("pipeline")
 
 # In the order `doit list` shows them: the table of contents.
-TASKS = ("fetch", "patch", "config", "kernel", "kmod", "selftests", "image", "build", "boot",
-         "test", "bisect", "repro", "matrix", "lava")
+STAGE_TASKS = ("fetch", "patch", "config", "kernel", "kmod", "selftests", "image", "build",
+               "boot", "test")
 BUILD_TASKS = ("fetch", "patch", "config", "kernel", "kmod", "selftests", "image")
 
 
@@ -167,9 +169,8 @@ def write_manifest(config: settings.Settings) -> None:
     print(f"manifest sha256 {digest}  {shown}", flush=True)
 
 
-def declare(config: settings.Settings, run: RunState | None = None) -> dict[str, object]:
-    """The task creators and DOIT_CONFIG of one chain, as a doit namespace."""
-    run = run if run is not None else RunState()
+def stage_tasks(config: settings.Settings, run: RunState) -> TaskTable:
+    """The task table of the stages, fetch to test."""
     layout = config.layout
     # Where make runs: changing it rebuilds config, kernel and kmod.
     runtime = {"runtime": config.kernel.runtime, "toolchain": config.image.toolchain,
@@ -299,85 +300,58 @@ def declare(config: settings.Settings, run: RunState | None = None) -> dict[str,
             "verbosity": 2,
         }
 
-    def task_bisect():
-        """Find the commit where the selected cases broke (bisect.good, bisect.bad; git source)."""
-        return {
-            "actions": [action("bisect", later("bisect.bisect"), config, run)],
-            "verbosity": 2,
-        }
+    return table(task_fetch, task_patch, task_config, task_kernel, task_kmod, task_selftests,
+                 task_image, task_build, task_boot, task_test)
 
-    def task_repro():
-        """Rebuild everything afresh, no cache read; compare with the manifest (repro.against)."""
-        return {
-            "actions": [action("repro", later("repro.repro"), config, run)],
-            # Against the build's own manifest: that build first.
-            "task_dep": [] if config.repro.against else ["build"],
-            "clean": [remover(layout.repro)],
-            "verbosity": 2,
-        }
 
-    def task_matrix():
-        """Build and test every cell (kernel line x variant x patched/stock); one summary."""
-        from . import matrix
+def declare(config: settings.Settings, run: RunState | None = None) -> dict[str, object]:
+    """The stage tasks and DOIT_CONFIG of one chain, as a doit namespace."""
+    return namespace(config, stage_tasks(config, run if run is not None else RunState()))
 
-        try:
-            cells = matrix.picked_cells(config)
-        except PipelineError as exc:
-            # Only `doit matrix` reports it: other tasks do not need the matrix.
-            cells, summary = [], refusal("matrix", exc, config, run)
-        else:
-            summary = action("matrix", matrix.finish, config, run)
-        for cell in cells:
-            yield {
-                "name": cell.name,
-                "doc": f"{cell.line}, {cell.variant} variant, {cell.patch}: build and test in "
-                       f"{matrix.cell_dir(layout, cell)}",
-                # Unlocked: `doit -n 2 matrix` runs cells side by side, each a chain
-                # that locks its own build dir.
-                "actions": [action(f"matrix {cell.name}",
-                                   lambda c, cell=cell: matrix.run_cell(c, cell), config, run,
-                                   locked=False)],
-                "clean": [remover(matrix.cell_dir(layout, cell))],
-                "verbosity": 2,
-            }
-        # The cells' failures are rows of the summary, which runs after them all.
-        yield {
-            "name": "summary",
-            "actions": [summary],
-            "task_dep": [f"matrix:{cell.name}" for cell in cells],
-            "clean": [remover(layout.matrix_summary, layout.matrix_junit)],
-            "verbosity": 2,
-        }
 
-    def task_lava():
-        """Write the suite as a LAVA job (build/lava/; lava.matrix: one per cell)."""
-        # The settings are checked by a step of their own, first: a bad URL or case
-        # glob stops `doit lava` before any build, and loading the tasks renders no job.
-        yield {
-            "name": "check",
-            "doc": "Refuse what the LAVA job cannot carry, before any build",
-            "actions": [action("lava", later("lava.check"), config, run)],
-            "verbosity": 2,
-        }
-        yield {
-            "name": "jobs",
-            "doc": "Write the job definitions and the compressed image",
-            "actions": [action("lava", later("lava.lava_jobs"), config, run)],
-            "task_dep": ["lava:check"] + ([] if config.lava.matrix else ["build"]),
-            "clean": [remover(layout.lava, layout.rootfs_zst)],
-            "verbosity": 2,
-        }
+TaskTable = dict[str, Callable[[], object]]
 
-    namespace: dict[str, object] = {
+
+def table(*creators: Callable[[], object]) -> TaskTable:
+    """Task creators `task_NAME` (their docstring is the task's doc) by task name, in order."""
+    return {creator.__name__.removeprefix("task_"): creator for creator in creators}
+
+
+class Tasks:
+    """A task table as one doit creator, yielding every task in the table's order.
+
+    doit loads the creators of a namespace in the order of their source lines
+    (of their names, from dodo.py); one creator keeps `doit list` in the
+    order of the chain, the drivers' tasks after the stages'.
+    """
+
+    def __init__(self, tasks: TaskTable):
+        self.tasks = tasks
+
+    def create_doit_tasks(self) -> Iterator[dict]:
+        for name, creator in self.tasks.items():
+            made = creator()
+            doc = inspect.getdoc(creator)
+            if isinstance(made, dict):
+                yield {"basename": name, "doc": doc, **made}
+            else:  # a group: its doc, then its subtasks
+                yield {"basename": name, "name": None, "doc": doc}
+                yield from ({"basename": name, **subtask} for subtask in made)
+
+
+def namespace(config: settings.Settings, tasks: TaskTable) -> dict[str, object]:
+    """A task table and its DOIT_CONFIG as the namespace doit loads (dodo.py's globals)."""
+    return {
         "DOIT_CONFIG": {
             "default_tasks": ["build"],
             "backend": "sqlite3",
-            "dep_file": str(layout.doit_db),
+            "dep_file": str(config.layout.doit_db),
             "verbosity": 2,
         },
+        "tasks": Tasks(tasks),
     }
-    creators = (task_fetch, task_patch, task_config, task_kernel, task_kmod, task_selftests,
-                task_image,
-                task_build, task_boot, task_test, task_bisect, task_repro, task_matrix, task_lava)
-    namespace.update((creator.__name__, creator) for creator in creators)
-    return namespace
+
+
+def task_names(namespace: dict[str, object]) -> list[str]:
+    """The task names of a namespace made by `namespace`, in order."""
+    return list(namespace["tasks"].tasks)

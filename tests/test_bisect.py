@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import new_repo
 
-from pipeline import bisect
-from pipeline.bisect import ANY_FAILURE, Run, Symptom, combine, judge, miss_chance
+from pipeline.drivers import bisect
+from pipeline.drivers.bisect import ANY_FAILURE, Run, Symptom, combine, judge, miss_chance
 from pipeline.errors import EnvironmentProblem, UserError
 from pipeline.settings import SECTIONS
 

@@ -16,8 +16,8 @@ from conftest import ROOT, make_tarball
 from doit.cmd_base import ModuleTaskLoader
 from doit.doit_cmd import DoitMain
 
-from pipeline import __main__ as entry
 from pipeline import chain, kbuild, records, settings
+from pipeline import cli as entry
 from pipeline.errors import INTERRUPTED
 from pipeline.records import KernelRecord, KmodRecord, SourceRecord
 

@@ -7,8 +7,8 @@ kernel (conftest.kernel_build) into a directory of its own: the shipped module h
 no fault switch.  The faulty modules
 go to the guest on a second disk; the `faults` suite (images/suites/faults) binds
 each over the installed module of its name, runs the one case and checks how it
-failed.  One boot runs every control.  The README's "Negative controls" table is
-this file's CONTROLS.
+failed.  One boot runs every control.  The "Negative controls" table of
+docs/test-suites.md is this file's CONTROLS.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 @dataclass(frozen=True)
 class Fault:
-    what: str  # what is broken, in the README's words
+    what: str  # what is broken, in docs/test-suites.md's words
     edits: tuple[tuple[str, str, str], ...]  # (kmod file, text, replacement)
 
 

@@ -24,7 +24,8 @@ import pytest
 import yaml
 from conftest import E2E_BUILD, ROOT, doit, suite_cases
 
-from pipeline import lava, settings
+from pipeline import settings
+from pipeline.drivers import lava
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ container rebuild (docker_repro) only in KVM's files, so all but KVM's
 objects come from the container's ccache.  The debug kernel is cold.
 
 Linux 6.1 is a cell of the default matrix, not of CI's (a third cold kernel
-build, ten minutes here): README "A test matrix" has its measured run.
+build, ten minutes here): docs/matrix.md, "Measured here", has its measured run.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import xml.etree.ElementTree as ET
 import pytest
 from conftest import OUR_CASES, ROOT
 
-from pipeline import ktap, matrix, settings
+from pipeline import ktap, settings
+from pipeline.drivers import matrix
 
 pytestmark = pytest.mark.slow
 

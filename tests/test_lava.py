@@ -13,7 +13,8 @@ import pytest
 import yaml
 from conftest import ROOT, doit
 
-from pipeline import lava, settings
+from pipeline import settings
+from pipeline.drivers import lava
 from pipeline.errors import SettingsError
 
 URL = "http://lab.example/ci/42/artifacts"

@@ -66,14 +66,15 @@ def test_a_matrix_cell_step_does_not_take_the_top_build_dirs_lock(make_settings,
                                                                   hold_build_dir, monkeypatch):
     """`doit -n 2 matrix` runs two cells at once: each is a chain in a build dir of its
     own (which locks that), so the cell's step must not wait for the other's lock."""
-    from pipeline import matrix
+    from pipeline.drivers import matrix
+    from pipeline.drivers import tasks as all_tasks
 
     config = make_settings(**{"paths.wait_lock": "false"})
     hold_build_dir(config.layout.build)
     ran = []
     monkeypatch.setattr(matrix, "run_cell", lambda c, cell: ran.append(cell.name))
     run = tasks.RunState()
-    declared = list(tasks.declare(config, run)["task_matrix"]())
+    declared = list(all_tasks.declare(config, run)["tasks"].tasks["matrix"]())
     cell = declared[0]
     assert cell["name"] != "summary"
     assert cell["actions"][0]() is None and ran == [cell["name"]]

@@ -7,7 +7,8 @@ import tarfile
 
 import pytest
 
-from pipeline import manifest, records, repro, reproducer, settings, tarballs
+from pipeline import manifest, records, reproducer, settings, tarballs
+from pipeline.drivers import repro
 from pipeline.errors import InputUnavailable, PipelineError, SettingsError, UserError
 from pipeline.records import (
     ConfigRecord,

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, doit
 
-from pipeline import ktap, matrix
+from pipeline import ktap
+from pipeline.drivers import matrix
+from pipeline.drivers.matrix import Cell
 from pipeline.errors import SettingsError
-from pipeline.matrix import Cell
 from pipeline.results import Outcome, RunReport, write_json
 
 GOLDEN = Path(__file__).parent / "golden"

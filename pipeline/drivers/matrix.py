@@ -28,13 +28,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import chain, settings
-from .errors import PipelineError, SettingsError
-from .ktap import Counts, Status, Test
-from .layout import Layout
-from .results import junit_case, test_from_json
-from .settings import Settings
-from .util import atomic_write_text
+from .. import chain, settings
+from ..errors import PipelineError, SettingsError
+from ..ktap import Counts, Status, Test
+from ..layout import Layout
+from ..results import junit_case, test_from_json
+from ..settings import Settings
+from ..util import atomic_write_text
 
 # Each cell's headline counters: (name, case, the diagnostic line's number).
 HEADLINES = (

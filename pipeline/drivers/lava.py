@@ -21,11 +21,12 @@ import math
 import os
 from pathlib import Path
 
-from . import chain, commands, guest, matrix
-from .errors import PipelineError, SettingsError
-from .layout import Layout
-from .settings import Settings
-from .util import atomic_write_text
+from .. import chain, commands, guest
+from ..errors import PipelineError, SettingsError
+from ..layout import Layout
+from ..settings import Settings
+from ..util import atomic_write_text
+from . import matrix
 
 SUITE_NAME = "kvm-pipeline"  # the LAVA test definition the cases belong to
 JOB_TEMPLATE = "job.yaml.j2"

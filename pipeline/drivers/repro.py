@@ -33,17 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import chain, commands, manifest, tarballs
-from .errors import (
+from .. import chain, commands, manifest, tarballs
+from ..errors import (
     ArtifactsDiffer,
     CommandError,
     InputsDiffer,
     InputUnavailable,
     PipelineError,
 )
-from .layout import Layout
-from .settings import Settings
-from .util import atomic_write_text, file_sha256, remove_tree
+from ..layout import Layout
+from ..settings import Settings
+from ..util import atomic_write_text, file_sha256, remove_tree
 
 log = logging.getLogger("pipeline")
 

@@ -38,14 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import chain, commands, kconfig, kmake, kselftest, ktap
-from .errors import CommandError, EnvironmentProblem, HostFailure, PipelineError, UserError
-from .guest import read_results, selected_suites
-from .layout import Layout
-from .results import Outcome
-from .settings import SECTIONS, Settings
-from .sources import git
-from .util import atomic_write_text, remove_tree
+from .. import chain, commands, kconfig, kmake, kselftest, ktap
+from ..errors import CommandError, EnvironmentProblem, HostFailure, PipelineError, UserError
+from ..guest import read_results, selected_suites
+from ..layout import Layout
+from ..results import Outcome
+from ..settings import SECTIONS, Settings
+from ..sources import git
+from ..util import atomic_write_text, remove_tree
 
 log = logging.getLogger("pipeline")
 
@@ -182,7 +182,7 @@ def verdict_key(settings: Settings, commit: str) -> str:
     layout = settings.layout
     digest = hashlib.sha256(commit.encode() + b"\0")
     tops = [layout.series_root, layout.fragments_dir, layout.kmod_sources, layout.images_root,
-            Path(__file__).parent]  # the last: the pipeline's own code
+            Path(__file__).parent.parent]  # the last: the pipeline's own code (pipeline/)
     for top in tops + kconfig.user_fragment_paths(settings):
         _digest_tree(digest, top)
     digest.update(json.dumps(deciding_settings(settings), sort_keys=True).encode())
