@@ -3,7 +3,7 @@
  * sched_inject: every file of debugfs sched_inject/.  enable, target,
  * period_us, sleep_ms, min_interval_us, burst, count_only, ranges, points
  * and stats, each a thin layer over the settings and state of the other
- * files; their format is documented in the project's README.md.
+ * files; their format is documented in the project's docs/injector.md.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 

@@ -16,7 +16,7 @@
  *
  * Why each check: see the skip reasons (enum inj_skip in sched_inject.h)
  * and docs/design.md.
- * Interface: debugfs sched_inject/ (README.md of the project documents it).
+ * Interface: debugfs sched_inject/ (the project's docs/injector.md documents it).
  *
  * This file: the module parameters, the state the other files share, and
  * load and unload.  The rest of sched_inject.ko:
