@@ -9,6 +9,7 @@ table is in `pipeline.errors` and the README).
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import textwrap
 from pathlib import Path
@@ -16,33 +17,40 @@ from pathlib import Path
 from . import chain, settings, tasks
 from .drivers import bisect
 from .drivers import tasks as all_tasks
-from .errors import INTERRUPTED, PipelineError
+from .errors import INTERRUPTED, Exit, PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _task_lines() -> list[str]:
+    """One line per task: its name and the first line of its doc."""
+    try:
+        config = settings.load(ROOT, {})
+    except PipelineError as exc:  # a broken pipeline.toml: still say what the tasks are
+        return [f"  {name}" for name in (*tasks.STAGE_TASKS, *all_tasks.DRIVER_TASKS)] + \
+            [f"  ({exc})"]
+    table = all_tasks.declare(config)["tasks"].tasks
+    return [f"  {name:<10}{(inspect.getdoc(creator) or '').splitlines()[0]}"
+            for name, creator in table.items()]
+
+
 def _epilog() -> str:
-    lines = ["tasks:"]
-    lines += [f"  {name}" for name in (*tasks.STAGE_TASKS, *all_tasks.DRIVER_TASKS)]
-    lines += ["  step      one bisection step for `git bisect run` (source.ref of source.repo):",
-              "            exit 0 good, 1 bad, 125 skip, 255 abort"]
+    lines = ["tasks:", *_task_lines(),
+             "  step      One bisection step for `git bisect run` (source.ref of source.repo)."]
     lines += ["", "settings (section.key=value; defaults from pipeline/default.toml):"]
     for name, default, comment in settings.documented_keys():
         lines.append(f"  {name} = {default}")
         if comment:
             lines += textwrap.wrap(comment, 76, initial_indent="      ",
                                    subsequent_indent="      ")
-    lines += ["", "exit codes: 0 passed (bisect: culprit found), 1 other failure, 2 bad settings "
-              "or input, 3 the machine lacks something or failed a build (a full disk, a "
-              "killed compiler), 4 the kernel or a module does not compile (a compiler "
-              "diagnostic says so), 5 the tree cannot be built as asked, 10-15 guest "
-              "outcomes (test failures, kernel complaint, panic, boot timeout, test timeout, "
-              "QEMU failed), "
-              "20 bisect: skipped commits leave several candidates, 130 interrupted; "
-              "repro: 0 every input the same and every artifact identical, 11 an input "
-              "differs, 10 an artifact differs, 2 an input of the "
-              "manifest is not available here; matrix: 0 every cell passed, else the first "
-              "failing cell's code"]
+    lines += ["", "exit codes (task: any, unless named; bisect: what a bisection step makes "
+              "of it):"]
+    for row in Exit:
+        code = "*" if row.code is None else str(row.code)
+        where = f"{', '.join(row.tasks)}: " if row.tasks else ""
+        bisect = f" [bisect: {row.bisect}]" if row.bisect else ""
+        lines += textwrap.wrap(f"{where}{row.meaning}{bisect}", 76,
+                               initial_indent=f"  {code:<4}", subsequent_indent="      ")
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import console, history, kselftest, ktap, qemu
-from .errors import MissingStepError, PipelineError, UserError
+from .errors import MissingStepError, RunFailed, UserError
 from .results import (
     Outcome,
     RunReport,
@@ -39,14 +39,6 @@ INIT = "/usr/local/sbin/pipeline-init"
 INIT_MARKER = "pipeline-init: running suite"
 RESULT_FILES = ("console.log", "ktap.log", "status", "junit.xml", "results.json", "vcpus.txt")
 
-
-class RunFailed(PipelineError):
-    """The guest run ended in an outcome other than PASSED."""
-
-    def __init__(self, outcome: Outcome, why: str):
-        super().__init__(f"{outcome.label}: {why}")
-        self.outcome = outcome
-        self.exit_code = outcome.value
 
 
 def kernel_cmdline(settings: Settings, suite: str, extra: tuple[str, ...] = ()) -> list[str]:

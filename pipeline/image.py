@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import commands, failure, manifest, records, tarballs
-from .errors import CommandError, EnvironmentProblem, HostFailure, ImageError, UserError
+from .errors import (
+    BaseImageError,
+    CommandError,
+    EnvironmentProblem,
+    HostFailure,
+    ImageError,
+    UserError,
+)
 from .layout import Layout
 from .records import ImageRecord, KernelRecord, KmodRecord, SelftestsRecord
 from .settings import Settings
@@ -52,9 +59,6 @@ NETWORK_MARKERS = ("Temporary failure resolving", "Could not resolve", "Failed t
 # mkfs.ext4 -d: the files do not fit the image's size (image.size_mb), a setting.
 IMAGE_FULL = re.compile(r"Could not allocate (?:block|inode)|No free space in the")
 
-
-class BaseImageError(UserError):
-    """image.base cannot be pulled: a wrong reference or an unreachable registry."""
 
 
 def image_inputs(settings: Settings) -> list[Path]:

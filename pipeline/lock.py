@@ -17,14 +17,11 @@ import logging
 import os
 from collections.abc import Iterator
 
-from .errors import EnvironmentProblem, PipelineError
+from .errors import BuildDirBusy, PipelineError
 from .layout import Layout
 
 log = logging.getLogger("pipeline")
 
-
-class BuildDirBusy(EnvironmentProblem):
-    """Another run holds the build dir (paths.wait_lock=false)."""
 
 
 @contextlib.contextmanager

@@ -12,24 +12,22 @@ from pathlib import Path
 
 from . import kselftest
 from .console import Finding
+from .errors import Exit
 from .ktap import Status, Test
 from .util import atomic_write_text
 
 
-class Outcome(enum.Enum):
-    """How a run ended; the value is `python -m pipeline`'s exit code."""
-
-    PASSED = 0
-    TEST_FAILURES = 10
-    CONSOLE_BADNESS = 11
-    KERNEL_PANIC = 12
-    BOOT_TIMEOUT = 13
-    TEST_TIMEOUT = 14
-    QEMU_FAILED = 15
-
+class _GuestOutcome(enum.Enum):
     @property
     def label(self) -> str:
         return self.name.lower().replace("_", " ")
+
+
+# How a run of the guest ended: the rows of the exit-code table for `boot` and
+# `test`, and PASSED; the value is `python -m pipeline`'s exit code.
+Outcome = _GuestOutcome("Outcome", [(row.name, row.code) for row in Exit
+                                    if row is Exit.PASSED or "test" in row.tasks],
+                        module=__name__)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from conftest import new_repo
 
 from pipeline.drivers import bisect
 from pipeline.drivers.bisect import ANY_FAILURE, Run, Symptom, combine, judge, miss_chance
-from pipeline.errors import EnvironmentProblem, UserError
+from pipeline.errors import BisectAmbiguous, EnvironmentProblem, UserError
 from pipeline.settings import SECTIONS
 
 SYMPTOM = Symptom(outcome="test failures", cases=("smoke.injection_rate",), shown=3, runs=3)
@@ -216,7 +216,7 @@ def test_skipped_commits_can_leave_candidates(make_settings, history, monkeypatc
             Run(0, "passed", passed=("a.b",))
 
     monkeypatch.setattr(bisect, "run_once", run_once)
-    with pytest.raises(bisect.BisectAmbiguous) as failure:
+    with pytest.raises(BisectAmbiguous) as failure:
         bisect.bisect(s)
     assert failure.value.exit_code == 20
     report = s.layout.bisect_report.read_text()

@@ -5,6 +5,11 @@ import sys
 
 from conftest import ROOT, doit
 
+from pipeline import records
+from pipeline.errors import Exit, exit_table
+from pipeline.layout import Layout
+from pipeline.records import SourceRecord
+
 
 def test_doit_list_reads_like_a_table_of_contents():
     out = doit("list").stdout
@@ -15,7 +20,7 @@ def test_doit_list_reads_like_a_table_of_contents():
 
 def test_bad_setting_on_command_line_fails_cleanly(tmp_path):
     proc = doit("build", "kernel.variant=fast", f"paths.build={tmp_path}/b", check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 3  # doit's "error before tasks ran", as the README says
     assert "kernel.variant in the command line is 'fast': allowed values are default, debug" \
         in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -24,14 +29,14 @@ def test_bad_setting_on_command_line_fails_cleanly(tmp_path):
 
 def test_unknown_key_on_command_line(tmp_path):
     proc = doit("build", "kernel.varient=debug", f"paths.build={tmp_path}/b", check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 3
     assert "unknown setting kernel.varient=debug" in proc.stderr
 
 
 def test_failing_step_reports_without_traceback(tmp_path):
     proc = doit("fetch", "source.package=linux-source-0.1", f"paths.build={tmp_path}/b",
                 f"paths.cache={tmp_path}/c", check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 1  # doit: a task failed
     out = proc.stdout + proc.stderr
     assert "fetch: apt knows no package 'linux-source-0.1'" in out
     assert "Traceback" not in out
@@ -67,10 +72,33 @@ def test_clean_keeps_the_download_cache(tmp_path, http_server):
             f"source.url={http_server.url}/linux.tar.gz",
             f"source.sha256={hashlib.sha256(data).hexdigest()}"]
     doit("fetch", *args)
-    assert (tmp_path / "b/src/linux/Makefile").is_file()
+    source_record = records.path(SourceRecord, Layout(ROOT, tmp_path / "b", tmp_path / "c"))
+    assert (tmp_path / "b/src/linux/Makefile").is_file() and source_record.is_file()
     cached = list((tmp_path / "c/tarballs").iterdir())
     assert len(cached) == 1
     doit("clean", "fetch", *args)
     assert not (tmp_path / "b/src/linux").exists()
-    assert not (tmp_path / "b/src/fetch.json").exists()
+    assert not source_record.exists()
     assert list((tmp_path / "c/tarballs").iterdir()) == cached
+
+
+def test_the_readmes_exit_code_table_is_the_codes():
+    """The README's table is pipeline.errors.Exit's, row for row (regenerate it with
+    `python -c 'from pipeline.errors import exit_table; print(exit_table())'`)."""
+    readme = (ROOT / "README.md").read_text()
+    marker = "<!-- exit codes: generated from pipeline.errors.Exit, checked by tests/test_cli.py -->\n"
+    assert marker in readme
+    table = readme.split(marker, 1)[1].split("\n\n", 1)[0] + "\n"
+    assert table == exit_table()
+
+
+def test_help_describes_every_task_and_exit_code():
+    out = run_pipeline("--help").stdout
+    tasks = out.split("tasks:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [line.split()[0] for line in tasks][:14] == [
+        "fetch", "patch", "config", "kernel", "kmod", "selftests", "image", "build", "boot",
+        "test", "bisect", "repro", "matrix", "lava"]
+    assert all(len(line.split()) > 3 for line in tasks), tasks  # a description each
+    codes = out.split("exit codes", 1)[1]
+    for row in Exit:
+        assert row.meaning.split()[0] in codes and f"  {row.code if row.code is not None else '*'}" in codes

@@ -19,6 +19,7 @@ import pytest
 from conftest import E2E_BUILD, ROOT
 
 from pipeline import image, settings
+from pipeline.errors import BaseImageError
 from pipeline.results import Outcome
 
 pytestmark = pytest.mark.slow
@@ -177,7 +178,7 @@ def test_base_image_from_a_registry(kernel_build, local_registry, tmp_path):
 def test_missing_registry_image_is_a_clear_error(kernel_build, local_registry):
     s = settings.load(ROOT, {"paths.build": E2E_BUILD,
                              "image.base": f"{local_registry}/nothing:here"})
-    with pytest.raises(image.BaseImageError, match=r"cannot pull image\.base"):
+    with pytest.raises(BaseImageError, match=r"cannot pull image\.base"):
         image.ensure_base(docker.from_env(), s, reimport=False)
 
 

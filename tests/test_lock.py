@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import lock, tasks
-from pipeline.errors import PipelineError
+from pipeline.errors import BuildDirBusy, PipelineError
 from pipeline.layout import Layout
 
 
@@ -24,7 +24,7 @@ def holder(tmp_path, hold_build_dir):
 
 
 def test_a_second_run_fails_at_once_naming_the_holder(tmp_path, holder):
-    with pytest.raises(lock.BuildDirBusy) as busy, \
+    with pytest.raises(BuildDirBusy) as busy, \
             lock.holding(layout_of(tmp_path), wait=False):
         pytest.fail("two holders")
     assert f"in use by another run (pid {holder.pid})" in str(busy.value)
@@ -80,4 +80,4 @@ def test_a_matrix_cell_step_does_not_take_the_top_build_dirs_lock(make_settings,
     assert cell["actions"][0]() is None and ran == [cell["name"]]
     summary = next(task for task in declared if task["name"] == "summary")
     assert summary["actions"][0]() is not None  # it writes the top build dir: locked
-    assert isinstance(run.error, lock.BuildDirBusy)
+    assert isinstance(run.error, BuildDirBusy)

@@ -21,7 +21,7 @@ from conftest import ROOT, doit
 from pipeline import ktap
 from pipeline.drivers import matrix
 from pipeline.drivers.matrix import Cell
-from pipeline.errors import SettingsError
+from pipeline.errors import MatrixFailed, SettingsError
 from pipeline.results import Outcome, RunReport, write_json
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -139,7 +139,7 @@ def test_failed_cells_are_rows_and_the_matrix_fails_with_the_first_code(make_set
     new, old = matrix.picked_cells(config)
     write_cell(config, new, 4, None, error="kernel: the kernel does not compile")
     write_cell(config, old, 10, "default-passed.ktap", Outcome.TEST_FAILURES)
-    with pytest.raises(matrix.MatrixFailed) as failure:
+    with pytest.raises(MatrixFailed) as failure:
         matrix.finish(config)
     assert failure.value.exit_code == 4
     assert "2 of 2 cells failed: 6.12-default-patched, 6.1-default-patched" in str(failure.value)
@@ -171,7 +171,7 @@ def test_a_cell_whose_settings_are_refused_is_a_row_and_the_others_run(make_sett
     assert matrix.run_cell(config, new)["failed_at"] == "settings"
     assert matrix.run_cell(config, old)["failed_at"] == "build"
     assert ran == [("build", "6.1-default-patched")]
-    with pytest.raises(matrix.MatrixFailed) as failure:
+    with pytest.raises(MatrixFailed) as failure:
         matrix.finish(config)
     assert failure.value.exit_code == 2
     summary = json.loads(config.layout.matrix_summary.read_text())
@@ -186,7 +186,7 @@ def test_an_earlier_runs_results_are_not_this_runs(make_settings):
     record = json.loads(matrix.cell_record(config.layout, cell).read_text())
     record["started"] = time.time() + 60  # results.json is older than this run
     matrix.cell_record(config.layout, cell).write_text(json.dumps(record))
-    with pytest.raises(matrix.MatrixFailed):
+    with pytest.raises(MatrixFailed):
         matrix.finish(config)
     row = json.loads(config.layout.matrix_summary.read_text())["cells"][0]
     assert row["cases"] == {} and row["outcome"] == "failed at test"
@@ -195,7 +195,7 @@ def test_an_earlier_runs_results_are_not_this_runs(make_settings):
 def test_a_cell_not_run_is_a_failed_row(make_settings):
     config = make_settings(**{"matrix.lines": "linux-source-6.12", "matrix.variants": "default",
                               "matrix.patch": "patched"})
-    with pytest.raises(matrix.MatrixFailed, match="1 of 1 cells failed"):
+    with pytest.raises(MatrixFailed, match="1 of 1 cells failed"):
         matrix.finish(config)
     assert json.loads(config.layout.matrix_summary.read_text())["cells"][0]["outcome"] == \
         "not run"

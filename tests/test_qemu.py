@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import guest, history, qemu, settings
-from pipeline.errors import UserError
+from pipeline.errors import RunFailed, UserError
 from pipeline.qemu import ACCELERATORS
 from pipeline.results import Outcome, RunReport
 
@@ -203,7 +203,7 @@ def fake_run_suite(verdicts: list[str], ktap: str):
         results.mkdir(parents=True)
         (results / "ktap.log").write_text(ktap.format(v=verdict))
         if verdict != "ok":
-            raise guest.RunFailed(Outcome.TEST_FAILURES, "1 failed")
+            raise RunFailed(Outcome.TEST_FAILURES, "1 failed")
         return RunReport(suite=suite, outcome=Outcome.PASSED, why="", accel="tcg",
                          accel_why="", guest_status=0, seconds={})
 
@@ -218,7 +218,7 @@ def test_repeat_summarises_each_case_and_raises_the_first_failure(make_settings,
         ["ok", "not ok", "ok"],
         "KTAP version 1\n1..1\n    KTAP version 1\n    1..2\n    ok 1 rate\n"
         "    {v} 2 integrity\n{v} 1 smoke\n"))
-    with pytest.raises(guest.RunFailed) as failure:
+    with pytest.raises(RunFailed) as failure:
         guest.test_suite(s)
     assert failure.value.exit_code == Outcome.TEST_FAILURES.value
     summary = json.loads((s.layout.results / "repeat.json").read_text())

@@ -39,7 +39,15 @@ from pathlib import Path
 from typing import Any
 
 from .. import chain, commands, kconfig, kmake, kselftest, ktap
-from ..errors import CommandError, EnvironmentProblem, HostFailure, PipelineError, UserError
+from ..errors import (
+    BisectAmbiguous,
+    CommandError,
+    EnvironmentProblem,
+    Exit,
+    HostFailure,
+    PipelineError,
+    UserError,
+)
 from ..guest import read_results, selected_suites
 from ..layout import Layout
 from ..results import Outcome
@@ -49,23 +57,19 @@ from ..util import atomic_write_text, remove_tree
 
 log = logging.getLogger("pipeline")
 
-# chain outcome codes a step cannot judge: the tree, not the symptom.
-SKIP_CODES = {4: "the kernel or a module does not compile",
-              5: "the tree cannot be built as asked"}
-GUEST_CODES = {o.value for o in Outcome if o not in (Outcome.PASSED, Outcome.QEMU_FAILED)}
+# The chain's exit codes a step cannot judge (the tree, not the symptom), and the
+# guest outcomes it judges: the table's bisect column (pipeline.errors.Exit).
+SKIP_CODES = {row.code: row.meaning.split(":")[0] for row in Exit
+              if row.bisect == "skip" and not row.tasks}
+GUEST_CODES = {row.code for row in Exit if row.bisect == "bad" and "test" in row.tasks}
 # git's old/new terms per search: (term for the older ref, term for the newer ref).
 TERMS = {"regression": ("good", "bad"), "fix": ("broken", "fixed")}
-# `git bisect run`'s language for the step command.
-STEP_EXIT = {"good": 0, "bad": 1, "skip": 125, "abort": 255}
+# `git bisect run`'s language for the step command: verdict -> exit code.
+STEP_EXIT = {row.bisect: row.code for row in Exit if row.tasks == ("step",)}
 SKIPPED_ONLY = "There are only 'skip'ped commits left to test"
 FIRST = re.compile(r"^([0-9a-f]{40}) is the first \w+ commit", re.M)
 COMMIT_LINE = re.compile(r"^([0-9a-f]{40})$", re.M)
 
-
-class BisectAmbiguous(PipelineError):
-    """Skipped commits leave several candidates for the first bad commit."""
-
-    exit_code = 20
 
 
 # ------------------------------------------------------------------ verdicts

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import chain, settings
-from ..errors import PipelineError, SettingsError
+from ..errors import MatrixFailed, PipelineError, SettingsError
 from ..ktap import Counts, Status, Test
 from ..layout import Layout
 from ..results import junit_case, test_from_json
@@ -45,13 +45,6 @@ HEADLINES = (
 )
 GUEST_SLOT_POLL = 2.0  # seconds between looks for a free guest slot
 
-
-class MatrixFailed(PipelineError):
-    """A cell of the matrix failed; the exit code is the first failing cell's."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
