@@ -15,7 +15,10 @@ or its record changed; a record of another schema counts as missing.
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
+import hashlib
 import importlib
 import inspect
 import logging
@@ -23,6 +26,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
@@ -32,7 +36,6 @@ from . import (
     image,
     kbuild,
     kconfig,
-    kmake,
     lock,
     manifest,
     patch,
@@ -51,9 +54,11 @@ from .records import (
     SeriesRecord,
     SourceRecord,
 )
-from .util import code_version, remove_tree
+from .util import remove_tree
 
 log = logging.getLogger("pipeline")
+
+PACKAGE = Path(__file__).resolve().parent  # pipeline/
 
 # In the order `doit list` shows them: the table of contents.
 STAGE_TASKS = ("fetch", "patch", "config", "kernel", "kmod", "selftests", "image", "build",
@@ -135,13 +140,58 @@ def refusal(step: str, error: PipelineError, config: settings.Settings,
     return action(step, refuse, config, run)
 
 
-def unchanged(settings_part: object, *modules: object) -> config_changed:
+def code_files(stage: ModuleType) -> list[Path]:
+    """The files of a stage's code: its module and every module of pipeline/ it imports,
+    transitively (read from the files, not imported)."""
+    todo, seen = [Path(stage.__file__)], set()
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo.extend(_imports(path))
+    return sorted(seen)
+
+
+@functools.cache
+def _imports(path: Path) -> tuple[Path, ...]:
+    """The files of pipeline/ that the module at `path` imports (relative imports only:
+    the package's own)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not (isinstance(node, ast.ImportFrom) and node.level):
+            continue
+        base = path.parent
+        for _ in range(node.level - 1):
+            base = base.parent
+        if node.module:
+            base = base.joinpath(*node.module.split("."))
+        for name in [base, *(base / alias.name for alias in node.names)]:
+            found.update(file for file in (name.with_suffix(".py"), name / "__init__.py")
+                         if file.is_file() and file.is_relative_to(PACKAGE))
+    return tuple(sorted(found))
+
+
+class unchanged(config_changed):
     """doit uptodate: the step's settings and code are as at its last run.
 
-    One config_changed per task: doit keeps a single saved value for it, so
-    two in one task would overwrite each other and the task never settles.
+    The code is the stage module's with everything of pipeline/ it imports
+    (`code_files`), hashed only when doit asks (not for every task loaded).
+    One per task: doit keeps a single saved value for it, so two in one task
+    would overwrite each other and the task never settles.
     """
-    return config_changed({"settings": settings_part, "code": code_version(*modules)})
+
+    def __init__(self, settings_part: object, stage: ModuleType):
+        super().__init__({})
+        self.settings_part = settings_part
+        self.stage = stage
+
+    def _calc_digest(self) -> str:
+        digest = hashlib.sha256()
+        for path in code_files(self.stage):
+            digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+        self.config = {"settings": self.settings_part, "code": digest.hexdigest()}
+        return super()._calc_digest()
 
 
 def has_record(cls: type, config: settings.Settings) -> Callable[[], bool]:
@@ -196,7 +246,7 @@ def stage_tasks(config: settings.Settings, run: RunState) -> TaskTable:
         return {
             "actions": [action("patch", patch.patch_tree, config, run)],
             "file_dep": [record_of(SourceRecord), *patch.all_series_files(config)],
-            "uptodate": [unchanged(config.digest("patch"), patch, sources.version, records),
+            "uptodate": [unchanged(config.digest("patch"), patch),
                          has_record(SeriesRecord, config)],
             "targets": [record_of(SeriesRecord)],
             "clean": True,
@@ -211,7 +261,7 @@ def stage_tasks(config: settings.Settings, run: RunState) -> TaskTable:
                          *kconfig.all_fragment_paths(config)],
             "uptodate": [unchanged({"variant": config.kernel.variant,
                                     "fragments": config.kernel.fragments, **runtime},
-                                   kconfig, kmake, sources.version, records),
+                                   kconfig),
                          has_record(ConfigRecord, config)],
             "targets": [layout.kernel_config, record_of(ConfigRecord)],
             "clean": True,
@@ -222,7 +272,7 @@ def stage_tasks(config: settings.Settings, run: RunState) -> TaskTable:
         return {
             "actions": [action("kernel", kbuild.build_kernel, config, run)],
             "file_dep": [layout.kernel_config, record_of(SourceRecord), record_of(SeriesRecord)],
-            "uptodate": [unchanged(runtime, kbuild, kmake, records),
+            "uptodate": [unchanged(runtime, kbuild),
                          has_record(KernelRecord, config)],
             "targets": [layout.bzimage, layout.kernel_json, layout.modules_sha256],
             "clean": [remover(layout.kbuild, layout.artifacts)],
@@ -233,7 +283,7 @@ def stage_tasks(config: settings.Settings, run: RunState) -> TaskTable:
         return {
             "actions": [action("kmod", kbuild.build_kmod, config, run)],
             "file_dep": [layout.modules_sha256, *kbuild.kmod_sources(config)],
-            "uptodate": [unchanged(runtime, kbuild, kmake, records),
+            "uptodate": [unchanged(runtime, kbuild),
                          has_record(KmodRecord, config)],
             "targets": [layout.kmod_sha256, record_of(KmodRecord)],
             "clean": [remover(layout.kmod_work, layout.kmod, layout.kmod_sha256,
@@ -249,7 +299,7 @@ def stage_tasks(config: settings.Settings, run: RunState) -> TaskTable:
             # config or anything else does not run it.
             "file_dep": [record_of(SourceRecord), record_of(SeriesRecord)],
             "uptodate": [unchanged({"build": config.kselftest.build, **runtime},
-                                   selftests, kmake, records),
+                                   selftests),
                          has_record(SelftestsRecord, config) if config.kselftest.build
                          else (lambda: not layout.selftests.exists())],
             "targets": [layout.selftests_sha256],
@@ -263,7 +313,7 @@ def stage_tasks(config: settings.Settings, run: RunState) -> TaskTable:
             "actions": [action("image", image.build_image, config, run)],
             "file_dep": [layout.modules_sha256, layout.kmod_sha256, layout.selftests_sha256,
                          *image.image_inputs(config)],
-            "uptodate": [unchanged(config.digest("image"), image, records),
+            "uptodate": [unchanged(config.digest("image"), image),
                          has_record(ImageRecord, config)],
             "targets": [layout.rootfs, layout.image_json, layout.dockerfile],
             "clean": [remover(layout.image_work, layout.rootfs, layout.image_json,

@@ -16,7 +16,7 @@ from conftest import ROOT, make_tarball
 from doit.cmd_base import ModuleTaskLoader
 from doit.doit_cmd import DoitMain
 
-from pipeline import chain, kbuild, records, settings
+from pipeline import chain, kbuild, records, settings, tasks
 from pipeline import cli as entry
 from pipeline.errors import INTERRUPTED
 from pipeline.records import KernelRecord, KmodRecord, SourceRecord
@@ -221,3 +221,25 @@ def test_results_and_records_are_readable_by_other_users(fake_chain):
     for path in (s.layout.kernel_json, s.layout.modules_sha256, records.path(SourceRecord,
                                                                                s.layout)):
         assert path.stat().st_mode & 0o044 == 0o044, path
+
+
+def test_a_stages_code_is_what_it_imports():
+    """kbuild's code: kbuild.py and the modules it imports, transitively; not the guest's."""
+    files = tasks.code_files(kbuild)
+    for name in ("kbuild.py", "kmake.py", "records.py", "settings.py", "errors.py"):
+        assert tasks.PACKAGE / name in files, name
+    for name in ("guest.py", "qemu.py", "tasks.py", "chain.py", "drivers/bisect.py"):
+        assert tasks.PACKAGE / name not in files, name
+
+
+def test_a_change_of_the_stages_code_makes_it_run_again(fake_chain, monkeypatch):
+    s = settings.load(ROOT, fake_chain)
+    code = [tasks.PACKAGE / "kbuild.py"]
+    monkeypatch.setattr(tasks, "code_files", lambda stage: code)
+    assert chain.run(["kernel"], s).ok
+    built = s.layout.kernel_json.stat().st_mtime_ns
+    assert chain.run(["kernel"], s).ok
+    assert s.layout.kernel_json.stat().st_mtime_ns == built  # up to date
+    code.append(tasks.PACKAGE / "kmake.py")  # as if kmake.py had changed
+    assert chain.run(["kernel"], s).ok
+    assert s.layout.kernel_json.stat().st_mtime_ns != built
