@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import new_repo
+from helpers import new_repo
 
 from pipeline.drivers import bisect
 from pipeline.drivers.bisect import ANY_FAILURE, Run, Symptom, combine, judge, miss_chance

@@ -12,9 +12,9 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_tarball
 from doit.cmd_base import ModuleTaskLoader
 from doit.doit_cmd import DoitMain
+from helpers import ROOT, make_tarball
 
 from pipeline import chain, kbuild, records, settings, tasks
 from pipeline import cli as entry

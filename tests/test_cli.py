@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from conftest import ROOT, doit
+from helpers import ROOT, doit
 
 from pipeline import records
 from pipeline.errors import Exit, exit_table
@@ -65,7 +65,7 @@ def test_clean_keeps_the_download_cache(tmp_path, http_server):
     """`doit clean` removes what the tasks made; downloads stay for the next build."""
     import hashlib
 
-    from conftest import FAKE_MAKEFILE, make_tarball
+    from helpers import FAKE_MAKEFILE, make_tarball
     data = make_tarball({"Makefile": FAKE_MAKEFILE})
     http_server.files["/linux.tar.gz"] = data
     args = [f"paths.build={tmp_path}/b", f"paths.cache={tmp_path}/c", "source.kind=tarball",

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 from kernel_history import BROKEN_BUILD, CULPRIT, make_history, pristine_tree
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 
 import docker
 import pytest
-from conftest import E2E_BUILD, ROOT
+from helpers import E2E_BUILD, ROOT
 
 from pipeline import image, settings
 from pipeline.errors import BaseImageError

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import E2E_BUILD, ROOT, doit, tasks_run
+from helpers import E2E_BUILD, ROOT, doit, tasks_run
 
 from pipeline import kconfig, records, settings
 from pipeline.errors import ConfigError

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import E2E_BUILD, OUR_SUITES, ROOT, show, suite_cases
+from helpers import E2E_BUILD, OUR_SUITES, ROOT, show, suite_cases
 
 from pipeline import kmake, ktap, records
 from pipeline.records import SourceRecord

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import E2E_BUILD, OUR_CASES, ROOT
+from helpers import E2E_BUILD, OUR_CASES, ROOT
 
 from pipeline import ktap
 

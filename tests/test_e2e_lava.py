@@ -22,7 +22,7 @@ import threading
 
 import pytest
 import yaml
-from conftest import E2E_BUILD, ROOT, doit, suite_cases
+from helpers import E2E_BUILD, ROOT, doit, suite_cases
 
 from pipeline import settings
 from pipeline.drivers import lava

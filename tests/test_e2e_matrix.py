@@ -21,7 +21,7 @@ import sys
 import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import OUR_CASES, ROOT
+from helpers import OUR_CASES, ROOT
 
 from pipeline import ktap, settings
 from pipeline.drivers import matrix

@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CLONE, show
-from conftest import clone_pipeline as pipeline
+from helpers import CLONE, show
+from helpers import clone_pipeline as pipeline
 
 from pipeline import manifest, records
 from pipeline.records import SourceRecord

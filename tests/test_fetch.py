@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import make_tarball, new_repo
+from helpers import make_tarball, new_repo
 
 from pipeline import records, sources
 from pipeline.errors import SourceError

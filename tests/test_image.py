@@ -1,7 +1,7 @@
 """Image step pieces that need no engine: the template and engine errors."""
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from pipeline import image, settings
 from pipeline.errors import EnvironmentProblem

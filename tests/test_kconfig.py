@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from pipeline import kconfig, settings
 from pipeline.errors import ConfigError, SettingsError

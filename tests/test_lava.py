@@ -11,7 +11,7 @@ import re
 
 import pytest
 import yaml
-from conftest import ROOT, doit
+from helpers import ROOT, doit
 
 from pipeline import settings
 from pipeline.drivers import lava

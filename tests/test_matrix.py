@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, doit
+from helpers import ROOT, doit
 
 from pipeline import ktap
 from pipeline.drivers import matrix

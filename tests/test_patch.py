@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_tarball
+from helpers import ROOT, make_tarball
 
 from pipeline import patch, records, sources
 from pipeline.errors import PatchError

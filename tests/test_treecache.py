@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_X86_C, make_tarball
+from helpers import FAKE_X86_C, make_tarball
 from test_patch import write_series, x86_patch
 
 from pipeline import patch, sources
