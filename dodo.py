@@ -2,7 +2,7 @@
 
 The tasks are declared from one Settings value by `pipeline.drivers.tasks.declare`
 (so `python -m pipeline` declares them the same way).
-Settings come from pipeline/default.toml, an optional pipeline.toml, and
+Settings come from the schema's defaults (pipeline/settings.py), an optional pipeline.toml, and
 the `section.key=value` words of the command line, e.g.
 `doit build kernel.variant=debug`.  A bad setting stops here, before any
 task, with doit's "error before tasks ran" code (3).

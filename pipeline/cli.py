@@ -37,7 +37,7 @@ def _task_lines() -> list[str]:
 def _epilog() -> str:
     lines = ["tasks:", *_task_lines(),
              "  step      One bisection step for `git bisect run` (source.ref of source.repo)."]
-    lines += ["", "settings (section.key=value; defaults from pipeline/default.toml):"]
+    lines += ["", "settings (section.key=value or pipeline.toml; schema: pipeline/settings.py):"]
     for name, default, comment in settings.documented_keys():
         lines.append(f"  {name} = {default}")
         if comment:

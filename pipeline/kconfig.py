@@ -16,16 +16,15 @@ from . import failure, kmake, records
 from .errors import CommandError, ConfigError, SettingsError
 from .kmake import Make
 from .records import ConfigRecord, SourceRecord
-from .settings import Settings
+from .settings import VARIANTS, Settings
 from .sources import kernel_line
 from .util import file_sha256, remove_tree
 
 log = logging.getLogger("pipeline")
 
-VARIANT_FRAGMENTS = {
-    "default": ("guest.config", "kvm.config", "selftests.config", "production.config"),
-    "debug": ("guest.config", "kvm.config", "selftests.config", "debug.config"),
-}
+# Every variant's fragments: the common ones, then the variant's own (settings.VARIANTS).
+COMMON_FRAGMENTS = ("guest.config", "kvm.config", "selftests.config")
+VARIANT_FRAGMENTS = {variant: (*COMMON_FRAGMENTS, own) for variant, own in VARIANTS.items()}
 _SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 

@@ -4,18 +4,18 @@ bisected end to end in test_e2e_bisect.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 from pathlib import Path
 
+import msgspec
 import pytest
 from helpers import new_repo
 
 from pipeline.drivers import bisect
 from pipeline.drivers.bisect import ANY_FAILURE, Run, Symptom, combine, judge, miss_chance
 from pipeline.errors import BisectAmbiguous, EnvironmentProblem, UserError
-from pipeline.settings import SECTIONS
+from pipeline.settings import SECTIONS, keys_of
 
 SYMPTOM = Symptom(outcome="test failures", cases=("smoke.injection_rate",), shown=3, runs=3)
 PANIC = Symptom(outcome="kernel panic", cases=(), shown=1, runs=1)
@@ -93,12 +93,14 @@ def test_cache_key_covers_every_setting_that_decides_the_verdict(make_settings):
     deciding = set(bisect.deciding_settings(base))
     assert {"kselftest.tests", "kselftest.timeout", "test.cases", "kernel.variant",
             "kernel.runtime", "boot.smp", "image.size_mb"} <= deciding
-    for section, cls in SECTIONS.items():
-        for field in dataclasses.fields(cls):
-            name = f"{section}.{field.name}"
+    for section in SECTIONS:
+        for field in keys_of(section):
+            name = f"{section}.{field}"
             section_value = getattr(base, section)
-            other = dataclasses.replace(base, **{section: dataclasses.replace(
-                section_value, **{field.name: changed(getattr(section_value, field.name))})})
+            # An unvalidated copy: the key must see any change, valid or not.
+            copy = msgspec.structs.replace(section_value)
+            msgspec.structs.force_setattr(copy, field, changed(getattr(section_value, field)))
+            other = msgspec.structs.replace(base, **{section: copy})
             same = bisect.verdict_key(other, "a" * 40) == key
             assert same == (name not in deciding), name
     # How a build runs does not change its verdict.

@@ -53,14 +53,19 @@ lines = ["linux-source-6.12"]
 variants = ["default", "debug"]
 patch = ["patched", "stock"]
 cells = "{DEBUG},{STOCK}"
-settings = [
-    "*-debug-*:boot.boot_timeout=400", "*-debug-*:boot.test_timeout=2400",
-    "*-debug-*:test.injection_seconds=5", "*-debug-*:test.kvm_seconds=10",
-    "*-debug-*:test.lifecycle_cycles=20", "*-debug-*:kselftest.tests={DEBUG_SELFTEST}",
-    "*-debug-*:test.cases=smoke,lifecycle,sections,kvm,kselftest.{DEBUG_SELFTEST}",
-    "*-stock:kselftest.tests={STOCK_SELFTESTS}",
-    "*-stock:test.cases=kvm.kvm_patch_effect,kselftest.count_only",
-]
+
+[matrix.settings."*-debug-*"]
+boot.boot_timeout = 400
+boot.test_timeout = 2400
+test.injection_seconds = 5
+test.kvm_seconds = 10
+test.lifecycle_cycles = 20
+test.cases = "smoke,lifecycle,sections,kvm,kselftest.{DEBUG_SELFTEST}"
+kselftest.tests = "{DEBUG_SELFTEST}"
+
+[matrix.settings."*-stock"]
+kselftest.tests = "{STOCK_SELFTESTS}"
+test.cases = "kvm.kvm_patch_effect,kselftest.count_only"
 """
 
 
@@ -202,7 +207,7 @@ def test_one_lava_job_per_cell(matrix_run):
         [sys.executable, "-m", "pipeline", "lava", "lava.matrix=true",
          f"paths.build={MATRIX_BUILD}", "kernel.runtime=docker",
          "matrix.lines=linux-source-6.12", f"matrix.cells={DEBUG},{STOCK}",
-         "matrix.settings=*-debug-*:boot.boot_timeout=400,*-debug-*:test.cases=smoke",
+         'matrix.settings={"*-debug-*" = {boot.boot_timeout = 400, test.cases = "smoke"}}',
          "lava.artifacts_url=https://ci.example/42/{cell}/artifacts"],
         cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

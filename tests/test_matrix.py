@@ -44,12 +44,19 @@ def test_cells_are_lines_by_variants_by_patch(make_settings):
     ("matrix.variants", "default,fast", "one or more of default, debug"),
     ("matrix.patch", "", "one or more of patched, stock"),
     ("matrix.lines", "linux-6.12", "Debian kernel source packages"),
-    ("matrix.settings", "*-debug-*:boot.nope=1", "CELL-GLOB:section.key=value"),
-    ("matrix.settings", "*-debug-*:boot.smp=two", "boot.smp=two .*whole number"),
+    ("matrix.settings", '{"*-debug-*" = {boot.nope = 1}}',
+     r"sets boot\.nope for '\*-debug-\*': there is no such setting"),
+    ("matrix.settings", '{"*-debug-*" = {boot.smp = "two"}}',
+     r"boot\.smp in matrix\.settings\['\*-debug-\*'\] in the command line is 'two': it must be "
+     "a whole number"),
+    ("matrix.settings", "*-debug-*:boot.smp=2", "it must be a TOML inline table"),
+    ("matrix.settings", '{"*-debug-*" = {boot = 400}}', "must be a table of cell globs, each a table of section tables"),
     ("matrix.lines", "linux-source-6.12,linux-source-6.12", "names linux-source-6.12 twice"),
-    ("matrix.settings", "*:paths.build=/tmp/x", "sets paths.build .*what makes a cell"),
-    ("matrix.settings", "6.1-*:kernel.variant=debug", "sets kernel.variant"),
-    ("matrix.settings", "*:lava.matrix=true", "sets lava.matrix"),
+    ("matrix.settings", '{"*" = {paths.build = "/tmp/x"}}', "sets paths.build .*what makes a cell"),
+    ("matrix.settings", '{"6.1-*" = {kernel.variant = "debug"}}', "sets kernel.variant"),
+    ("matrix.settings", '{"*" = {lava.matrix = true}}', "sets lava.matrix"),
+    ("matrix.settings", '{"6.1-*" = {test.cases = "smoke kvm"}}',
+     r"test\.cases in matrix\.settings\['6\.1-\*'\] in the command line is 'smoke kvm'"),
 ])
 def test_bad_matrix_settings_are_refused(make_settings, key, value, message):
     with pytest.raises(SettingsError, match=message):
@@ -59,9 +66,9 @@ def test_bad_matrix_settings_are_refused(make_settings, key, value, message):
 def test_a_cell_has_its_settings_and_the_matching_entries(make_settings):
     config = make_settings(**{
         "source.version": "6.12.57-1", "test.repeat": "5", "boot.smp": "1",
-        "matrix.settings": "*-debug-*:boot.boot_timeout=400,"
-                           "6.1-*:test.cases=smoke,kvm.kvm_patch_effect,"
-                           "*:boot.smp=2"})
+        "matrix.settings": '{"*-debug-*" = {boot.boot_timeout = 400}, '
+                           '"6.1-*" = {test.cases = "smoke,kvm.kvm_patch_effect"}, '
+                           '"*" = {boot.smp = 2}}'})
     debug = matrix.cell_settings(config, Cell("linux-source-6.12", "debug", "stock"))
     assert debug.source.kind == "debian" and debug.source.package == "linux-source-6.12"
     assert debug.source.version == ""  # each line takes its newest version
@@ -72,10 +79,12 @@ def test_a_cell_has_its_settings_and_the_matching_entries(make_settings):
     old = matrix.cell_settings(config, Cell("linux-source-6.1", "default", "patched"))
     assert old.patch.enabled is True and old.boot.boot_timeout == 120
     assert old.test.cases == "smoke,kvm.kvm_patch_effect"
-    # A value the checks refuse names the cell it came from.
-    bad = make_settings(**{"matrix.settings": "6.1-*:test.cases=smoke kvm"})
-    with pytest.raises(SettingsError, match=r"test\.cases in matrix cell 6\.1-default-stock"):
-        matrix.cell_settings(bad, Cell("linux-source-6.1", "default", "stock"))
+    # Entries the checks accept one by one but refuse together name the cell.
+    bad = make_settings(**{"matrix.settings": '{"*-debug-*" = {kernel.ccache = "off"}, '
+                                              '"*" = {kernel.ccache_remote = "redis://h:1"}}'})
+    with pytest.raises(SettingsError, match=r"kernel\.ccache_remote in matrix cell "
+                                            r"6\.1-debug-stock needs ccache"):
+        matrix.cell_settings(bad, Cell("linux-source-6.1", "debug", "stock"))
 
 
 def test_the_default_matrix_settings(make_settings):
@@ -159,11 +168,12 @@ def test_failed_cells_are_rows_and_the_matrix_fails_with_the_first_code(make_set
 
 def test_a_cell_whose_settings_are_refused_is_a_row_and_the_others_run(make_settings,
                                                                       monkeypatch):
-    """A matrix.settings value only the combined settings refuse fails its cell, with
+    """matrix.settings entries only a cell's combination refuses fail that cell, with
     the reason, and not the matrix: the next cell still runs."""
     config = make_settings(**{"matrix.lines": "linux-source-6.12,linux-source-6.1",
                               "matrix.variants": "default", "matrix.patch": "patched",
-                              "matrix.settings": "6.12-*:test.cases=a b"})
+                              "matrix.settings": '{"6.12-*" = {kernel.ccache = "off"}, '
+                                                 '"*" = {kernel.ccache_remote = "redis://h:1"}}'})
     ran = []
     monkeypatch.setattr(matrix.chain, "run", lambda words, cell_config: (
         ran.append((words[0], cell_config.layout.build.name)) or matrix.chain.Outcome(4)))
@@ -175,7 +185,8 @@ def test_a_cell_whose_settings_are_refused_is_a_row_and_the_others_run(make_sett
         matrix.finish(config)
     assert failure.value.exit_code == 2
     summary = json.loads(config.layout.matrix_summary.read_text())
-    assert "test.cases in matrix cell 6.12-default-patched" in summary["cells"][0]["error"]
+    assert "kernel.ccache_remote in matrix cell 6.12-default-patched needs ccache" \
+        in summary["cells"][0]["error"]
 
 
 def test_an_earlier_runs_results_are_not_this_runs(make_settings):

@@ -51,7 +51,7 @@ from ..errors import (
 from ..guest import read_results, selected_suites
 from ..layout import Layout
 from ..results import Outcome
-from ..settings import SECTIONS, Settings
+from ..settings import SECTIONS, Settings, derive, keys_of
 from ..sources import git
 from ..util import atomic_write_text, remove_tree
 
@@ -174,10 +174,10 @@ NOT_DECIDING = frozenset({
 
 def deciding_settings(settings: Settings) -> dict[str, Any]:
     """Every setting but NOT_DECIDING's, as {"section.key": value}."""
-    return {f"{section}.{field.name}": getattr(getattr(settings, section), field.name)
+    return {f"{section}.{key}": getattr(getattr(settings, section), key)
             for section in SECTIONS if section not in NOT_DECIDING
-            for field in dataclasses.fields(SECTIONS[section])
-            if f"{section}.{field.name}" not in NOT_DECIDING}
+            for key in keys_of(section)
+            if f"{section}.{key}" not in NOT_DECIDING}
 
 
 def verdict_key(settings: Settings, commit: str) -> str:
@@ -220,18 +220,15 @@ class VerdictCache:
 def step_settings(settings: Settings, repo: str, commit: str) -> Settings:
     """The chain's settings for one commit: its own source, the bisection's build dir."""
     layout = settings.layout
-    return dataclasses.replace(
-        settings,
-        source=dataclasses.replace(settings.source, kind="git", repo=repo, ref=commit),
-        patch=dataclasses.replace(settings.patch,
-                                  series=settings.bisect.series or settings.patch.series),
-        test=dataclasses.replace(settings.test, repeat=1),
+    return derive(settings, {
+        "source": {"kind": "git", "repo": repo, "ref": commit},
+        "patch": {"series": settings.bisect.series or settings.patch.series},
+        "test": {"repeat": 1},
         # The selftests only when a step runs them: each step would rebuild them.
-        kselftest=dataclasses.replace(settings.kselftest, build=settings.kselftest.build and (
-            kselftest.SUITE in selected_suites(settings).split(","))),
-        paths=dataclasses.replace(settings.paths, build=str(layout.bisect_build),
-                                  cache=str(layout.cache)),
-    )
+        "kselftest": {"build": settings.kselftest.build and (
+            kselftest.SUITE in selected_suites(settings).split(","))},
+        "paths": {"build": str(layout.bisect_build), "cache": str(layout.cache)},
+    }, f"the bisection's step at {commit[:12]}")
 
 
 def run_once(settings: Settings, dest: Path) -> Run:
@@ -345,8 +342,7 @@ def _retry_on_host_failure(settings: Settings, failed: Run, dest: Path) -> Run:
     of memory.  Never a skip: a second failure stops the bisection (the caller)."""
     if failed.out_of_memory:
         jobs = max(1, kmake.jobs(settings) // 2)
-        settings = dataclasses.replace(
-            settings, kernel=dataclasses.replace(settings.kernel, jobs=jobs))
+        settings = derive(settings, {"kernel": {"jobs": jobs}}, "the step's second try")
         log.warning("the machine failed this step (%s); once more with kernel.jobs=%d",
                     failed.reason, jobs)
     else:

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import chain, settings
 from ..errors import MatrixFailed, PipelineError, SettingsError
@@ -80,19 +81,19 @@ def picked_cells(config: Settings) -> list[Cell]:
 
 def cell_settings(config: Settings, cell: Cell) -> Settings:
     """The run's settings with the cell's own, then matrix.settings' matching entries."""
-    words = {
-        "source.kind": "debian", "source.package": cell.line, "source.version": "",
-        "kernel.variant": cell.variant, "patch.enabled": str(cell.patch == "patched"),
+    changes: dict[str, dict[str, Any]] = {
+        "source": {"kind": "debian", "package": cell.line, "version": ""},
+        "kernel": {"variant": cell.variant},
+        "patch": {"enabled": cell.patch == "patched"},
         # One run per cell: test.repeat is for hunting a flake in one build dir.
-        "test.repeat": "1",
-        "paths.build": str(cell_dir(config.layout, cell)),
+        "test": {"repeat": 1},
+        "paths": {"build": str(cell_dir(config.layout, cell))},
     }
-    for entry in config.matrix.settings:
-        match = settings.MATRIX_WORD_RE.match(entry)
-        assert match  # settings.load checked every entry
-        if fnmatch.fnmatchcase(cell.name, match[1]):
-            words[f"{match[2]}.{match[3]}"] = match[4]
-    return settings.apply(config, words, f"matrix cell {cell.name}")
+    for glob, sections in config.matrix.settings.items():
+        if fnmatch.fnmatchcase(cell.name, glob):
+            for section, keys in sections.items():
+                changes.setdefault(section, {}).update(keys)
+    return settings.derive(config, changes, f"matrix cell {cell.name}")
 
 
 def cell_dir(layout: Layout, cell: Cell) -> Path:

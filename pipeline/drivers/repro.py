@@ -42,7 +42,7 @@ from ..errors import (
     PipelineError,
 )
 from ..layout import Layout
-from ..settings import Settings
+from ..settings import Settings, derive
 from ..util import atomic_write_text, file_sha256, remove_tree
 
 log = logging.getLogger("pipeline")
@@ -82,7 +82,7 @@ def rebuild_settings(settings: Settings, expected: dict[str, Any], published: Pa
     package tarballs pinned when they were published beside it, and a Debian source
     pinned to the manifest's version unless source.version says otherwise."""
     layout = settings.layout
-    image = dataclasses.replace(settings.image, docker_cache=False)
+    image: dict[str, Any] = {"docker_cache": False}
     for role in tarballs.ROLES:
         wanted = expected["inputs"]["image"][role].get("sha256")
         candidate = published / f"{role}.tar"
@@ -90,20 +90,19 @@ def rebuild_settings(settings: Settings, expected: dict[str, Any], published: Pa
         if wanted and value == "mmdebstrap" and candidate.is_file() \
                 and tarballs.sha256_of(candidate) == wanted:
             log.info("repro: using the published %s tarball %s", role, candidate)
-            image = dataclasses.replace(image, **{role: f"tarball:{candidate}",
-                                                  f"{role}_sha256": wanted})
-    source = dataclasses.replace(settings.source, tree_cache=False)
+            image.update({role: f"tarball:{candidate}", f"{role}_sha256": wanted})
+    source: dict[str, Any] = {"tree_cache": False}
     want_source = expected["inputs"]["source"]
-    if source.kind == "debian" and not source.version and want_source.get("kind") == "debian":
-        source = dataclasses.replace(source, version=want_source["version"])
+    if settings.source.kind == "debian" and not settings.source.version \
+            and want_source.get("kind") == "debian":
+        source["version"] = want_source["version"]
     ccache = "off"
     if settings.kernel.ccache != "off" and (settings.kernel.runtime == "docker"
                                             or shutil.which("ccache")):
         ccache = "recache"
-    return dataclasses.replace(
-        settings, source=source, image=image,
-        kernel=dataclasses.replace(settings.kernel, ccache=ccache, ccache_remote=""),
-        paths=dataclasses.replace(settings.paths, build=str(layout.repro_build)))
+    return derive(settings, {"source": source, "image": image,
+                             "kernel": {"ccache": ccache, "ccache_remote": ""},
+                             "paths": {"build": str(layout.repro_build)}}, "the rebuild")
 
 
 def check_package_sets(settings: Settings, expected: dict[str, Any]) -> None:
