@@ -11,7 +11,6 @@ run ends within boot.test_timeout), teed to build/results/console.log.
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 import tempfile
 import time
@@ -23,12 +22,14 @@ from . import console, history, kselftest, ktap, qemu
 from .errors import MissingStepError, RunFailed, UserError
 from .results import (
     Outcome,
+    RepeatResult,
     RunReport,
     classify_outcome,
     skips,
     summary,
     write_json,
     write_junit,
+    write_record,
 )
 from .settings import Settings
 from .util import atomic_write_text, remove_tree
@@ -249,9 +250,9 @@ def repeat_suite(settings: Settings, suite: str, times: int) -> RunReport:
         for names, test in tree.walk():
             if not test.subtests:
                 per_case.setdefault(".".join(names), Counter())[test.status.value] += 1
-        atomic_write_text(results / "repeat.json", json.dumps(
-            {"suite": suite, "runs": number, "planned": times, "outcomes": outcomes,
-             "cases": per_case}, indent=2) + "\n")
+        write_record(results / "repeat.json", RepeatResult(
+            suite=suite, runs=number, planned=times, outcomes=outcomes,
+            cases={name: dict(counts) for name, counts in per_case.items()}))
     width = max([len(name) for name in per_case] + [4])
     print(f"{'case':<{width}}  passed/runs", flush=True)
     for name, counts in per_case.items():

@@ -10,13 +10,13 @@ plus the newest failed one even when it is older; `doit clean` removes it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from pathlib import Path
 
 from .layout import Layout
+from .results import RepeatResult, RunResult, read_record
 from .util import remove_tree
 
 log = logging.getLogger("pipeline")
@@ -27,20 +27,16 @@ PASSED = "passed"
 
 def describe(results: Path) -> tuple[str, str]:
     """(suite, outcome label) of a run's results; "unfinished" when it wrote none."""
-    for name in ("repeat.json", "results.json"):
-        try:
-            data = json.loads((results / name).read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        suite = str(data.get("suite", "run"))
-        if name == "repeat.json":
-            outcomes = data.get("outcomes", [])
-            failed = [outcome for outcome in outcomes if outcome != PASSED]
-            if failed:
-                return suite, failed[0]
-            # A repeat cut short names itself by what it got to.
-            return suite, PASSED if len(outcomes) >= data.get("planned", 0) else "unfinished"
-        return suite, str(data.get("outcome", "unfinished"))
+    repeat = read_record(results / "repeat.json", RepeatResult)
+    if repeat is not None:
+        failed = [outcome for outcome in repeat.outcomes if outcome != PASSED]
+        if failed:
+            return repeat.suite, failed[0]
+        # A repeat cut short names itself by what it got to.
+        return repeat.suite, PASSED if len(repeat.outcomes) >= repeat.planned else "unfinished"
+    run = read_record(results / "results.json", RunResult)
+    if run is not None:
+        return run.suite, run.outcome
     return "run", "unfinished"
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import enum
 import fnmatch
-import json
+import typing
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import msgspec
 
 from . import kselftest
 from .console import Finding
@@ -155,45 +157,102 @@ def _junit_time(seconds: float) -> str:
     return f"{seconds:.3f}"
 
 
-def _test_json(test: Test) -> dict:
-    return {
-        "name": test.name,
-        "status": test.status.value,
-        "seconds": None if test.seconds is None else round(test.seconds, 3),
-        "directive": test.directive,
-        "diagnostics": test.diagnostics,
-        "errors": test.errors,
-        "subtests": [_test_json(sub) for sub in test.subtests],
-    }
+# results.json and repeat.json: what a guest run hands to the history, the matrix and
+# anyone reading results; a file of another schema (or none) reads as missing.
+RESULTS_SCHEMA = 1
+
+
+class TestResult(msgspec.Struct, frozen=True, kw_only=True):
+    """A KTAP test (and its subtests) as results.json holds it."""
+
+    name: str
+    status: str
+    seconds: float | None
+    directive: str
+    diagnostics: list[str]
+    errors: list[str]
+    subtests: list[TestResult]
+
+    @classmethod
+    def of(cls, test: Test) -> TestResult:
+        return cls(name=test.name, status=test.status.value,
+                   seconds=None if test.seconds is None else round(test.seconds, 3),
+                   directive=test.directive, diagnostics=test.diagnostics, errors=test.errors,
+                   subtests=[cls.of(sub) for sub in test.subtests])
+
+    def tree(self) -> Test:
+        """The KTAP test tree back."""
+        return Test(name=self.name, status=Status(self.status), seconds=self.seconds,
+                    directive=self.directive or "", diagnostics=list(self.diagnostics),
+                    errors=list(self.errors), subtests=[sub.tree() for sub in self.subtests])
+
+
+class Accelerator(msgspec.Struct, frozen=True):
+    name: str
+    why: str
+
+
+class RunResult(msgspec.Struct, frozen=True, kw_only=True):
+    """build/results/results.json: how one guest run went."""
+
+    suite: str
+    outcome: str  # an Outcome's label
+    exit_code: int
+    why: str
+    accelerator: Accelerator
+    guest_status: int | None
+    seconds: dict[str, float]
+    counts: dict[str, int]
+    console_findings: list[Finding]
+    kselftests: list[kselftest.Verdict]
+    selftests_exercised: int
+    injections_at_points: dict[str, int]  # KVM function -> injections, most first
+    skips: list[Skip]
+    qemu_argv: list[str]
+    tests: TestResult
+    schema: int = RESULTS_SCHEMA
+
+
+class RepeatResult(msgspec.Struct, frozen=True, kw_only=True):
+    """build/results/repeat.json: a repeated run so far (rewritten after every run)."""
+
+    suite: str
+    runs: int
+    planned: int
+    outcomes: list[str]
+    cases: dict[str, dict[str, int]]  # case -> status -> runs
+    schema: int = RESULTS_SCHEMA
+
+
+Record = typing.TypeVar("Record", RunResult, RepeatResult)
 
 
 def write_json(path: Path, report: RunReport, tree: Test) -> None:
-    data = {
-        "suite": report.suite,
-        "outcome": report.outcome.label,
-        "exit_code": report.outcome.value,
-        "why": report.why,
-        "accelerator": {"name": report.accel, "why": report.accel_why},
-        "guest_status": report.guest_status,
-        "seconds": {k: round(v, 2) for k, v in report.seconds.items()},
-        "counts": asdict(tree.counts()),
-        "console_findings": [asdict(f) for f in report.findings],
-        "kselftests": [asdict(v) for v in report.kselftests],
-        "selftests_exercised": kselftest.exercised(report.kselftests),
-        "injections_at_points": kselftest.points_total(report.kselftests),
-        "skips": [asdict(skip) for skip in report.skips],
-        "qemu_argv": report.qemu_argv,
-        "tests": _test_json(tree),
-    }
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    write_record(path, RunResult(
+        suite=report.suite, outcome=report.outcome.label, exit_code=report.outcome.value,
+        why=report.why, accelerator=Accelerator(report.accel, report.accel_why),
+        guest_status=report.guest_status,
+        seconds={k: round(v, 2) for k, v in report.seconds.items()},
+        counts=asdict(tree.counts()), console_findings=report.findings,
+        kselftests=report.kselftests,
+        selftests_exercised=kselftest.exercised(report.kselftests),
+        injections_at_points=kselftest.points_total(report.kselftests), skips=report.skips,
+        qemu_argv=report.qemu_argv, tests=TestResult.of(tree)))
 
 
-def test_from_json(data: dict) -> Test:
-    """A test tree back from its results.json form (_test_json)."""
-    return Test(name=data["name"], status=Status(data["status"]), seconds=data["seconds"],
-                directive=data["directive"] or "", diagnostics=list(data["diagnostics"]),
-                errors=list(data["errors"]),
-                subtests=[test_from_json(sub) for sub in data["subtests"]])
+def write_record(path: Path, record: RunResult | RepeatResult) -> None:
+    atomic_write_text(path, msgspec.json.format(msgspec.json.encode(record), indent=2).decode()
+                      + "\n")
+
+
+def read_record(path: Path, kind: type[Record]) -> Record | None:
+    """A results.json or repeat.json; None when it is missing, unreadable or of another
+    schema (an older pipeline's)."""
+    try:
+        record = msgspec.json.decode(path.read_bytes(), type=kind)
+    except (OSError, msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    return record if record.schema == RESULTS_SCHEMA else None
 
 
 def junit_case(suite: ET.Element, classname: str, name: str, leaf: Test) -> None:

@@ -182,6 +182,21 @@ def test_a_tree_comes_back_from_its_json(tmp_path):
     tree = ktap.parse((GOLDEN / "default-passed.ktap").read_text().splitlines(), name="default")
     report = RunReport("default", Outcome.PASSED, "", "tcg", "", 0, {"total": 1.0})
     write_json(tmp_path / "results.json", report, tree)
-    back = results.test_from_json(json.loads((tmp_path / "results.json").read_text())["tests"])
+    record = results.read_record(tmp_path / "results.json", results.RunResult)
+    back = record.tests.tree()
+    assert record.suite == "default" and record.outcome == "passed" and record.exit_code == 0
     assert [(names, t.status, t.diagnostics, t.seconds) for names, t in back.walk()] == \
         [(names, t.status, t.diagnostics, t.seconds) for names, t in tree.walk()]
+
+
+def test_a_record_of_another_schema_reads_as_missing(tmp_path):
+    report = RunReport("default", Outcome.TEST_FAILURES, "1 failed", "tcg", "", 0, {})
+    path = tmp_path / "results.json"
+    write_json(path, report, PASSED_TREE)
+    assert results.read_record(path, results.RunResult).outcome == "test failures"
+    path.write_text(path.read_text().replace(f'"schema": {results.RESULTS_SCHEMA}',
+                                             '"schema": 999'))
+    assert results.read_record(path, results.RunResult) is None
+    path.write_text("{not json")
+    assert results.read_record(path, results.RunResult) is None
+    assert results.read_record(tmp_path / "missing.json", results.RunResult) is None

@@ -33,7 +33,7 @@ from .. import chain, settings
 from ..errors import MatrixFailed, PipelineError, SettingsError
 from ..ktap import Counts, Status, Test
 from ..layout import Layout
-from ..results import junit_case, test_from_json
+from ..results import RunResult, junit_case, read_record
 from ..settings import Settings
 from ..util import atomic_write_text
 
@@ -199,9 +199,9 @@ def summarize(config: Settings, cells: list[Cell]) -> dict:
         # case glob) leaves the last run's in place.
         if record.get("failed_at") in (None, "test") and results_path.is_file() \
                 and results_path.stat().st_mtime >= record.get("started", 0):
-            results = json.loads(results_path.read_text())
-            tree = test_from_json(results["tests"])
-        record["outcome"] = results["outcome"] if results else (
+            results = read_record(results_path, RunResult)
+            tree = results.tests.tree() if results else None
+        record["outcome"] = results.outcome if results else (
             "not run" if record["exit_code"] is None else f"failed at {record['failed_at']}")
         record["cases"] = {name: test.status.value for name, test in leaves(tree)} \
             if tree else {}
