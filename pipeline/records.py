@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
+
 from .errors import MissingStepError
 from .layout import Layout
 from .util import atomic_write_text
@@ -198,3 +200,27 @@ def require(cls: type[R], layout: Layout) -> R:
     if record is None:
         raise MissingStepError(f"{path(cls, layout)}", _TASKS[cls])
     return record
+
+
+# ---------------------------------------------------------------- typed JSON files
+#
+# The hand-offs past the build (a guest run's results, a matrix's cells) are
+# msgspec structs with a `schema` field: written indented, read back typed.
+
+Typed = TypeVar("Typed", bound=msgspec.Struct)
+
+
+def write_typed(path: Path, record: msgspec.Struct) -> None:
+    """`record` as indented JSON at `path`, written atomically."""
+    text = msgspec.json.format(msgspec.json.encode(record), indent=2).decode()
+    atomic_write_text(path, text + "\n")
+
+
+def read_typed(path: Path, kind: type[Typed], schema: int) -> Typed | None:
+    """The `kind` record at `path`; None when it is missing, unreadable, not of that
+    shape or of another schema (an older pipeline's)."""
+    try:
+        record = msgspec.json.decode(path.read_bytes(), type=kind)
+    except (OSError, msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    return record if record.schema == schema else None

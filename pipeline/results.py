@@ -16,6 +16,7 @@ from . import kselftest
 from .console import Finding
 from .errors import Exit
 from .ktap import Status, Test
+from .records import read_typed, write_typed
 from .util import atomic_write_text
 
 
@@ -241,18 +242,13 @@ def write_json(path: Path, report: RunReport, tree: Test) -> None:
 
 
 def write_record(path: Path, record: RunResult | RepeatResult) -> None:
-    atomic_write_text(path, msgspec.json.format(msgspec.json.encode(record), indent=2).decode()
-                      + "\n")
+    write_typed(path, record)
 
 
 def read_record(path: Path, kind: type[Record]) -> Record | None:
     """A results.json or repeat.json; None when it is missing, unreadable or of another
     schema (an older pipeline's)."""
-    try:
-        record = msgspec.json.decode(path.read_bytes(), type=kind)
-    except (OSError, msgspec.ValidationError, msgspec.DecodeError):
-        return None
-    return record if record.schema == RESULTS_SCHEMA else None
+    return read_typed(path, kind, RESULTS_SCHEMA)
 
 
 def junit_case(suite: ET.Element, classname: str, name: str, leaf: Test) -> None:

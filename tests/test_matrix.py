@@ -178,8 +178,8 @@ def test_a_cell_whose_settings_are_refused_is_a_row_and_the_others_run(make_sett
     monkeypatch.setattr(matrix.chain, "run", lambda words, cell_config: (
         ran.append((words[0], cell_config.layout.build.name)) or matrix.chain.Outcome(4)))
     new, old = matrix.picked_cells(config)
-    assert matrix.run_cell(config, new)["failed_at"] == "settings"
-    assert matrix.run_cell(config, old)["failed_at"] == "build"
+    assert matrix.run_cell(config, new).failed_at == "settings"
+    assert matrix.run_cell(config, old).failed_at == "build"
     assert ran == [("build", "6.1-default-patched")]
     with pytest.raises(MatrixFailed) as failure:
         matrix.finish(config)

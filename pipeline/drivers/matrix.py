@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fcntl
 import fnmatch
-import json
 import os
 import re
 import time
@@ -29,10 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from .. import chain, settings
 from ..errors import MatrixFailed, PipelineError, SettingsError
 from ..ktap import Counts, Status, Test
 from ..layout import Layout
+from ..records import read_typed, write_typed
 from ..results import RunResult, junit_case, read_record
 from ..settings import Settings
 from ..util import atomic_write_text
@@ -46,6 +48,42 @@ HEADLINES = (
 )
 GUEST_SLOT_POLL = 2.0  # seconds between looks for a free guest slot
 
+
+
+# cell.json and summary.json; a file of another schema reads as missing.
+MATRIX_SCHEMA = 1
+
+
+class CellRun(msgspec.Struct, frozen=True, kw_only=True):
+    """build/matrix/CELL/cell.json: how the cell's chain went (`run_cell`)."""
+
+    cell: str
+    line: str
+    variant: str
+    patch: str
+    exit_code: int | None  # None: the cell did not run
+    failed_at: str | None  # settings, build or test; None: it passed
+    error: str
+    seconds: float | None
+    started: float = 0.0  # when it started (epoch seconds): older results are not its
+    build_dir: str = ""
+    schema: int = MATRIX_SCHEMA
+
+
+class CellRow(CellRun, frozen=True, kw_only=True):
+    """A cell in summary.json: its run, its outcome, every case's status, its counters."""
+
+    outcome: str
+    cases: dict[str, str]
+    headline: dict[str, int]
+
+
+class MatrixSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """build/matrix/summary.json."""
+
+    cells: list[CellRow]
+    passed: bool
+    schema: int = MATRIX_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -137,7 +175,7 @@ def guest_slot(config: Settings, cell_config: Settings, cell: Cell) -> Iterator[
         time.sleep(GUEST_SLOT_POLL)
 
 
-def run_cell(config: Settings, cell: Cell) -> dict:
+def run_cell(config: Settings, cell: Cell) -> CellRun:
     """Build and test one cell; record and return how it went (a failure included)."""
     record = cell_record(config.layout, cell)
     record.unlink(missing_ok=True)
@@ -155,14 +193,13 @@ def run_cell(config: Settings, cell: Cell) -> dict:
             with guest_slot(config, cell_config, cell):
                 stage = "test"
                 outcome = chain.run(["test"], cell_config)
-    result = {
-        "cell": cell.name, "line": cell.line, "variant": cell.variant, "patch": cell.patch,
-        "exit_code": outcome.code, "failed_at": None if outcome.ok else stage,
-        "error": str(outcome.error) if outcome.error else "",
-        "seconds": round(time.monotonic() - started, 1), "started": began,
-        "build_dir": str(cell_dir(config.layout, cell)),
-    }
-    atomic_write_text(record, json.dumps(result, indent=2) + "\n")
+    result = CellRun(
+        cell=cell.name, line=cell.line, variant=cell.variant, patch=cell.patch,
+        exit_code=outcome.code, failed_at=None if outcome.ok else stage,
+        error=str(outcome.error) if outcome.error else "",
+        seconds=round(time.monotonic() - started, 1), started=began,
+        build_dir=str(cell_dir(config.layout, cell)))
+    write_typed(record, result)
     print(f"=== matrix cell {cell.name}: "
           f"{'passed' if outcome.ok else f'failed at {stage} (exit {outcome.code})'}",
           flush=True)
@@ -185,79 +222,83 @@ def leaves(tree: Test) -> list[tuple[str, Test]]:
     return [(".".join(names), test) for names, test in tree.walk() if not test.subtests]
 
 
-def summarize(config: Settings, cells: list[Cell]) -> dict:
+def read_cell(path: Path) -> CellRun | None:
+    """A cell.json; None when missing, unreadable or of another schema."""
+    return read_typed(path, CellRun, MATRIX_SCHEMA)
+
+
+def summarize(config: Settings, cells: list[Cell]) -> MatrixSummary:
     """summary.json and the merged junit.xml of these cells; print the table."""
     rows = []
     for cell in cells:
-        record_path = cell_record(config.layout, cell)
-        record = json.loads(record_path.read_text()) if record_path.is_file() else {
-            "cell": cell.name, "exit_code": None, "failed_at": "not run", "error": "",
-            "seconds": None}
+        record = read_cell(cell_record(config.layout, cell)) or CellRun(
+            cell=cell.name, line=cell.line, variant=cell.variant, patch=cell.patch,
+            exit_code=None, failed_at="not run", error="", seconds=None)
         results_path = cell_dir(config.layout, cell) / "results" / "results.json"
         results, tree = None, None
         # Only this run's results: a test step that stopped before its guest (a bad
         # case glob) leaves the last run's in place.
-        if record.get("failed_at") in (None, "test") and results_path.is_file() \
-                and results_path.stat().st_mtime >= record.get("started", 0):
+        if record.failed_at in (None, "test") and results_path.is_file() \
+                and results_path.stat().st_mtime >= record.started:
             results = read_record(results_path, RunResult)
             tree = results.tests.tree() if results else None
-        record["outcome"] = results.outcome if results else (
-            "not run" if record["exit_code"] is None else f"failed at {record['failed_at']}")
-        record["cases"] = {name: test.status.value for name, test in leaves(tree)} \
-            if tree else {}
-        record["headline"] = headline(tree) if tree else {}
-        rows.append((record, tree))
-    summary = {"cells": [record for record, _ in rows],
-               "passed": all(record["exit_code"] == 0 for record, _ in rows)}
-    atomic_write_text(config.layout.matrix_summary, json.dumps(summary, indent=2) + "\n")
+        outcome = results.outcome if results else (
+            "not run" if record.exit_code is None else f"failed at {record.failed_at}")
+        row = CellRow(**msgspec.structs.asdict(record), outcome=outcome,
+                      cases={name: test.status.value for name, test in leaves(tree)}
+                      if tree else {}, headline=headline(tree) if tree else {})
+        rows.append((row, tree))
+    summary = MatrixSummary(cells=[row for row, _ in rows],
+                            passed=all(row.exit_code == 0 for row, _ in rows))
+    write_typed(config.layout.matrix_summary, summary)
     write_junit(config.layout.matrix_junit, rows)
-    print(table(summary["cells"]), flush=True)
+    print(table(summary.cells), flush=True)
     return summary
 
 
-def table(cells: list[dict]) -> str:
+def table(cells: list[CellRow]) -> str:
     """Cases down, cells across: a result letter each; then each cell's line."""
     letter = {Status.PASSED.value: "ok", Status.FAILED.value: "FAIL",
               Status.SKIPPED.value: "skip", Status.CRASHED.value: "CRASH",
               Status.NOT_EXERCISED.value: "idle", Status.TODO.value: "known"}
-    names = list(dict.fromkeys(name for cell in cells for name in cell["cases"]))  # run order
+    names = list(dict.fromkeys(name for cell in cells for name in cell.cases))  # run order
     width = max([len(name) for name in names] + [4])
-    columns = [cell["cell"] for cell in cells]
+    columns = [cell.cell for cell in cells]
     lines = [f"{'case':<{width}}  " + "  ".join(columns)]
     for name in names:
-        marks = [letter.get(cell["cases"].get(name, ""), cell["cases"].get(name, "-"))
+        marks = [letter.get(cell.cases.get(name, ""), cell.cases.get(name, "-"))
                  for cell in cells]
         cells_text = "  ".join(f"{mark:<{len(column)}}"
                                for mark, column in zip(marks, columns, strict=True))
         lines.append(f"{name:<{width}}  {cells_text}".rstrip())
     lines.append("")
     for cell in cells:
-        counters = ", ".join(f"{k} {v}" for k, v in cell["headline"].items())
-        seconds = f", {cell['seconds']:.0f} s" if cell["seconds"] is not None else ""
-        lines.append(f"{cell['cell']}: {cell['outcome']}{seconds}"
+        counters = ", ".join(f"{k} {v}" for k, v in cell.headline.items())
+        seconds = f", {cell.seconds:.0f} s" if cell.seconds is not None else ""
+        lines.append(f"{cell.cell}: {cell.outcome}{seconds}"
                      + (f"; {counters}" if counters else "")
-                     + (f"\n    {cell['error']}" if cell["error"] else ""))
+                     + (f"\n    {cell.error}" if cell.error else ""))
     return "\n".join(lines)
 
 
-def write_junit(path: Path, rows: list[tuple[dict, Test | None]]) -> None:
+def write_junit(path: Path, rows: list[tuple[CellRow, Test | None]]) -> None:
     """One <testsuite> per cell (its cases as <testcase>s named SUITE.CASE); a cell
     that did not get to its tests is one failing <testcase>."""
     suites = ET.Element("testsuites", name="matrix")
     for record, tree in rows:
         cases = leaves(tree) if tree else []
         counts = tree.counts() if tree else Counts()
-        broken = record["exit_code"] != 0 and not (counts.failed or counts.crashed)
-        suite = ET.SubElement(suites, "testsuite", name=record["cell"],
+        broken = record.exit_code != 0 and not (counts.failed or counts.crashed)
+        suite = ET.SubElement(suites, "testsuite", name=record.cell,
                               tests=str(len(cases) + broken),
                               failures=str(counts.failed + broken), errors=str(counts.crashed),
                               skipped=str(counts.skipped + counts.todo
                                           + counts.not_exercised))
         for name, test in cases:
-            junit_case(suite, record["cell"], name, test)
+            junit_case(suite, record.cell, name, test)
         if broken:
-            case = ET.SubElement(suite, "testcase", classname=record["cell"], name="cell")
-            ET.SubElement(case, "failure", message=record["outcome"]).text = record["error"]
+            case = ET.SubElement(suite, "testcase", classname=record.cell, name="cell")
+            ET.SubElement(case, "failure", message=record.outcome).text = record.error
     ET.indent(suites)
     atomic_write_text(path, ET.tostring(suites, encoding="unicode") + "\n")
 
@@ -267,11 +308,11 @@ def finish(config: Settings) -> None:
     summary = summarize(config, picked_cells(config))
     shown = config.layout.matrix_summary
     print(f"matrix summary: {shown} and {config.layout.matrix_junit}", flush=True)
-    failing = [cell for cell in summary["cells"] if cell["exit_code"] != 0]
+    failing = [cell for cell in summary.cells if cell.exit_code != 0]
     if failing:
         first = failing[0]
         raise MatrixFailed(
-            f"{len(failing)} of {len(summary['cells'])} cells failed: "
-            f"{', '.join(cell['cell'] for cell in failing)} (first: {first['cell']}, "
-            f"{first['outcome']}; its build dir {first.get('build_dir', '?')})",
-            first["exit_code"] or 1)
+            f"{len(failing)} of {len(summary.cells)} cells failed: "
+            f"{', '.join(cell.cell for cell in failing)} (first: {first.cell}, "
+            f"{first.outcome}; its build dir {first.build_dir or '?'})",
+            first.exit_code or 1)
