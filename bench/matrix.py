@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from pipeline import records, settings  # noqa: E402
+from pipeline.drivers import matrix  # noqa: E402
 from pipeline.records import KernelRecord  # noqa: E402
 
 
@@ -65,11 +66,10 @@ def run_pass(number: int, jobs: int, cells: str, words: list[str]) -> dict:
         code = subprocess.run(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
     seconds = time.monotonic() - started
     summary_path = build / "matrix" / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"cells": []}
-    cells_seen = [{"cell": cell["cell"], "outcome": cell["outcome"],
-                   "seconds": cell["seconds"],
-                   "ccache": ccache_share(cell.get("build_dir"))}
-                  for cell in summary["cells"]]
+    summary = records.read_typed(summary_path, matrix.MatrixSummary, matrix.MATRIX_SCHEMA)
+    cells_seen = [{"cell": cell.cell, "outcome": cell.outcome, "seconds": cell.seconds,
+                   "ccache": ccache_share(cell.build_dir or None)}
+                  for cell in (summary.cells if summary else [])]
     print(f"    exit {code}, {seconds / 60:.1f} min (log: {log})", flush=True)
     return {"pass": number, "jobs": jobs, "exit_code": code, "seconds": round(seconds),
             "build": build, "cells": cells_seen}
