@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from kernel_history import CULPRIT, make_history, pristine_tree  # noqa: E402
 
-from pipeline import settings  # noqa: E402
+from pipeline import records, settings  # noqa: E402
+from pipeline.drivers import bisect  # noqa: E402
 
 FIRST_STEP_TARGET_S = 150
 BISECT_BUILD = ROOT / "build" / "bench-bisect"
@@ -62,11 +63,12 @@ def main() -> None:
         report_path = BISECT_BUILD / "bisect" / "report.json"
         if proc.returncode != 0 or not report_path.is_file():
             raise SystemExit(f"the bisection failed ({proc.returncode}); its output: {log}")
-        report = json.loads(report_path.read_text())
-        if (report["first_bad"] or {}).get("commit") != commits[CULPRIT]:
-            raise SystemExit(f"the bisection named {report['first_bad']}, not the planted "
+        report = records.read_typed(report_path, bisect.BisectReport, bisect.BISECT_SCHEMA)
+        if report is None or report.first_bad is None \
+                or report.first_bad.commit != commits[CULPRIT]:
+            raise SystemExit(f"the bisection named {report and report.first_bad}, not the planted "
                              f"commit {commits[CULPRIT]}; its output: {log}")
-    steps = [step["seconds"] for step in report["steps"]]
+    steps = [step.seconds for step in report.steps]
     result = {
         "runtime": args.runtime,
         "first_step_s": steps[0],

@@ -181,16 +181,16 @@ def test_bisection_names_the_culprit_and_leaves_the_repository_alone(
     calls: list[str] = []
     monkeypatch.setattr(bisect, "run_once", stand_in_runs(commits, calls))
     report = bisect.bisect(s)
-    assert report["first_bad"]["commit"] == commits[REGRESSION]
-    assert report["first_bad"]["subject"] == f"change {REGRESSION}"
-    assert list(report["symptom"]["cases"]) == ["smoke.injection_rate"]
-    assert report["tested"] <= report["step_bound"]
-    verdicts = {step["commit"]: step["verdict"] for step in report["steps"]}
+    assert report.first_bad.commit == commits[REGRESSION]
+    assert report.first_bad.subject == f"change {REGRESSION}"
+    assert list(report.symptom.cases) == ["smoke.injection_rate"]
+    assert report.tested <= report.step_bound
+    verdicts = {step.commit: step.verdict for step in report.steps}
     assert verdicts[commits[-1]] == "bad" and verdicts[commits[0]] == "good"
     assert all(v == "skip" for c, v in verdicts.items() if c == commits[BROKEN_BUILD])
     out = capsys.readouterr().out
     assert f"Fixes: {commits[REGRESSION][:12]} (\"change {REGRESSION}\")" in out
-    assert "bisect.runs=3" in report["confidence"]["note"]
+    assert "bisect.runs=3" in report.confidence.note
     layout = s.layout
     assert "git bisect start" in layout.bisect_log.read_text()
     assert layout.bisect_report.is_file() and layout.bisect_symptom.is_file()
@@ -200,8 +200,8 @@ def test_bisection_names_the_culprit_and_leaves_the_repository_alone(
     calls.clear()
     again = bisect.bisect(s)
     assert calls == []
-    assert again["first_bad"] == report["first_bad"]
-    assert all(step["cached"] for step in again["steps"])
+    assert again.first_bad == report.first_bad
+    assert all(step.cached for step in again.steps)
 
 
 def test_skipped_commits_can_leave_candidates(make_settings, history, monkeypatch):
@@ -243,10 +243,10 @@ def test_flaky_symptom_needs_clean_runs(make_settings, history, monkeypatch):
 
     monkeypatch.setattr(bisect, "run_once", run_once)
     report = bisect.bisect(s)
-    assert report["first_bad"]["commit"] == commits[REGRESSION]
-    assert report["symptom"]["shown"] == 2 and report["symptom"]["runs"] == 3
+    assert report.first_bad.commit == commits[REGRESSION]
+    assert report.symptom.shown == 2 and report.symptom.runs == 3
     assert attempts[commits[0]] == 3  # good only after three clean runs
-    assert 0 < report["confidence"]["value"] < 1
+    assert 0 < report.confidence.value < 1
 
 
 DISK_FULL = Run(3, "host problem", reason="the kernel's build failed because of this "
@@ -294,7 +294,7 @@ def test_a_step_the_machine_failed_is_tried_again_then_stops_the_bisection(
     machine_broken = False
     calls.clear()
     report = bisect.bisect(s)
-    assert report["first_bad"]["commit"] == commits[REGRESSION]
+    assert report.first_bad.commit == commits[REGRESSION]
     assert commits[0] not in calls and commits[-1] not in calls
 
 
@@ -312,7 +312,7 @@ def test_a_step_that_passes_on_its_second_try_counts(make_settings, history, mon
 
     monkeypatch.setattr(bisect, "run_once", run_once)
     report = bisect.bisect(s)
-    assert report["first_bad"]["commit"] == commits[REGRESSION]
+    assert report.first_bad.commit == commits[REGRESSION]
     assert set(tries.values()) == {2}
 
 
@@ -353,8 +353,8 @@ def test_find_fix_names_the_first_commit_without_the_symptom(make_settings, hist
 
     monkeypatch.setattr(bisect, "run_once", run_once)
     report = bisect.bisect(s)
-    assert report["find"] == "fix"
-    assert report["first_bad"]["commit"] == commits[REGRESSION]
+    assert report.find == "fix"
+    assert report.first_bad.commit == commits[REGRESSION]
     assert "first fixed commit" in capsys.readouterr().out
     assert "'--term-old=broken' '--term-new=fixed'" in s.layout.bisect_log.read_text()
 
@@ -368,4 +368,4 @@ def test_a_moved_repository_gets_a_fresh_clone(make_settings, history, monkeypat
     moved = tmp_path / "moved"
     repo.rename(moved)
     report = bisect.bisect(make_settings(**settings, **{"source.repo": str(moved)}))
-    assert report["first_bad"]["commit"] == commits[REGRESSION]
+    assert report.first_bad.commit == commits[REGRESSION]

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from .. import chain, commands, kconfig, kmake, kselftest, ktap
 from ..errors import (
     BisectAmbiguous,
@@ -50,6 +52,7 @@ from ..errors import (
 )
 from ..guest import read_results, selected_suites
 from ..layout import Layout
+from ..records import read_typed, write_typed
 from ..results import Outcome
 from ..settings import SECTIONS, Settings, derive, keys_of
 from ..sources import git
@@ -89,12 +92,18 @@ class Run:
     out_of_memory: bool = False
 
 
-@dataclass(frozen=True)
-class Symptom:
+# symptom.json and report.json; a file of another schema reads as missing.
+BISECT_SCHEMA = 1
+
+
+class Symptom(msgspec.Struct, frozen=True):
+    """What the bad ref showed (build/bisect/symptom.json, which `step` reads)."""
+
     outcome: str  # the outcome class of the bad ref's failing run
     cases: tuple[str, ...]  # the cases that failed there
     shown: int = 1  # in how many of the bad ref's runs
     runs: int = 1
+    schema: int = BISECT_SCHEMA
 
     def describe(self) -> str:
         cases = ", ".join(self.cases) or "no case"
@@ -112,7 +121,7 @@ def judge(run: Run, symptom: Symptom) -> tuple[str, str]:
         return "skip", f"{SKIP_CODES[run.code]}: {run.reason}"
     if run.code not in GUEST_CODES:
         return "abort", f"{run.outcome}: {run.reason}"
-    if symptom is ANY_FAILURE:
+    if symptom == ANY_FAILURE:
         return "bad", f"{run.outcome}: {', '.join(run.failed) or run.reason}"
     hit = sorted(set(run.failed) & set(symptom.cases))
     if hit:
@@ -292,11 +301,51 @@ class Step:
     cached: bool
     runs: list[Run] = field(default_factory=list)
 
-    def as_json(self) -> dict:
-        return {"commit": self.commit, "subject": self.subject, "verdict": self.verdict,
-                "reason": self.reason, "outcome": self.outcome,
-                "seconds": round(self.seconds, 1), "cached": self.cached,
-                "runs": len(self.runs)}
+    def row(self) -> StepRow:
+        return StepRow(commit=self.commit, subject=self.subject, verdict=self.verdict,
+                       reason=self.reason, outcome=self.outcome,
+                       seconds=round(self.seconds, 1), cached=self.cached, runs=len(self.runs))
+
+
+class StepRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One tested commit in report.json."""
+
+    commit: str
+    subject: str
+    verdict: str
+    reason: str
+    outcome: str
+    seconds: float
+    cached: bool
+    runs: int
+
+
+class FirstBad(msgspec.Struct, frozen=True):
+    commit: str
+    subject: str
+
+
+class Confidence(msgspec.Struct, frozen=True):
+    value: float | None  # None: the bad ref ran once, the symptom's rate is unknown
+    note: str
+
+
+class BisectReport(msgspec.Struct, frozen=True, kw_only=True):
+    """build/bisect/report.json: the bisection's answer and how it got there."""
+
+    find: str
+    first_bad: FirstBad | None
+    candidates: list[str]  # skipped commits left several: the first bad one is among them
+    good: str
+    bad: str
+    symptom: Symptom
+    commits_in_range: int
+    steps: list[StepRow]
+    tested: int
+    step_bound: int
+    confidence: Confidence
+    seconds: float
+    schema: int = BISECT_SCHEMA
 
 
 def test_commit(settings: Settings, repo: str, commit: str, symptom: Symptom, runs: int,
@@ -332,8 +381,7 @@ def test_commit(settings: Settings, repo: str, commit: str, symptom: Symptom, ru
                 reason=reason, outcome=deciding.outcome,
                 seconds=time.monotonic() - started, cached=cached, runs=done)
     if not cached:  # the record of the step that did the work stays
-        atomic_write_text(layout.bisect_step(commit) / "step.json",
-                          json.dumps(step.as_json(), indent=2) + "\n")
+        write_typed(layout.bisect_step(commit) / "step.json", step.row())
     return step
 
 
@@ -426,7 +474,7 @@ def _print_row(step: Step) -> None:
           f"{step.seconds:6.0f} s{cached}  {step.reason[:70]}", flush=True)
 
 
-def bisect(settings: Settings) -> dict:
+def bisect(settings: Settings) -> BisectReport:
     """The `bisect` task: pin the symptom, check the good ref, let git bisect pick commits."""
     _check_settings(settings)
     b, layout = settings.bisect, settings.layout
@@ -463,8 +511,7 @@ def bisect(settings: Settings) -> dict:
     first = failing[0]
     symptom = Symptom(outcome=first.outcome, cases=first.failed, shown=len(failing),
                       runs=len(pinned.runs))
-    atomic_write_text(layout.bisect_symptom,
-                      json.dumps(dataclasses.asdict(symptom), indent=2) + "\n")
+    write_typed(layout.bisect_symptom, symptom)
     print(f"symptom: {symptom.describe()}", flush=True)
 
     checked = test_commit(settings, repo, good, symptom, b.runs, cache)
@@ -496,17 +543,17 @@ def bisect(settings: Settings) -> dict:
     _bisect(clone, "reset")
     report = _report(settings, clone, out, steps, symptom, old, new, count,
                      time.monotonic() - started)
-    atomic_write_text(layout.bisect_report, json.dumps(report, indent=2) + "\n")
+    write_typed(layout.bisect_report, report)
     _print_end(report, clone)
-    if report["candidates"]:
-        shown = ", ".join(c[:12] for c in report["candidates"])
-        raise BisectAmbiguous(f"skipped commits leave {len(report['candidates'])} candidates: "
+    if report.candidates:
+        shown = ", ".join(c[:12] for c in report.candidates)
+        raise BisectAmbiguous(f"skipped commits leave {len(report.candidates)} candidates: "
                               f"{shown} (report: {layout.bisect_report})")
     return report
 
 
 def _report(settings: Settings, clone: Path, out: str, steps: list[Step], symptom: Symptom,
-            old: str, new: str, count: int, seconds: float) -> dict:
+            old: str, new: str, count: int, seconds: float) -> BisectReport:
     b = settings.bisect
     found = FIRST.search(out)
     culprit = found[1] if found else None
@@ -517,44 +564,40 @@ def _report(settings: Settings, clone: Path, out: str, steps: list[Step], sympto
     miss = miss_chance(symptom, b.runs)
     goods = sum(step.verdict == "good" for step in steps)
     if miss is None:
-        confidence = {"value": None, "note": (
+        confidence = Confidence(None, (
             "the bad ref ran once, so how often the symptom shows is unknown: a flaky "
-            "symptom can make a bad commit look good. Run with bisect.runs=3 (or more)")}
+            "symptom can make a bad commit look good. Run with bisect.runs=3 (or more)"))
     else:
         value = (1 - miss) ** goods
-        confidence = {"value": round(value, 4), "note": (
+        confidence = Confidence(round(value, 4), (
             f"the symptom showed in {symptom.shown} of {symptom.runs} runs of the bad ref; "
             f"each good verdict ({b.runs} clean run(s)) could have missed it with chance "
-            f"{miss:.2g}; all {goods} good verdicts right: {value:.1%}")}
+            f"{miss:.2g}; all {goods} good verdicts right: {value:.1%}"))
     first_bad = None
     if culprit:
-        first_bad = {"commit": culprit, "subject": _git(clone, "log", "-1", "--format=%s",
-                                                        culprit)}
+        first_bad = FirstBad(culprit, _git(clone, "log", "-1", "--format=%s", culprit))
     good_ref, bad_ref = (old, new) if b.find == "regression" else (new, old)
-    return {
-        "find": b.find, "first_bad": first_bad, "candidates": candidates,
-        "good": good_ref, "bad": bad_ref, "symptom": dataclasses.asdict(symptom),
-        "commits_in_range": count, "steps": [step.as_json() for step in steps],
-        "tested": tested, "step_bound": bound, "confidence": confidence,
-        "seconds": round(seconds, 1),
-    }
+    return BisectReport(
+        find=b.find, first_bad=first_bad, candidates=candidates, good=good_ref, bad=bad_ref,
+        symptom=symptom, commits_in_range=count, steps=[step.row() for step in steps],
+        tested=tested, step_bound=bound, confidence=confidence, seconds=round(seconds, 1))
 
 
-def _print_end(report: dict, clone: Path) -> None:
-    print(f"\n{report['tested']} step(s) (bound {report['step_bound']}), "
-          f"{report['seconds']:.0f} s", flush=True)
-    if report["candidates"]:
+def _print_end(report: BisectReport, clone: Path) -> None:
+    print(f"\n{report.tested} step(s) (bound {report.step_bound}), {report.seconds:.0f} s",
+          flush=True)
+    if report.candidates:
         print("skipped commits leave several candidates (as git bisect says):")
-        for commit in report["candidates"]:
+        for commit in report.candidates:
             print("  " + _git(clone, "log", "-1", "--format=%h %s", commit))
         return
-    culprit = report["first_bad"]
-    word = "first bad commit" if report["find"] == "regression" else "first fixed commit"
-    print(f"{word}: {culprit['commit']}\n")
-    print(_git(clone, "show", "--stat", "--format=medium", culprit["commit"]))
-    if report["find"] == "regression":
-        print(f"\nFixes: {culprit['commit'][:12]} (\"{culprit['subject']}\")")
-    print(f"confidence: {report['confidence']['note']}", flush=True)
+    culprit = report.first_bad
+    word = "first bad commit" if report.find == "regression" else "first fixed commit"
+    print(f"{word}: {culprit.commit}\n")
+    print(_git(clone, "show", "--stat", "--format=medium", culprit.commit))
+    if report.find == "regression":
+        print(f"\nFixes: {culprit.commit[:12]} (\"{culprit.subject}\")")
+    print(f"confidence: {report.confidence.note}", flush=True)
 
 
 # ------------------------------------------------------------------ git bisect run
@@ -565,12 +608,12 @@ def load_symptom(settings: Settings) -> Symptom:
             else settings.layout.bisect_symptom)
     if not settings.bisect.symptom and not path.exists():
         return ANY_FAILURE
-    try:
-        data = json.loads(path.read_text())
-        return Symptom(outcome=data["outcome"], cases=tuple(data["cases"]),
-                       shown=data.get("shown", 1), runs=data.get("runs", 1))
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UserError(f"bisect.symptom {path} is not a saved symptom ({exc})") from None
+    symptom = read_typed(path, Symptom, BISECT_SCHEMA)
+    if symptom is None:
+        raise UserError(f"bisect.symptom {path} is not a symptom a bisection saved (missing, "
+                        "unreadable or of an older pipeline): run `doit bisect` again or "
+                        "leave bisect.symptom empty")
+    return symptom
 
 
 def step(settings: Settings) -> int:
