@@ -115,7 +115,8 @@ def test_step_speaks_git_bisect_run(make_settings, history, monkeypatch, verdict
 
     def fake_test_commit(settings, repo_path, commit, symptom, runs, cache, all_runs=False):
         assert commit == commits[-1]  # source.ref's default is HEAD
-        return bisect.Step(commit, "", verdict, "why", "", 0.0, False)
+        return bisect.Step(commit=commit, subject="", verdict=verdict, reason="why", outcome="",
+                           seconds=0.0, cached=False, runs=0, done=[])
 
     monkeypatch.setattr(bisect, "test_commit", fake_test_commit)
     assert bisect.step(s) == code

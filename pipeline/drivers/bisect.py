@@ -34,7 +34,7 @@ import math
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -290,8 +290,9 @@ def outcome_label(code: int) -> str:
         return "error"
 
 
-@dataclass
-class Step:
+class StepRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One tested commit, as report.json and the step's own step.json hold it."""
+
     commit: str
     subject: str
     verdict: str
@@ -299,25 +300,16 @@ class Step:
     outcome: str
     seconds: float
     cached: bool
-    runs: list[Run] = field(default_factory=list)
+    runs: int  # runs of the chain on it
+
+
+class Step(StepRow, frozen=True, kw_only=True):
+    """One tested commit, with the runs that decided it."""
+
+    done: list[Run]
 
     def row(self) -> StepRow:
-        return StepRow(commit=self.commit, subject=self.subject, verdict=self.verdict,
-                       reason=self.reason, outcome=self.outcome,
-                       seconds=round(self.seconds, 1), cached=self.cached, runs=len(self.runs))
-
-
-class StepRow(msgspec.Struct, frozen=True, kw_only=True):
-    """One tested commit in report.json."""
-
-    commit: str
-    subject: str
-    verdict: str
-    reason: str
-    outcome: str
-    seconds: float
-    cached: bool
-    runs: int
+        return StepRow(**{name: getattr(self, name) for name in StepRow.__struct_fields__})
 
 
 class FirstBad(msgspec.Struct, frozen=True):
@@ -379,7 +371,8 @@ def test_commit(settings: Settings, repo: str, commit: str, symptom: Symptom, ru
         reason = f"{len(done)} clean runs"
     step = Step(commit=commit, subject=_subject(layout, commit), verdict=verdict,
                 reason=reason, outcome=deciding.outcome,
-                seconds=time.monotonic() - started, cached=cached, runs=done)
+                seconds=round(time.monotonic() - started, 1), cached=cached, runs=len(done),
+                done=done)
     if not cached:  # the record of the step that did the work stays
         write_typed(layout.bisect_step(commit) / "step.json", step.row())
     return step
@@ -499,7 +492,7 @@ def bisect(settings: Settings) -> BisectReport:
     pinned = test_commit(settings, repo, bad, ANY_FAILURE, b.runs, cache, all_runs=True)
     steps.append(pinned)
     _print_row(pinned)
-    failing = [run for run in pinned.runs if judge(run, ANY_FAILURE)[0] == "bad"]
+    failing = [run for run in pinned.done if judge(run, ANY_FAILURE)[0] == "bad"]
     if pinned.verdict == "abort":
         raise EnvironmentProblem(f"the bad ref could not be tested: {pinned.reason}")
     if pinned.verdict == "skip":
@@ -510,7 +503,7 @@ def bisect(settings: Settings) -> BisectReport:
                         f"Check test.cases, or raise bisect.runs for a rare failure")
     first = failing[0]
     symptom = Symptom(outcome=first.outcome, cases=first.failed, shown=len(failing),
-                      runs=len(pinned.runs))
+                      runs=len(pinned.done))
     write_typed(layout.bisect_symptom, symptom)
     print(f"symptom: {symptom.describe()}", flush=True)
 
