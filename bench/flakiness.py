@@ -44,7 +44,10 @@ def unprovoked_sleep_retries(results_dir: Path) -> int:
     """The injector's sleep_retries over every run's cases but PROVOKING_CASE."""
     total = 0
     for run in results_dir.glob("run-*/results.json"):
-        tree = results.test_from_json(json.loads(run.read_text())["tests"])
+        record = results.read_record(run, results.RunResult)
+        if record is None:
+            continue
+        tree = record.tests.tree()
         for names, test in tree.walk():
             if ".".join(names) == PROVOKING_CASE:
                 continue

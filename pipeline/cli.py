@@ -58,7 +58,8 @@ def parse_args(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Build, boot and test a KVM-patched kernel; exit code per outcome.",
-        epilog=_epilog())
+        # Only for --help: it loads the settings and declares the tasks.
+        epilog=_epilog() if {"-h", "--help"} & set(argv) else None)
     parser.add_argument("words", nargs="*", metavar="TASK|section.key=value",
                         help="tasks to run (default: build), and settings overrides")
     args = parser.parse_args(argv)

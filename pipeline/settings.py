@@ -480,11 +480,24 @@ def load(root: Path, overrides: dict[str, str] | None = None) -> Settings:
         _merge_file(merged, origins, _read_toml(user_path), str(user_path))
     _merge_words(merged, origins, overrides, "the command line")
     settings = _validate(root, merged, origins)
-    # A cell's values are checked where they are set, not only when a matrix runs.
+    # A cell's values are checked where they are set, each by its key's type and
+    # constraints; rules between keys hold for a cell's combination (`derive`).
     where = origins.get("matrix.settings", DEFAULT_ORIGIN)
-    for glob, changes in settings.matrix.settings.items():
-        derive(settings, changes, f"matrix.settings[{glob!r}] in {where}")
+    for glob, sections in settings.matrix.settings.items():
+        for section, keys in sections.items():
+            for name, value in keys.items():
+                _check_value(section, name, _file_value(value),
+                             f"matrix.settings[{glob!r}] in {where}")
     return settings
+
+
+def _check_value(section: str, name: str, value: Any, origin: str) -> None:
+    """One value against its key's type and constraints (not the rules between keys)."""
+    try:
+        msgspec.convert(value, _annotations(section)[name], strict=True)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_message(section, f"{exc} - at `$.{name}`", {name: value},
+                                     {f"{section}.{name}": origin})) from None
 
 
 def derive(base: Settings, changes: dict[str, dict[str, Any]], origin: str) -> Settings:
@@ -527,6 +540,9 @@ def _merge_file(merged: dict, origins: dict, data: dict, origin: str) -> None:
             if name not in keys_of(section):
                 raise SettingsError(f"unknown key {section}.{name} in {origin}: [{section}] "
                                     f"knows {', '.join(keys_of(section))}")
+            if (section, name) == ("matrix", "settings") and _old_cell_settings(value):
+                raise SettingsError(f"matrix.settings in {origin} is a list"
+                                    f"{_old_cell_settings(value)}")
             merged[section][name] = _file_value(value)
             origins[f"{section}.{name}"] = origin
 
@@ -565,12 +581,37 @@ def _from_text(section: str, name: str, text: str, origin: str) -> Any:
     if typing.get_origin(kind) is tuple:
         return tuple(part for part in text.split(",") if part)
     if typing.get_origin(kind) is dict:
+        if not text:
+            return {}
         try:
             return tomllib.loads(f"value = {text}")["value"]
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{section}.{name} in {origin} is {text!r}: it must be a TOML "
-                                f"inline table ({exc})") from None
+                                f"inline table ({exc}){_old_cell_settings(text.split(','))}"
+                                ) from None
     return text
+
+
+# The form matrix.settings had before it was a table: "GLOB:section.key=value".
+_OLD_CELL_WORD = re.compile(r"^([^:=\s]+):([a-z_]+\.[a-z_0-9]+)=(.*)$")
+
+
+def _old_cell_settings(words: Any) -> str:
+    """For matrix.settings in the old "GLOB:section.key=value" form: the same as the
+    table it is now (an empty string for anything else)."""
+    if not isinstance(words, list | tuple) or not words or not all(
+            isinstance(word, str) and _OLD_CELL_WORD.match(word) for word in words):
+        return ""
+    lines = []
+    for word in words:
+        glob, name, value = _OLD_CELL_WORD.match(word).groups()
+        header = f'[matrix.settings."{glob}"]'
+        if header not in lines:
+            lines.append(header)
+        bare = re.fullmatch(r"-?[0-9]+|true|false", value)
+        lines.append(f"{name} = {value if bare else json.dumps(value)}")
+    return ("; that is the old form of matrix.settings, now a table (in pipeline.toml):\n"
+            + "\n".join(lines))
 
 
 def _validate(root: Path, merged: dict, origins: dict) -> Settings:

@@ -143,7 +143,7 @@ def refusal(step: str, error: PipelineError, config: settings.Settings,
 def code_files(stage: ModuleType) -> list[Path]:
     """The files of a stage's code: its module and every module of pipeline/ it imports,
     transitively (read from the files, not imported)."""
-    todo, seen = [Path(stage.__file__)], set()
+    todo, seen = [Path(stage.__file__).resolve()], set()
     while todo:
         path = todo.pop()
         if path not in seen:
@@ -166,8 +166,9 @@ def _imports(path: Path) -> tuple[Path, ...]:
         if node.module:
             base = base.joinpath(*node.module.split("."))
         for name in [base, *(base / alias.name for alias in node.names)]:
-            found.update(file for file in (name.with_suffix(".py"), name / "__init__.py")
-                         if file.is_file() and file.is_relative_to(PACKAGE))
+            found.update(file.resolve() for file in (name.with_suffix(".py"),
+                                                     name / "__init__.py")
+                         if file.is_file() and file.resolve().is_relative_to(PACKAGE))
     return tuple(sorted(found))
 
 

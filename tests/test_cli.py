@@ -1,5 +1,6 @@
 """The doit command line: table of contents and bad input, no kernel build."""
 
+import re
 import subprocess
 import sys
 
@@ -99,6 +100,13 @@ def test_help_describes_every_task_and_exit_code():
         "fetch", "patch", "config", "kernel", "kmod", "selftests", "image", "build", "boot",
         "test", "bisect", "repro", "matrix", "lava"]
     assert all(len(line.split()) > 3 for line in tasks), tasks  # a description each
-    codes = out.split("exit codes", 1)[1]
+    # Each exit code's entry: "  CODE" then its words, wrapped; one per row of Exit, in order.
+    block = out.split("exit codes", 1)[1].split("\n", 1)[1]
+    entries = [" ".join(entry.split()) for entry in re.split(r"\n(?=  \S)", block.strip("\n"))]
+    wanted = []
     for row in Exit:
-        assert row.meaning.split()[0] in codes and f"  {row.code if row.code is not None else '*'}" in codes
+        where = f"{', '.join(row.tasks)}: " if row.tasks else ""
+        bisect = f" [bisect: {row.bisect}]" if row.bisect else ""
+        code = "*" if row.code is None else row.code
+        wanted.append(" ".join(f"{code} {where}{row.meaning}{bisect}".split()))
+    assert entries == wanted

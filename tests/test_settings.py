@@ -127,3 +127,25 @@ def test_matrix_settings_are_toml_tables(tmp_path):
     s = settings.load(tmp_path)
     assert s.matrix.settings == {"*-debug-*": {"boot": {"boot_timeout": 400},
                                                "kselftest": {"build": False}}}
+
+
+def test_matrix_settings_are_checked_key_by_key_at_load(tmp_path):
+    """Each value by its key's type and rule; rules between keys hold per cell, so two
+    entries that only together make a valid pair load."""
+    pair = ('{"*-debug-*" = {image.base = "tarball:/x.tar"}, '
+            '"*" = {image.base_sha256 = "' + "a" * 64 + '"}}')
+    assert settings.load(tmp_path, {"matrix.settings": pair}).matrix.settings["*"]
+    assert settings.load(tmp_path, {"matrix.settings": ""}).matrix.settings == {}
+    with pytest.raises(SettingsError, match=r"boot\.smp in matrix\.settings\['x'\] in the "
+                                            r"command line is 0: it must be at least 1"):
+        settings.load(tmp_path, {"matrix.settings": '{"x" = {boot.smp = 0}}'})
+
+
+def test_the_old_matrix_settings_form_says_how_to_write_it_now(tmp_path):
+    (tmp_path / "pipeline.toml").write_text(
+        '[matrix]\nsettings = ["*-debug-*:boot.boot_timeout=400", "6.1-*:test.cases=smoke"]\n')
+    with pytest.raises(SettingsError) as refused:
+        settings.load(tmp_path)
+    assert str(refused.value).endswith(
+        '[matrix.settings."*-debug-*"]\nboot.boot_timeout = 400\n'
+        '[matrix.settings."6.1-*"]\ntest.cases = "smoke"')
