@@ -21,6 +21,7 @@ from pathlib import Path
 from . import console, history, kselftest, ktap, qemu
 from .errors import MissingStepError, RunFailed, UserError
 from .results import (
+    RESULTS_SCHEMA,
     Outcome,
     RepeatResult,
     RunReport,
@@ -252,7 +253,8 @@ def repeat_suite(settings: Settings, suite: str, times: int) -> RunReport:
                 per_case.setdefault(".".join(names), Counter())[test.status.value] += 1
         write_record(results / "repeat.json", RepeatResult(
             suite=suite, runs=number, planned=times, outcomes=outcomes,
-            cases={name: dict(counts) for name, counts in per_case.items()}))
+            cases={name: dict(counts) for name, counts in per_case.items()},
+            schema=RESULTS_SCHEMA))
     width = max([len(name) for name in per_case] + [4])
     print(f"{'case':<{width}}  passed/runs", flush=True)
     for name, counts in per_case.items():

@@ -211,7 +211,7 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     skips: list[Skip]
     qemu_argv: list[str]
     tests: TestResult
-    schema: int = RESULTS_SCHEMA
+    schema: int  # RESULTS_SCHEMA when written; a file without one reads as missing
 
 
 class RepeatResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -222,7 +222,7 @@ class RepeatResult(msgspec.Struct, frozen=True, kw_only=True):
     planned: int
     outcomes: list[str]
     cases: dict[str, dict[str, int]]  # case -> status -> runs
-    schema: int = RESULTS_SCHEMA
+    schema: int  # RESULTS_SCHEMA when written; a file without one reads as missing
 
 
 Record = typing.TypeVar("Record", RunResult, RepeatResult)
@@ -238,7 +238,7 @@ def write_json(path: Path, report: RunReport, tree: Test) -> None:
         kselftests=report.kselftests,
         selftests_exercised=kselftest.exercised(report.kselftests),
         injections_at_points=kselftest.points_total(report.kselftests), skips=report.skips,
-        qemu_argv=report.qemu_argv, tests=TestResult.of(tree)))
+        qemu_argv=report.qemu_argv, tests=TestResult.of(tree), schema=RESULTS_SCHEMA))
 
 
 def write_record(path: Path, record: RunResult | RepeatResult) -> None:

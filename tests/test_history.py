@@ -4,6 +4,7 @@ import os
 
 from pipeline import history, ktap
 from pipeline.results import (
+    RESULTS_SCHEMA,
     Outcome,
     RepeatResult,
     RunReport,
@@ -14,7 +15,7 @@ from pipeline.results import (
 
 def repeat_record(suite, outcomes, planned):
     return RepeatResult(suite=suite, runs=len(outcomes), planned=planned, outcomes=outcomes,
-                        cases={})
+                        cases={}, schema=RESULTS_SCHEMA)
 
 
 def finished_run(layout, outcome, when, suite="smoke,kvm", repeat=None):

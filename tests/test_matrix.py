@@ -108,7 +108,7 @@ def write_cell(config, cell: Cell, exit_code: int, ktap_file: str | None,
     matrix.cell_record(config.layout, cell).write_text(json.dumps({
         "cell": cell.name, "line": cell.line, "variant": cell.variant, "patch": cell.patch,
         "exit_code": exit_code, "failed_at": failed_at, "error": error, "seconds": 61.0,
-        "build_dir": str(directory)}))
+        "build_dir": str(directory), "schema": matrix.MATRIX_SCHEMA}))
     if ktap_file:
         tree = ktap.parse((GOLDEN / ktap_file).read_text().splitlines(), name="default")
         report = RunReport("default", outcome, "", "tcg", "", 0, {"total": 60.0})

@@ -197,6 +197,10 @@ def test_a_record_of_another_schema_reads_as_missing(tmp_path):
     path.write_text(path.read_text().replace(f'"schema": {results.RESULTS_SCHEMA}',
                                              '"schema": 999'))
     assert results.read_record(path, results.RunResult) is None
+    data = json.loads(path.read_text())
+    del data["schema"]  # as an older pipeline wrote it
+    path.write_text(json.dumps(data))
+    assert results.read_record(path, results.RunResult) is None
     path.write_text("{not json")
     assert results.read_record(path, results.RunResult) is None
     assert results.read_record(tmp_path / "missing.json", results.RunResult) is None

@@ -337,7 +337,7 @@ class BisectReport(msgspec.Struct, frozen=True, kw_only=True):
     step_bound: int
     confidence: Confidence
     seconds: float
-    schema: int = BISECT_SCHEMA
+    schema: int  # BISECT_SCHEMA when written; a file without one reads as missing
 
 
 def test_commit(settings: Settings, repo: str, commit: str, symptom: Symptom, runs: int,
@@ -573,7 +573,8 @@ def _report(settings: Settings, clone: Path, out: str, steps: list[Step], sympto
     return BisectReport(
         find=b.find, first_bad=first_bad, candidates=candidates, good=good_ref, bad=bad_ref,
         symptom=symptom, commits_in_range=count, steps=[step.row() for step in steps],
-        tested=tested, step_bound=bound, confidence=confidence, seconds=round(seconds, 1))
+        tested=tested, step_bound=bound, confidence=confidence, seconds=round(seconds, 1),
+        schema=BISECT_SCHEMA)
 
 
 def _print_end(report: BisectReport, clone: Path) -> None:

@@ -67,7 +67,7 @@ class CellRun(msgspec.Struct, frozen=True, kw_only=True):
     seconds: float | None
     started: float = 0.0  # when it started (epoch seconds): older results are not its
     build_dir: str = ""
-    schema: int = MATRIX_SCHEMA
+    schema: int  # MATRIX_SCHEMA when written; a file without one reads as missing
 
 
 class CellRow(CellRun, frozen=True, kw_only=True):
@@ -83,7 +83,7 @@ class MatrixSummary(msgspec.Struct, frozen=True, kw_only=True):
 
     cells: list[CellRow]
     passed: bool
-    schema: int = MATRIX_SCHEMA
+    schema: int  # MATRIX_SCHEMA when written; a file without one reads as missing
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def run_cell(config: Settings, cell: Cell) -> CellRun:
         exit_code=outcome.code, failed_at=None if outcome.ok else stage,
         error=str(outcome.error) if outcome.error else "",
         seconds=round(time.monotonic() - started, 1), started=began,
-        build_dir=str(cell_dir(config.layout, cell)))
+        build_dir=str(cell_dir(config.layout, cell)), schema=MATRIX_SCHEMA)
     write_typed(record, result)
     print(f"=== matrix cell {cell.name}: "
           f"{'passed' if outcome.ok else f'failed at {stage} (exit {outcome.code})'}",
@@ -233,7 +233,7 @@ def summarize(config: Settings, cells: list[Cell]) -> MatrixSummary:
     for cell in cells:
         record = read_cell(cell_record(config.layout, cell)) or CellRun(
             cell=cell.name, line=cell.line, variant=cell.variant, patch=cell.patch,
-            exit_code=None, failed_at="not run", error="", seconds=None)
+            exit_code=None, failed_at="not run", error="", seconds=None, schema=MATRIX_SCHEMA)
         results_path = cell_dir(config.layout, cell) / "results" / "results.json"
         results, tree = None, None
         # Only this run's results: a test step that stopped before its guest (a bad
@@ -249,7 +249,8 @@ def summarize(config: Settings, cells: list[Cell]) -> MatrixSummary:
                       if tree else {}, headline=headline(tree) if tree else {})
         rows.append((row, tree))
     summary = MatrixSummary(cells=[row for row, _ in rows],
-                            passed=all(row.exit_code == 0 for row, _ in rows))
+                            passed=all(row.exit_code == 0 for row, _ in rows),
+                            schema=MATRIX_SCHEMA)
     write_typed(config.layout.matrix_summary, summary)
     write_junit(config.layout.matrix_junit, rows)
     print(table(summary.cells), flush=True)
