@@ -15,13 +15,13 @@ or its record changed; a record of another schema counts as missing.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import functools
 import hashlib
 import importlib
 import inspect
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -152,20 +152,26 @@ def code_files(stage: ModuleType) -> list[Path]:
     return sorted(seen)
 
 
+# A relative import: its dots, the module after them, the names (maybe parenthesised).
+_RELATIVE_IMPORT = re.compile(r"^[ \t]*from[ \t]+(\.+)([\w.]*)[ \t]+import[ \t]+"
+                              r"(\([^)]*\)|[^\n]*)", re.MULTILINE)
+
+
 @functools.cache
 def _imports(path: Path) -> tuple[Path, ...]:
-    """The files of pipeline/ that the module at `path` imports (relative imports only:
-    the package's own)."""
+    """The files of pipeline/ that the module at `path` imports: its relative imports
+    (the package's own), read as text (parsing every module on each doit start costs more
+    than the rest of a no-op build)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if not (isinstance(node, ast.ImportFrom) and node.level):
-            continue
+    for dots, module, names in _RELATIVE_IMPORT.findall(path.read_text()):
         base = path.parent
-        for _ in range(node.level - 1):
+        for _ in range(len(dots) - 1):
             base = base.parent
-        if node.module:
-            base = base.joinpath(*node.module.split("."))
-        for name in [base, *(base / alias.name for alias in node.names)]:
+        if module:
+            base = base.joinpath(*module.split("."))
+        words = re.sub(r"#[^\n]*", "", names).strip("()").split(",")
+        candidates = [base, *(base / word.split()[0] for word in words if word.strip())]
+        for name in candidates:
             found.update(file.resolve() for file in (name.with_suffix(".py"),
                                                      name / "__init__.py")
                          if file.is_file() and file.resolve().is_relative_to(PACKAGE))
