@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import console, history, kselftest, ktap, qemu
 from .errors import MissingStepError, RunFailed, UserError
+from .records import write_typed
 from .results import (
     RESULTS_SCHEMA,
     Outcome,
@@ -30,7 +31,6 @@ from .results import (
     summary,
     write_json,
     write_junit,
-    write_record,
 )
 from .settings import Settings
 from .util import atomic_write_text, remove_tree
@@ -251,7 +251,7 @@ def repeat_suite(settings: Settings, suite: str, times: int) -> RunReport:
         for names, test in tree.walk():
             if not test.subtests:
                 per_case.setdefault(".".join(names), Counter())[test.status.value] += 1
-        write_record(results / "repeat.json", RepeatResult(
+        write_typed(results / "repeat.json", RepeatResult(
             suite=suite, runs=number, planned=times, outcomes=outcomes,
             cases={name: dict(counts) for name, counts in per_case.items()},
             schema=RESULTS_SCHEMA))

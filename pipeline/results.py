@@ -229,7 +229,7 @@ Record = typing.TypeVar("Record", RunResult, RepeatResult)
 
 
 def write_json(path: Path, report: RunReport, tree: Test) -> None:
-    write_record(path, RunResult(
+    write_typed(path, RunResult(
         suite=report.suite, outcome=report.outcome.label, exit_code=report.outcome.value,
         why=report.why, accelerator=Accelerator(report.accel, report.accel_why),
         guest_status=report.guest_status,
@@ -239,10 +239,6 @@ def write_json(path: Path, report: RunReport, tree: Test) -> None:
         selftests_exercised=kselftest.exercised(report.kselftests),
         injections_at_points=kselftest.points_total(report.kselftests), skips=report.skips,
         qemu_argv=report.qemu_argv, tests=TestResult.of(tree), schema=RESULTS_SCHEMA))
-
-
-def write_record(path: Path, record: RunResult | RepeatResult) -> None:
-    write_typed(path, record)
 
 
 def read_record(path: Path, kind: type[Record]) -> Record | None:

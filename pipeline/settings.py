@@ -496,8 +496,7 @@ def _check_value(section: str, name: str, value: Any, origin: str) -> None:
     try:
         msgspec.convert(value, _annotations(section)[name], strict=True)
     except msgspec.ValidationError as exc:
-        raise SettingsError(_message(section, f"{exc} - at `$.{name}`", {name: value},
-                                     {f"{section}.{name}": origin})) from None
+        raise SettingsError(_message(section, name, str(exc), value, origin)) from None
 
 
 def derive(base: Settings, changes: dict[str, dict[str, Any]], origin: str) -> Settings:
@@ -622,7 +621,13 @@ def _validate(root: Path, merged: dict, origins: dict) -> Settings:
             try:
                 sections[section] = msgspec.convert(values, SECTIONS[section], strict=True)
             except msgspec.ValidationError as exc:
-                raise SettingsError(_message(section, str(exc), values, origins)) from None
+                at = _AT.search(str(exc))
+                if at is None:
+                    raise SettingsError(f"[{section}]: {exc}") from None
+                name = at[1]
+                value = values.get(name, msgspec.structs.asdict(SECTIONS[section]())[name])
+                origin = origins.get(f"{section}.{name}", DEFAULT_ORIGIN)
+                raise SettingsError(_message(section, name, str(exc), value, origin)) from None
     finally:
         _CONTEXT.reset(token)
     return Settings(root=root, **sections)
@@ -632,18 +637,13 @@ def _validate(root: Path, merged: dict, origins: dict) -> Settings:
 _AT = re.compile(r" - at `\$\.([a-z_0-9]+)")
 
 
-def _message(section: str, text: str, values: dict, origins: dict) -> str:
-    """One refusal of the schema in words: the key, where its value came from, the value,
-    and what is allowed."""
-    at = _AT.search(text)
-    if at is None:
-        return f"[{section}]: {text}"
-    name = at[1]
+def _message(section: str, name: str, text: str, value: Any, origin: str) -> str:
+    """msgspec's refusal (`text`) of `value` for section.name in words: the key, where
+    its value came from, the value, and what is allowed."""
     full = f"{section}.{name}"
     kind, meta = _meta(section, name)
-    value = values.get(name, msgspec.structs.asdict(SECTIONS[section]())[name])
     shown = list(value) if isinstance(value, tuple) else value
-    start = f"{full} in {origins.get(full, DEFAULT_ORIGIN)} is {shown!r}"
+    start = f"{full} in {origin} is {shown!r}"
     base = typing.get_origin(kind) or kind
     if base is not Literal and not (isinstance(value, base) and
                                     not (base is int and isinstance(value, bool))):
@@ -653,8 +653,7 @@ def _message(section: str, text: str, values: dict, origins: dict) -> str:
     if meta is not None and meta.extra and "rule" in meta.extra:
         return f"{start}: {meta.extra['rule']}"
     if meta is not None and meta.ge is not None and value < meta.ge:
-        return f"{full} in {origins.get(full, DEFAULT_ORIGIN)} is {value}: it must be at " \
-               f"least {meta.ge}"
+        return f"{full} in {origin} is {value}: it must be at least {meta.ge}"
     if base is Literal:
         return f"{start}: allowed values are {', '.join(typing.get_args(kind))}"
     return f"{start}: {text}"

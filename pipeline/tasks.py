@@ -193,12 +193,16 @@ class unchanged(config_changed):
         self.stage = stage
 
     def _calc_digest(self) -> str:
-        digest = hashlib.sha256()
-        for path in code_files(self.stage):
-            digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0")
-            digest.update(path.read_bytes() + b"\0")
-        self.config = {"settings": self.settings_part, "code": digest.hexdigest()}
+        code = "".join(_file_digest(path) for path in code_files(self.stage))
+        self.config = {"settings": self.settings_part, "code": code}
         return super()._calc_digest()
+
+
+@functools.cache
+def _file_digest(path: Path) -> str:
+    """One code file's name and bytes, hashed once per process (stages share most files)."""
+    name = path.relative_to(PACKAGE).as_posix().encode()
+    return hashlib.sha256(name + b"\0" + path.read_bytes()).hexdigest()
 
 
 def has_record(cls: type, config: settings.Settings) -> Callable[[], bool]:

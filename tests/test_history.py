@@ -3,13 +3,13 @@
 import os
 
 from pipeline import history, ktap
+from pipeline.records import write_typed
 from pipeline.results import (
     RESULTS_SCHEMA,
     Outcome,
     RepeatResult,
     RunReport,
     write_json,
-    write_record,
 )
 
 
@@ -28,7 +28,7 @@ def finished_run(layout, outcome, when, suite="smoke,kvm", repeat=None):
                            0, {})
         write_json(results / "results.json", report, ktap.Test("main", ktap.Status.PASSED))
     else:
-        write_record(results / "repeat.json", repeat_record(suite, repeat, len(repeat)))
+        write_typed(results / "repeat.json", repeat_record(suite, repeat, len(repeat)))
     os.utime(results, (when, when))
 
 
@@ -60,9 +60,9 @@ def test_a_repeat_cut_short_is_unfinished_unless_a_run_failed(make_settings):
     layout = make_settings().layout
     finished_run(layout, None, 1_800_000_000, repeat=["passed", "passed"])
     summary = layout.results / "repeat.json"
-    write_record(summary, repeat_record("smoke,kvm", ["passed", "passed"], 5))
+    write_typed(summary, repeat_record("smoke,kvm", ["passed", "passed"], 5))
     assert history.describe(layout.results) == ("smoke,kvm", "unfinished")
-    write_record(summary, repeat_record("smoke", ["passed", "test failures"], 5))
+    write_typed(summary, repeat_record("smoke", ["passed", "test failures"], 5))
     assert history.describe(layout.results) == ("smoke", "test failures")
 
 
