@@ -138,7 +138,7 @@ def main() -> None:
             print(f"round {round_number + 1}: {side} {seconds:.1f} s", flush=True)
 
     # Once per source version, outside the comparison: the tree cache's extraction.
-    archive = Path(source.resolved["tarball"])
+    archive = Path(source.resolved.tarball)
     extracted = BENCH / "first-extraction"
     extracted.mkdir()
     first_extraction = timed(treecache.extract_argv(archive, extracted))

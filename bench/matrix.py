@@ -43,11 +43,10 @@ def ccache_share(build_dir: str | None) -> str:
         return "-"
     layout = settings.load(ROOT, {"paths.build": build_dir}).layout
     record = records.load(KernelRecord, layout)
-    stats = record.ccache_stats if record else {}
-    if not stats.get("compiles"):
+    stats = record.ccache_stats if record else None
+    if stats is None or not stats.compiles:
         return "-"
-    hits = stats.get("local_hits", 0) + stats.get("remote_hits", 0)
-    return f"{hits}/{stats['compiles']}"
+    return f"{stats.local_hits + stats.remote_hits}/{stats.compiles}"
 
 
 def run_pass(number: int, jobs: int, cells: str, words: list[str]) -> dict:

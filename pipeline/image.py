@@ -37,7 +37,7 @@ from .errors import (
     UserError,
 )
 from .layout import Layout
-from .records import ImageRecord, KernelRecord, KmodRecord, SelftestsRecord
+from .records import Ext4, ImageBase, ImageRecord, KernelRecord, KmodRecord, SelftestsRecord
 from .settings import Settings
 from .tarballs import PackageTarball
 from .util import atomic_write_text, file_sha256, remove_tree
@@ -264,6 +264,18 @@ def _host_or_unknown(what: str, exc: CommandError) -> HostFailure:
     return failure.host_failure(what, blamed, None)
 
 
+def base_record(settings: Settings, digest: str, tarball: PackageTarball | None) -> ImageBase:
+    """The base as image.json names it: a tarball's package set, or a registry digest."""
+    image = settings.image
+    if tarball is None:
+        return ImageBase(reference=image.base, digest=digest, suite=image.suite,
+                         mirror=image.mirror, tarball=None)
+    packages = tarballs.record(tarball)
+    return ImageBase(reference=image.base, digest=digest, suite=image.suite, mirror=image.mirror,
+                     tarball=packages.tarball, sha256=packages.sha256, pinned=packages.pinned,
+                     packages=packages.packages)
+
+
 def build_image(settings: Settings) -> ImageRecord:
     """The `image` task: base, docker build, export, ext4."""
     layout = settings.layout
@@ -279,7 +291,7 @@ def build_image(settings: Settings) -> ImageRecord:
     toolchain = tarballs.ensure(settings, "toolchain")
     toolchain_ref = tarballs.docker_image(client, toolchain, reimport)
     # The suites compare what they see with what KVM was built with.
-    kvm_patch = "applied" if kernel.patches["patches"] else "none"
+    kvm_patch = "applied" if kernel.patches.patches else "none"
     dockerfile = render_dockerfile(settings, base_image=base_ref, toolchain_image=toolchain_ref,
                                    base_has_packages=base_tarball is not None,
                                    release=kernel.release, kvm_patch=kvm_patch,
@@ -310,15 +322,13 @@ def build_image(settings: Settings) -> ImageRecord:
     image = settings.image
     record = ImageRecord(
         release=kernel.release,
-        base={"reference": image.base, "digest": base_digest, "suite": image.suite,
-              "mirror": image.mirror,
-              **(tarballs.record(base_tarball) if base_tarball else {"tarball": None})},
+        base=base_record(settings, base_digest, base_tarball),
         toolchain=tarballs.record(toolchain),
         inputs={str(path.relative_to(layout.project)): file_sha256(path)
                 for path in image_inputs(settings)},
         dockerfile_sha256=hashlib.sha256(dockerfile.encode()).hexdigest(),
-        ext4={"uuid": image.uuid, "size_mb": image.size_mb,
-              "source_date_epoch": image.source_date_epoch},
+        ext4=Ext4(uuid=image.uuid, size_mb=image.size_mb,
+                  source_date_epoch=image.source_date_epoch),
         rootfs_sha256=file_sha256(layout.rootfs),
         with_kmod=with_kmod,
         with_selftests=with_selftests,

@@ -18,11 +18,23 @@ import time
 import uuid
 from pathlib import Path
 
+import msgspec
+
 from . import ccache, failure, kmake, manifest, records
 from .errors import BuildError, CommandError, MissingStepError, PipelineError
 from .kmake import Make
 from .layout import Layout
-from .records import ConfigRecord, KernelRecord, KmodRecord, SeriesRecord, SourceRecord
+from .records import (
+    BuildEnvironment,
+    CcacheStats,
+    ConfigRecord,
+    KernelPatches,
+    KernelRecord,
+    KernelSource,
+    KmodRecord,
+    SeriesRecord,
+    SourceRecord,
+)
 from .settings import Settings
 from .util import atomic_copy, atomic_write_text, file_sha256, remove_tree
 
@@ -81,18 +93,18 @@ def fresh_stats_log(make: Make, step: str) -> Path | None:
     return stats_log
 
 
-def report_cache(make: Make, stats_log: Path | None) -> dict[str, object]:
+def report_cache(make: Make, stats_log: Path | None) -> CcacheStats | None:
     """Log what ccache did for a build; the same for its record (never the manifest)."""
     if stats_log is None:
-        return {}
+        return None
     stats = ccache.Stats.from_log(stats_log)
     remote = make.remote.shown if make.remote else ""
     log.info("%s%s", stats.summary(), f" (remote {remote})" if remote else "")
     if stats.remote_errors:
         log.warning("the remote ccache %s failed %d times during this build: those objects were "
                     "compiled here instead; check the server", remote, stats.remote_errors)
-    return {**dataclasses.asdict(stats), "remote": remote,
-            "remote_mode": make.remote.mode if make.remote else ""}
+    return CcacheStats(**dataclasses.asdict(stats), remote=remote,
+                       remote_mode=make.remote.mode if make.remote else "")
 
 
 def kmod_sources(settings: Settings) -> list[Path]:
@@ -210,10 +222,10 @@ def build_kernel(settings: Settings) -> KernelRecord:
         release=release,
         kernel_version=source.kernel_version,
         variant=config.variant,
-        source={"identity": source.identity,
-                "resolved": {**source.resolved, "source_date_epoch": source.source_date_epoch}},
-        patches={"series": series.series, "patches": list(series.patches),
-                 "digest": series.digest},
+        source=KernelSource(identity=source.identity, resolved=msgspec.structs.replace(
+            source.resolved, source_date_epoch=source.source_date_epoch)),
+        patches=KernelPatches(series=series.series, patches=series.patches,
+                              digest=series.digest),
         config_sha256=config.config_sha256,
         bzImage_sha256=file_sha256(layout.bzimage),
         module_sha256=module_sha256,
@@ -221,11 +233,11 @@ def build_kernel(settings: Settings) -> KernelRecord:
         toolchain=toolchain,
         ccache=make.ccache,
         jobs=make.jobs,
-        environment={
-            "gcc": _tool_version(make, ["gcc", "--version"]),
-            "make": _tool_version(make, ["make", "--version"]),
-            "host": platform.platform(),
-        },
+        environment=BuildEnvironment(
+            gcc=_tool_version(make, ["gcc", "--version"]),
+            make=_tool_version(make, ["make", "--version"]),
+            host=platform.platform(),
+        ),
         seconds={"build": round(build_seconds, 1),
                  "total": round(time.monotonic() - started, 1)},
         ccache_stats=cache,

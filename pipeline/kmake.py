@@ -26,9 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from . import ccache, commands, image, tarballs
 from .errors import EnvironmentProblem, SettingsError
 from .layout import Layout
+from .records import Toolchain
 from .settings import Settings
 
 # The paths as make sees them inside the toolchain container.
@@ -188,7 +191,7 @@ def use_ccache(settings: Settings) -> bool:
 
 
 def for_settings(settings: Settings, source_date_epoch: int, compiles: bool = False,
-                 toolchain: dict[str, object] | None = None) -> Make:
+                 toolchain: Toolchain | None = None) -> Make:
     """The Make of these settings, in the toolchain container for runtime docker.
     `compiles`: for the kernel and kmod builds, which use kernel.ccache_remote
     (the server is asked first; `toolchain`, when the caller has it, saves
@@ -204,7 +207,8 @@ def for_settings(settings: Settings, source_date_epoch: int, compiles: bool = Fa
         if not with_ccache:
             raise EnvironmentProblem("kernel.ccache_remote is set but ccache is not installed: "
                                      "run scripts/setup, or set kernel.ccache_remote=\"\"")
-        packages = json.dumps(toolchain or toolchain_record(settings), sort_keys=True)
+        packages = json.dumps(msgspec.to_builtins(toolchain or toolchain_record(settings)),
+                              sort_keys=True)
         remote = ccache.Remote(settings.kernel.ccache_remote, settings.kernel.ccache_remote_mode,
                                namespace=hashlib.sha256(packages.encode()).hexdigest()[:16])
         ccache.check_reachable(remote)
@@ -212,16 +216,17 @@ def for_settings(settings: Settings, source_date_epoch: int, compiles: bool = Fa
                 remote, recache=settings.kernel.ccache == "recache")
 
 
-def toolchain_record(settings: Settings) -> dict[str, object]:
+def toolchain_record(settings: Settings) -> Toolchain:
     """The exact versions of the packages the kernel was compiled with (dpkg's, with
     Debian revisions, which `gcc --version` hides): the toolchain tarball's for
     runtime docker, the host's for runtime host, picked alike so the two compare
     package by package."""
     if settings.kernel.runtime == "docker":
         tarball = tarballs.ensure(settings, "toolchain")
-        return {"runtime": "docker", "sha256": tarball.sha256,
-                "packages": tarballs.compiler_packages(tarball.packages)}
-    return {"runtime": "host", "packages": tarballs.compiler_packages(tarballs.host_versions())}
+        return Toolchain(runtime="docker", sha256=tarball.sha256,
+                         packages=tarballs.compiler_packages(tarball.packages))
+    return Toolchain(runtime="host",
+                     packages=tarballs.compiler_packages(tarballs.host_versions()))
 
 
 TREE_ID_MARKER = ".pipeline-tree-id"

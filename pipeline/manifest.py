@@ -25,65 +25,143 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+from msgspec import UNSET, UnsetType
+
 from . import records
 from .errors import UserError
 from .layout import Layout
 from .records import (
     ConfigRecord,
+    Ext4,
+    ImageBase,
     ImageRecord,
     KernelRecord,
     KmodRecord,
+    PackageSet,
+    Record,
     SelftestsRecord,
     SeriesRecord,
     SourceRecord,
+    Toolchain,
 )
 from .util import write_if_changed
 
 SCHEMA = 1
-# Resolved source fields that say what the tree is (where it lay or how it was
-# named, e.g. git's repo and ref, would differ for the same bytes).
-CONTENT_FIELDS = ("package", "version", "sha256", "commit", "signature_checked")
 
 
-def build(layout: Layout) -> dict[str, Any]:
+class SourceInputs(Record):
+    """What the tree is: where it lay or how it was named (git's repo and ref, an
+    archive's path) would differ for the same bytes."""
+
+    kind: str
+    kernel_version: str
+    source_date_epoch: int
+    package: str | UnsetType = UNSET
+    version: str | UnsetType = UNSET
+    sha256: str | UnsetType = UNSET
+    commit: str | UnsetType = UNSET
+    signature_checked: bool | UnsetType = UNSET
+
+
+class PatchInputs(Record):
+    series: str | None
+    digest: str
+    sha256: dict[str, str]
+
+
+class ConfigInputs(Record):
+    variant: str
+    fragments: dict[str, str]  # name -> sha256
+    config_sha256: str
+
+
+class KernelInputs(Record):
+    release: str
+    make_env: dict[str, str]
+    toolchain: Toolchain
+
+
+class KmodInputs(Record):
+    sources: dict[str, str]
+
+
+class PackageInputs(Record):
+    """A package set by content: a tarball's sha256 and versions, or (a registry
+    base) its manifest digest; never where the tarball lies."""
+
+    digest: str | UnsetType = UNSET
+    sha256: str | UnsetType = UNSET
+    packages: dict[str, str] | UnsetType = UNSET
+
+
+class ImageInputs(Record):
+    files: dict[str, str]
+    dockerfile_sha256: str
+    ext4: Ext4
+    with_kmod: bool
+    with_selftests: bool
+    base: PackageInputs
+    toolchain: PackageInputs
+
+
+class Inputs(Record):
+    source: SourceInputs
+    patches: PatchInputs
+    config: ConfigInputs
+    kernel: KernelInputs
+    kmod: KmodInputs
+    image: ImageInputs
+
+
+class Manifest(Record):
+    schema: int
+    inputs: Inputs
+    artifacts: dict[str, str]  # name -> sha256, sorted by name
+
+
+def build(layout: Layout) -> Manifest:
     """The manifest of the build in `layout`, from its records."""
     source, series, config, kernel, kmod, image = (
         records.require(cls, layout) for cls in
         (SourceRecord, SeriesRecord, ConfigRecord, KernelRecord, KmodRecord, ImageRecord))
-    inputs = {
-        "source": {"kind": source.kind, "kernel_version": source.kernel_version,
-                   "source_date_epoch": source.source_date_epoch,
-                   **{k: v for k, v in source.resolved.items() if k in CONTENT_FIELDS}},
-        "patches": {"series": series.series, "digest": series.digest,
-                    "sha256": series.patch_sha256},
-        "config": {"variant": config.variant,
-                   # A fragment outside the project is named by its file name.
-                   "fragments": {Path(name).name if Path(name).is_absolute() else name: sha
-                                 for name, sha in config.fragment_sha256.items()},
-                   "config_sha256": config.config_sha256},
-        "kernel": {"release": kernel.release, "make_env": kernel.make_env,
-                   "toolchain": kernel.toolchain},
-        "kmod": {"sources": kmod.source_sha256},
-        "image": {"files": image.inputs, "dockerfile_sha256": image.dockerfile_sha256,
-                  "ext4": image.ext4, "with_kmod": image.with_kmod,
-                  "with_selftests": image.with_selftests,
-                  "base": _package_set(image.base), "toolchain": _package_set(image.toolchain)},
-    }
+    resolved = source.resolved
+    inputs = Inputs(
+        source=SourceInputs(kind=source.kind, kernel_version=source.kernel_version,
+                            source_date_epoch=source.source_date_epoch,
+                            package=resolved.package, version=resolved.version,
+                            sha256=resolved.sha256, commit=resolved.commit,
+                            signature_checked=resolved.signature_checked),
+        patches=PatchInputs(series=series.series, digest=series.digest,
+                            sha256=series.patch_sha256),
+        config=ConfigInputs(
+            variant=config.variant,
+            # A fragment outside the project is named by its file name.
+            fragments={Path(name).name if Path(name).is_absolute() else name: sha
+                       for name, sha in config.fragment_sha256.items()},
+            config_sha256=config.config_sha256),
+        kernel=KernelInputs(release=kernel.release, make_env=kernel.make_env,
+                            toolchain=kernel.toolchain),
+        kmod=KmodInputs(sources=kmod.source_sha256),
+        image=ImageInputs(files=image.inputs, dockerfile_sha256=image.dockerfile_sha256,
+                          ext4=image.ext4, with_kmod=image.with_kmod,
+                          with_selftests=image.with_selftests,
+                          base=_package_set(image.base), toolchain=_package_set(image.toolchain)),
+    )
     selftests = records.require(SelftestsRecord, layout) if image.with_selftests else None
     artifacts = {"bzImage": kernel.bzImage_sha256, **kernel.module_sha256, **kmod.sha256,
                  **(selftests.sha256 if selftests else {}), "rootfs.ext4": image.rootfs_sha256}
-    return {"schema": SCHEMA, "inputs": inputs, "artifacts": dict(sorted(artifacts.items()))}
+    return Manifest(schema=SCHEMA, inputs=inputs, artifacts=dict(sorted(artifacts.items())))
 
 
-def _package_set(record: dict[str, Any]) -> dict[str, Any]:
-    """A package set by content: the digest and versions, not where the tarball lies."""
-    if record.get("tarball") is None:  # a registry base: its manifest digest
-        return {"digest": record["digest"]}
-    return {"sha256": record["sha256"], "packages": record["packages"]}
+def _package_set(record: ImageBase | PackageSet) -> PackageInputs:
+    if record.tarball is None:  # a registry base: its manifest digest
+        return PackageInputs(digest=record.digest)
+    return PackageInputs(sha256=record.sha256, packages=record.packages)
 
 
-def dumps(manifest: dict[str, Any]) -> str:
-    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+def dumps(manifest: Manifest) -> str:
+    return json.dumps(msgspec.to_builtins(manifest), indent=2, sort_keys=True) + "\n"
 
 
 def write(layout: Layout) -> str:
@@ -99,7 +177,7 @@ def invalidate(layout: Layout) -> None:
     layout.manifest.unlink(missing_ok=True)
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: Path) -> Manifest:
     """A manifest from a file, checked enough to compare with."""
     try:
         data = json.loads(path.read_text())
@@ -108,12 +186,14 @@ def load(path: Path) -> dict[str, Any]:
                         "repro.against=PATH") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{path} is not a readable manifest ({exc})") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA \
-            or not isinstance(data.get("inputs"), dict) \
-            or not isinstance(data.get("artifacts"), dict):
-        raise UserError(f"{path} is not a manifest of schema {SCHEMA} (with inputs and "
-                        "artifacts); was it written by `doit build` of this project?")
-    return data
+    try:
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise msgspec.ValidationError(f"its schema is {data.get('schema')!r}"
+                                          if isinstance(data, dict) else "not an object")
+        return msgspec.convert(data, Manifest)
+    except msgspec.ValidationError as exc:
+        raise UserError(f"{path} is not a manifest of schema {SCHEMA} ({exc}); was it "
+                        "written by `doit build` of this project?") from None
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -135,8 +215,10 @@ class Difference:
     got: Any
 
 
-def differences(expected: dict[str, Any], got: dict[str, Any]) -> list[Difference]:
-    flat_expected, flat_got = flatten(expected), flatten(got)
+def differences(expected: object, got: object) -> list[Difference]:
+    """Every leaf that differs between two manifests (or parts of them)."""
+    flat_expected = flatten(msgspec.to_builtins(expected))
+    flat_got = flatten(msgspec.to_builtins(got))
     return [Difference(key, flat_expected.get(key), flat_got.get(key))
             for key in sorted(set(flat_expected) | set(flat_got))
             if flat_expected.get(key) != flat_got.get(key)]

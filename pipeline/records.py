@@ -8,7 +8,8 @@ again (doit asks `is_current`), it is never an error.
 Each record keeps what defines the artifact apart from what varies from run
 to run: the `run` field holds durations, the host and tool output that does
 not change the bytes; everything else is what the artifact depends on (the
-coming manifest is made from those fields only).
+manifest is made from those fields only).  The records are msgspec structs:
+frozen, typed to the leaf, a file with an unknown key is not a record.
 
 `kernel.json` and `image.json` sit in build/artifacts/ with the keys they
 always had (plus "schema"); the other records live in build/records/.
@@ -16,13 +17,12 @@ always had (plus "schema"); the other records live in build/records/.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from .errors import MissingStepError
 from .layout import Layout
@@ -31,21 +31,64 @@ from .util import atomic_write_text
 SCHEMA = 1
 
 
-@dataclass(frozen=True)
-class SourceRecord:
+class Record(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A frozen record: a file with a key this version does not know is not one."""
+
+
+# ---------------------------------------------------------------- the kernel tree
+#
+# The source kinds share one identity and one resolution record; each kind
+# fills its own fields and leaves the others unset (absent from the JSON).
+
+
+class SourceIdentity(Record):
+    """What the settings ask for, resolved cheaply: equal identities, same tree."""
+
+    kind: str
+    url: str | UnsetType = UNSET  # tarball
+    signature_url: str | UnsetType = UNSET  # tarball ("" without one)
+    path: str | UnsetType = UNSET  # local
+    sha256: str | UnsetType = UNSET  # tarball, local
+    package: str | UnsetType = UNSET  # debian
+    version: str | UnsetType = UNSET  # debian
+    repo: str | UnsetType = UNSET  # git
+    commit: str | UnsetType = UNSET  # git
+
+
+class SourceResolved(Record):
+    """Which exact tree was fetched, and from where."""
+
+    tarball: str | UnsetType = UNSET  # tarball, local, debian: the archive used
+    sha256: str | UnsetType = UNSET  # tarball, local, debian
+    signature_checked: bool | UnsetType = UNSET  # tarball
+    keyring: str | UnsetType = UNSET  # tarball with a signature
+    package: str | UnsetType = UNSET  # debian
+    version: str | UnsetType = UNSET  # debian
+    repo: str | UnsetType = UNSET  # git
+    ref: str | UnsetType = UNSET  # git
+    commit: str | UnsetType = UNSET  # git
+    # git's commit time, as fetched; SourceRecord keeps it in its own field,
+    # kernel.json's copy of this record carries it here.
+    source_date_epoch: int | UnsetType = UNSET
+
+
+class FetchRun(Record):
+    seconds: float = 0.0
+
+
+class SourceRecord(Record):
     """The kernel tree in src/linux: which one, and how it was resolved."""
 
     kind: str
-    identity: dict[str, Any]  # what the settings asked for, resolved cheaply
-    resolved: dict[str, Any]  # package version, tarball sha256, commit id ...
+    identity: SourceIdentity
+    resolved: SourceResolved
     kernel_version: str
     source_date_epoch: int
     tree_id: str  # new for every extraction: later steps notice a fresh tree
-    run: dict[str, Any] = field(default_factory=dict)
+    run: FetchRun = FetchRun()
 
 
-@dataclass(frozen=True)
-class SeriesRecord:
+class SeriesRecord(Record):
     """The KVM series applied to the tree (none for a stock build)."""
 
     tree_id: str
@@ -56,8 +99,7 @@ class SeriesRecord:
     digest: str
 
 
-@dataclass(frozen=True)
-class ConfigRecord:
+class ConfigRecord(Record):
     """The configured tree: fragments in, verified .config out."""
 
     tree_id: str
@@ -68,30 +110,69 @@ class ConfigRecord:
     config_sha256: str
 
 
-@dataclass(frozen=True)
-class KernelRecord:
+# ---------------------------------------------------------------- the kernel
+
+
+class KernelSource(Record):
+    identity: SourceIdentity
+    resolved: SourceResolved  # with source_date_epoch
+
+
+class KernelPatches(Record):
+    series: str | None
+    patches: tuple[str, ...]
+    digest: str
+
+
+class Toolchain(Record):
+    """The exact (dpkg) versions of the compiler's packages, and where they ran."""
+
+    runtime: str  # host or docker
+    packages: dict[str, str]
+    sha256: str | UnsetType = UNSET  # docker: the toolchain tarball's
+
+
+class BuildEnvironment(Record):
+    """Varies from machine to machine: never part of the manifest."""
+
+    gcc: str = ""
+    make: str = ""
+    host: str = ""
+
+
+class CcacheStats(Record):
+    """What ccache did for one build (pipeline.ccache.Stats), and its remote."""
+
+    compiles: int  # cacheable compiles
+    local_hits: int
+    remote_hits: int
+    misses: int  # compiled
+    remote_errors: int  # the remote failed or timed out
+    remote: str  # the remote's URL, credentials redacted ("" without one)
+    remote_mode: str
+
+
+class KernelRecord(Record):
     """build/artifacts/kernel.json: the kernel and its modules."""
 
     release: str
     kernel_version: str
     variant: str
-    source: dict[str, Any]
-    patches: dict[str, Any]
+    source: KernelSource
+    patches: KernelPatches
     config_sha256: str
     bzImage_sha256: str
     module_sha256: dict[str, str]  # modules/<path> -> sha256, as in modules.sha256
     make_env: dict[str, str]  # the reproducible-builds variables
-    toolchain: dict[str, Any]  # runtime (host or docker) and its exact package versions
+    toolchain: Toolchain
     ccache: bool  # how it was built, not what: the bytes are the same either way
     jobs: int  # the same
-    environment: dict[str, Any] = field(default_factory=dict)  # varies: tool versions, host
-    seconds: dict[str, float] = field(default_factory=dict)  # varies
-    # varies: what ccache did (pipeline.ccache.Stats; the remote, credentials redacted)
-    ccache_stats: dict[str, Any] = field(default_factory=dict)
+    environment: BuildEnvironment = BuildEnvironment()  # varies: tool versions, host
+    seconds: dict[str, float] = {}  # varies
+    ccache_stats: CcacheStats | None = None  # varies; None with ccache off
 
 
-@dataclass(frozen=True)
-class KmodRecord:
+class KmodRecord(Record):
     """Our out-of-tree modules, built against one kernel release."""
 
     release: str
@@ -100,8 +181,7 @@ class KmodRecord:
     source_sha256: dict[str, str]
 
 
-@dataclass(frozen=True)
-class SelftestsRecord:
+class SelftestsRecord(Record):
     """The kernel's KVM selftests, built from the tree and installed by kselftest."""
 
     kernel_version: str
@@ -111,16 +191,46 @@ class SelftestsRecord:
     seconds: float = 0.0  # varies
 
 
-@dataclass(frozen=True)
-class ImageRecord:
+# ---------------------------------------------------------------- the image
+
+
+class PackageSet(Record):
+    """A package tarball (pipeline.tarballs): its file, sha256 and dpkg versions."""
+
+    tarball: str  # the file's name
+    sha256: str
+    pinned: bool  # the settings named its sha256
+    packages: dict[str, str]
+
+
+class ImageBase(Record):
+    """The image's base: a registry image (by digest) or a package tarball."""
+
+    reference: str
+    digest: str
+    suite: str
+    mirror: str
+    tarball: str | None  # None: a registry base, known by its digest alone
+    sha256: str | UnsetType = UNSET  # a tarball base: PackageSet's fields
+    pinned: bool | UnsetType = UNSET
+    packages: dict[str, str] | UnsetType = UNSET
+
+
+class Ext4(Record):
+    uuid: str
+    size_mb: int
+    source_date_epoch: int
+
+
+class ImageRecord(Record):
     """build/artifacts/image.json: the guest's root filesystem."""
 
     release: str
-    base: dict[str, Any]  # reference, digest, suite, mirror; tarball, sha256, packages
-    toolchain: dict[str, Any]  # the builder stage's package tarball: sha256, packages
+    base: ImageBase
+    toolchain: PackageSet  # the builder stage's packages
     inputs: dict[str, str]  # images/<path> -> sha256 of every file the build context took
     dockerfile_sha256: str  # the rendered Dockerfile
-    ext4: dict[str, Any]  # uuid, size_mb, source_date_epoch
+    ext4: Ext4
     rootfs_sha256: str
     with_kmod: bool
     with_selftests: bool
@@ -150,18 +260,20 @@ def path(cls: type, layout: Layout) -> Path:
     return _PATHS[cls](layout)
 
 
-def to_json(record: object) -> str:
-    data = {"schema": SCHEMA, **dataclasses.asdict(record)}
+def to_json(record: Record) -> str:
+    data = {"schema": SCHEMA, **msgspec.to_builtins(record)}
     if isinstance(record, KernelRecord):
-        # kernel.json's historical shape: make_env, ccache and jobs under "environment".
+        # kernel.json's historical shape: make_env, ccache and jobs under
+        # "environment", and no ccache stats an empty object.
         env = data.pop("environment")
         data["environment"] = {"make_env": data.pop("make_env"), "ccache": data.pop("ccache"),
                                "jobs": data.pop("jobs"), **env}
+        data["ccache_stats"] = data["ccache_stats"] or {}
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def from_json(cls: type[R], text: str) -> R | None:
-    """The record in `text`, or None when it is not one of this schema."""
+    """The record in `text`, or None when it is not one of this schema and shape."""
     try:
         data = json.loads(text)
         if not isinstance(data, dict) or data.pop("schema", None) != SCHEMA:
@@ -169,19 +281,14 @@ def from_json(cls: type[R], text: str) -> R | None:
         if cls is KernelRecord:
             env = dict(data.pop("environment"))
             data.update(make_env=env.pop("make_env"), ccache=env.pop("ccache"),
-                        jobs=env.pop("jobs"), environment=env)
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        if set(data) - set(names):
-            return None
-        for name, value in data.items():
-            if names[name].type.startswith("tuple") and isinstance(value, list):
-                data[name] = tuple(value)
-        return cls(**data)
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                        jobs=env.pop("jobs"), environment=env,
+                        ccache_stats=data.get("ccache_stats") or None)
+        return msgspec.convert(data, cls)
+    except (json.JSONDecodeError, msgspec.ValidationError, KeyError, TypeError):
         return None
 
 
-def save(record: object, layout: Layout) -> Path:
+def save(record: Record, layout: Layout) -> Path:
     dest = path(type(record), layout)
     atomic_write_text(dest, to_json(record))
     return dest

@@ -20,6 +20,8 @@ import re
 import shlex
 from pathlib import Path
 
+import msgspec
+
 from . import kconfig, patch, records, selftests, tarballs
 from .image import DOCKER_INJECTED, GUEST_HOSTNAME, GUEST_REPOSITORY, mkfs_argv
 from .kbuild import HOST_LINKS, kmod_argv
@@ -123,32 +125,32 @@ def _fetch(source: SourceRecord, make: Make) -> list[str]:
         tree = layout.tree
         lines += [line(["git", "init", "-q", tree]),
                   line(["git", "-C", tree, "fetch", "-q", "--depth", "1", "--no-tags",
-                        source.identity["repo"], resolved["commit"]]),
+                        source.identity.repo, resolved.commit]),
                   line(["git", "-C", tree, "-c", "advice.detachedHead=false", "checkout", "-q",
                         "FETCH_HEAD"]),
                   line(["rm", "-rf", tree / ".git"])]
         return lines
     if source.kind == "debian":
-        package, version = resolved["package"], resolved["version"]
+        package, version = resolved.package, resolved.version
         archive = downloads / "deb" / debian.inner_tarball_name(package)
         lines += [line(["apt-get", "download", f"{package}={version}"], cwd=downloads),
                   f"dpkg-deb -x \"$OUT\"/downloads/*.deb {word(downloads / 'deb')}"]
     elif source.kind == "tarball":
-        url = source.identity["url"]
+        url = source.identity.url
         archive = downloads / url.rstrip("/").rsplit("/", 1)[-1]
         lines.append(line(["curl", "-fL", "--retry", "3", "-o", archive, url]))
     else:  # local
-        archive = Path(resolved["tarball"])
-    lines.append(line(["check", resolved["sha256"], archive]))
-    if source.kind == "tarball" and resolved.get("signature_checked"):
+        archive = Path(resolved.tarball)
+    lines.append(line(["check", resolved.sha256, archive]))
+    if source.kind == "tarball" and resolved.signature_checked is True:
         home, signature = downloads / "gnupg", downloads / "tarball.sign"
         decompress = gpg.DECOMPRESSORS.get(Path(url).suffix, (None, "cat"))[1]
         lines += [
             "# kernel.org's signature covers the uncompressed tar",
             line(["curl", "-fL", "--retry", "3", "-o", signature,
-                  source.identity["signature_url"]]),
+                  source.identity.signature_url]),
             line(["mkdir", "-m", "700", home]),
-            line(["gpg", "--batch", "--homedir", home, "--import", resolved["keyring"]]),
+            line(["gpg", "--batch", "--homedir", home, "--import", resolved.keyring]),
             line([decompress, "-dc", archive]) + " | "
             + line(["gpg", "--batch", "--homedir", home, "--verify", signature, "-"]),
         ]
@@ -157,7 +159,7 @@ def _fetch(source: SourceRecord, make: Make) -> list[str]:
 
 
 def _describe(source: SourceRecord) -> str:
-    shown = {k: v for k, v in source.resolved.items() if k not in ("tarball",)}
+    shown = {k: v for k, v in msgspec.to_builtins(source.resolved).items() if k != "tarball"}
     return " ".join(f"{k}={v}" for k, v in shown.items())
 
 
@@ -229,15 +231,15 @@ def _selftests(record: SelftestsRecord | None, make: Make) -> list[str]:
 
 def _tarballs(image: ImageRecord, layout: Layout) -> list[str]:
     """The package tarballs: given, published beside the script, or made by mmdebstrap."""
-    base, epoch = image.base, str(image.ext4["source_date_epoch"])
+    base, epoch = image.base, str(image.ext4.source_date_epoch)
     lines = [line(["mkdir", "-p", layout.image_work])]
     for role, record in (("base", base), ("toolchain", image.toolchain)):
-        if record.get("tarball") is None:
+        if record.tarball is None:
             continue  # a registry base
         variable, placeholder = TARBALL_VARIABLE[role], TARBALL[role]
-        made = layout.image_work / record["tarball"]
-        argv = tarballs.mmdebstrap_argv(base["suite"], base["mirror"], role, placeholder)
-        reference = tarballs.reference(role, record["sha256"])
+        made = layout.image_work / record.tarball
+        argv = tarballs.mmdebstrap_argv(base.suite, base.mirror, role, placeholder)
+        reference = tarballs.reference(role, record.sha256)
         lines += [
             f"step {word(f'the {role} package tarball')}",
             f'if [ -z "${{{variable}:-}}" ] && [ -f "$HERE/{role}.tar" ]; then '
@@ -246,7 +248,7 @@ def _tarballs(image: ImageRecord, layout: Layout) -> list[str]:
             f"	{variable}={word(made)}",
             "	" + line(argv, env={"SOURCE_DATE_EPOCH": epoch}),
             "fi",
-            line(["check", record["sha256"], placeholder]),
+            line(["check", record.sha256, placeholder]),
             f"docker image inspect {reference} >/dev/null 2>&1 ||",
             f'	docker import "${variable}" {reference}',
         ]
@@ -255,16 +257,16 @@ def _tarballs(image: ImageRecord, layout: Layout) -> list[str]:
 
 def _image(image: ImageRecord, layout: Layout) -> list[str]:
     base, ext4 = image.base, image.ext4
-    epoch = str(ext4["source_date_epoch"])
+    epoch = str(ext4.source_date_epoch)
     guest_ref = f"{GUEST_REPOSITORY}:{image.release}"
     context, rootfs = layout.image_context, layout.image_work / "rootfs"
     pin = layout.image_work / "pin-times.debugfs"
     lines = []
-    if base["tarball"] is None:
+    if base.tarball is None:
         lines += ["step 'image: the base, from its registry'",
-                  line(["docker", "pull", f"{base['reference']}@{base['digest']}"]),
-                  line(["docker", "tag", f"{base['reference']}@{base['digest']}",
-                        base["reference"]])]
+                  line(["docker", "pull", f"{base.reference}@{base.digest}"]),
+                  line(["docker", "tag", f"{base.reference}@{base.digest}",
+                        base.reference])]
     lines += [
         "step 'image: docker build of the rendered Dockerfile kept beside this script'",
         # The image's sources as the build had them (a changed suite would change it).
@@ -292,7 +294,7 @@ def _image(image: ImageRecord, layout: Layout) -> list[str]:
         f"echo {GUEST_HOSTNAME} >" + word(rootfs / "etc" / "hostname"),
         f"printf '127.0.0.1\\tlocalhost {GUEST_HOSTNAME}\\n' >" + word(rootfs / "etc" / "hosts"),
         line(["find", rootfs, "-exec", "touch", "-h", "-d", f"@{epoch}", "{}", "+"]),
-        line(mkfs_argv(ext4["uuid"], ext4["size_mb"], rootfs, layout.rootfs),
+        line(mkfs_argv(ext4.uuid, ext4.size_mb, rootfs, layout.rootfs),
              env={"E2FSPROGS_FAKE_TIME": epoch}),
         "# mkfs -d copies ctime and atime, which no one can set: pin them with debugfs",
         f"(cd {word(rootfs)} && {{ echo; find . -mindepth 1 -printf '%P\\n' | LC_ALL=C sort; }})"
@@ -324,8 +326,8 @@ def render(settings: Settings) -> str:
     tests = records.require(SelftestsRecord, layout) if image.with_selftests else None
     repro = Layout(project=PROJECT, build=OUT, cache=CACHE)
     container = None
-    if kernel.toolchain.get("runtime") == "docker":
-        container = tarballs.reference("toolchain", kernel.toolchain["sha256"])
+    if kernel.toolchain.runtime == "docker":
+        container = tarballs.reference("toolchain", kernel.toolchain.sha256)
     make = Make(repro, kernel.jobs, kernel.ccache, source.source_date_epoch, container)
     # make.env() is the environment every make of the pipeline gets: the
     # reproducible-builds variables the record holds, plus ccache's place

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from . import commands
 from .errors import CommandError, EnvironmentProblem, SettingsError
+from .records import PackageSet
 from .settings import Settings
 from .util import file_sha256
 
@@ -244,7 +245,7 @@ def docker_image(client: docker.DockerClient, tarball: PackageTarball, reimport:
     return reference
 
 
-def record(tarball: PackageTarball) -> dict[str, object]:
+def record(tarball: PackageTarball) -> PackageSet:
     """What the records keep of a package set: name, sha256, versions."""
-    return {"tarball": tarball.path.name, "sha256": tarball.sha256, "pinned": tarball.pinned,
-            "packages": tarball.packages}
+    return PackageSet(tarball=tarball.path.name, sha256=tarball.sha256, pinned=tarball.pinned,
+                      packages=tarball.packages)

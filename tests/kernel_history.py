@@ -39,12 +39,12 @@ def pristine_tree(layout, tmp: Path) -> Path:
     from pipeline.records import SourceRecord
 
     source = records.load(SourceRecord, layout)
-    entry = layout.trees / source.resolved["sha256"]
+    entry = layout.trees / source.resolved.sha256
     if entry.is_dir():
         return entry
     tree = tmp / "pristine"
     tree.mkdir()
-    subprocess.run(["tar", "-xf", source.resolved["tarball"], "-C", tree,
+    subprocess.run(["tar", "-xf", source.resolved.tarball, "-C", tree,
                     "--strip-components=1"], check=True)
     return tree
 

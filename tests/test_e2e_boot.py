@@ -170,8 +170,8 @@ def test_base_image_from_a_registry(kernel_build, local_registry, tmp_path):
         (shutil.copytree if src.is_dir() else shutil.copy)(src, build / "artifacts" / name)
     s = settings.load(ROOT, {"paths.build": str(build), "image.base": pushed})
     record = image.build_image(s)
-    assert record.base["reference"] == pushed
-    assert record.base["digest"].startswith("sha256:")
+    assert record.base.reference == pushed
+    assert record.base.digest.startswith("sha256:")
     assert (build / "artifacts" / "rootfs.ext4").stat().st_size > 0
 
 

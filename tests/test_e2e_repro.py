@@ -103,7 +103,7 @@ def test_one_kmod_byte_changes_its_module_the_image_and_the_manifest(docker_repr
     assert changed != text and len(changed) == len(text)
     source.write_text(changed)
     # The rebuild's own settings, so only what the change touches runs again.
-    version = records.load(SourceRecord, kernel_build.layout).resolved["version"]
+    version = records.load(SourceRecord, kernel_build.layout).resolved.version
     pins = [f"image.{role}={value}" for tar in ("base", "toolchain") for role, value in (
         (tar, f"tarball:{kernel_build.layout.published_tarball(tar)}"),
         (f"{tar}_sha256", file_sha256(kernel_build.layout.published_tarball(tar))))]

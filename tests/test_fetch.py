@@ -147,7 +147,7 @@ def test_signature_checked_on_uncompressed_tar(make_settings, http_server, gpg_k
                          **{"source.signature_url": http_server.url + "/linux-6.12.3.tar.sign",
                             "source.keyring": str(keyring)})
     record = sources.fetch_tree(s)
-    assert record.resolved["signature_checked"] is True
+    assert record.resolved.signature_checked is True
 
 
 def test_bad_signature_leaves_nothing(make_settings, http_server, gpg_key, fake_tree_files):
@@ -210,7 +210,7 @@ def test_git_ref_resolves_and_records_commit(make_settings, git_repo, ref, index
     repo, commits = git_repo
     s = make_settings(**{"source.kind": "git", "source.repo": str(repo), "source.ref": ref})
     record = sources.fetch_tree(s)
-    assert record.resolved["commit"] == commits[index]
+    assert record.resolved.commit == commits[index]
     assert record.kernel_version == version
     assert record.source_date_epoch == 1_700_000_000
     assert not (s.layout.tree / ".git").exists()
@@ -271,7 +271,7 @@ def test_git_moves_the_tree_in_place(make_settings, git_repo):
                               "source.ref": commits[1]})
     after = sources.fetch_tree(second)
     assert after.tree_id == before.tree_id
-    assert after.kernel_version == "6.12.4" and after.resolved["commit"] == commits[1]
+    assert after.kernel_version == "6.12.4" and after.resolved.commit == commits[1]
     assert "SUBLEVEL = 4" in (tree / "Makefile").read_text()
     assert x86.read_text() == (repo / "arch/x86/kvm/x86.c").read_text()
     assert not (tree / "include").exists()

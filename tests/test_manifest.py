@@ -1,23 +1,32 @@
 """The manifest, package tarballs and repro's comparison: pure logic, no engine, no build."""
 
-import dataclasses
 import io
 import json
 import tarfile
 
+import msgspec
 import pytest
 
 from pipeline import manifest, records, reproducer, settings, tarballs
 from pipeline.drivers import repro
 from pipeline.errors import InputUnavailable, PipelineError, SettingsError, UserError
 from pipeline.records import (
+    BuildEnvironment,
     ConfigRecord,
+    Ext4,
+    ImageBase,
     ImageRecord,
+    KernelPatches,
     KernelRecord,
+    KernelSource,
     KmodRecord,
+    PackageSet,
     SelftestsRecord,
     SeriesRecord,
+    SourceIdentity,
     SourceRecord,
+    SourceResolved,
+    Toolchain,
 )
 
 STATUS = """Package: libc6
@@ -48,25 +57,37 @@ def status_tarball(path, status=STATUS):
     return path
 
 
-def package_record(sha, packages):
-    return {"tarball": f"{sha[:4]}.tar", "sha256": sha, "pinned": False, "packages": packages}
+def edited(record, key, value):
+    """`record` with the field at `key` (dotted, or a tuple of names) set to `value`:
+    records are frozen."""
+    data = msgspec.to_builtins(record)
+    *path, last = key.split(".") if isinstance(key, str) else key
+    inner = data
+    for name in path:
+        inner = inner[name]
+    inner[last] = value
+    return msgspec.convert(data, type(record))
 
 
 def save_build(layout, changes=None):
     """A complete set of stage records, as a real build leaves them."""
+    identity = SourceIdentity(kind="debian", package="linux-source-6.12", version="6.12.57-1")
+    resolved = SourceResolved(package="linux-source-6.12", version="6.12.57-1",
+                              tarball="/root/.cache/x.tar.xz", sha256="a" * 64)
     kernel = KernelRecord(
         release="6.12.57", kernel_version="6.12.57", variant="default",
-        source={"identity": {}, "resolved": {}}, patches={"patches": ["0001.patch"]},
+        source=KernelSource(identity=identity, resolved=resolved),
+        patches=KernelPatches(series="patches/kvm/6.12/series", patches=("0001.patch",),
+                              digest="d" * 64),
         config_sha256="c" * 64, bzImage_sha256="b" * 64,
         module_sha256={"modules/kernel/arch/x86/kvm/kvm.ko": "1" * 64},
         make_env={"KBUILD_BUILD_USER": "kvm-pipeline"},
-        toolchain={"runtime": "host", "packages": {"gcc-12": "12.2.0-14+deb12u1"}},
-        ccache=True, jobs=2, environment={"host": "here"}, seconds={"build": 100.0})
+        toolchain=Toolchain(runtime="host", packages={"gcc-12": "12.2.0-14+deb12u1"}),
+        ccache=True, jobs=2, environment=BuildEnvironment(host="here"),
+        seconds={"build": 100.0})
     built = {
         SourceRecord: SourceRecord(
-            kind="debian", identity={"package": "linux-source-6.12"},
-            resolved={"package": "linux-source-6.12", "version": "6.12.57-1",
-                      "tarball": "/root/.cache/x.tar.xz", "sha256": "a" * 64},
+            kind="debian", identity=identity, resolved=resolved,
             kernel_version="6.12.57", source_date_epoch=1700000000, tree_id="t1"),
         SeriesRecord: SeriesRecord(tree_id="t1", kernel_version="6.12.57",
                                    series="patches/kvm/6.12/series", patches=("0001.patch",),
@@ -81,12 +102,14 @@ def save_build(layout, changes=None):
                                source_sha256={"sched_inject_main.c": "3" * 64}),
         ImageRecord: ImageRecord(
             release="6.12.57",
-            base={"reference": "mmdebstrap", "digest": "sha256:" + "4" * 64,
-                  "suite": "bookworm", "mirror": "http://deb.debian.org/debian",
-                  **package_record("4" * 64, {"kmod": "30+20221128-1"})},
-            toolchain=package_record("5" * 64, {"gcc-12": "12.2.0-14+deb12u1"}),
+            base=ImageBase(reference="mmdebstrap", digest="sha256:" + "4" * 64,
+                           suite="bookworm", mirror="http://deb.debian.org/debian",
+                           tarball="4444.tar", sha256="4" * 64, pinned=False,
+                           packages={"kmod": "30+20221128-1"}),
+            toolchain=PackageSet(tarball="5555.tar", sha256="5" * 64, pinned=False,
+                                 packages={"gcc-12": "12.2.0-14+deb12u1"}),
             inputs={"images/init": "6" * 64}, dockerfile_sha256="7" * 64,
-            ext4={"uuid": "u", "size_mb": 1024, "source_date_epoch": 1700000000},
+            ext4=Ext4(uuid="u", size_mb=1024, source_date_epoch=1700000000),
             rootfs_sha256="8" * 64, with_kmod=True, with_selftests=True,
             image_id="sha256:local", seconds=60.0),
         SelftestsRecord: SelftestsRecord(kernel_version="6.12.57", inputs_key="k" * 64,
@@ -95,7 +118,8 @@ def save_build(layout, changes=None):
                                          seconds=30.0),
     }
     for cls, change in (changes or {}).items():
-        built[cls] = dataclasses.replace(built[cls], **change)
+        for key, value in change.items():
+            built[cls] = edited(built[cls], key, value)
     for record in built.values():
         records.save(record, layout)
 
@@ -195,7 +219,7 @@ def test_rebuild_settings_turn_every_cache_off_and_pin_published_tarballs(layout
     published.mkdir()
     base = status_tarball(published / "base.tar")
     expected = expected_manifest(layout)
-    expected["inputs"]["image"]["base"]["sha256"] = tarballs.file_sha256(base)
+    expected = edited(expected, "inputs.image.base.sha256", tarballs.file_sha256(base))
     fresh = repro.rebuild_settings(config, expected, published)
     # ccache reads nothing (recache) and no shared server is asked.
     assert fresh.kernel.ccache == "recache" and not fresh.kernel.ccache_remote
@@ -219,9 +243,9 @@ def test_a_moved_package_set_is_an_unavailable_input(layout, make_settings, tmp_
                               "image.base_sha256": tarballs.file_sha256(path),
                               "image.toolchain": "tarball:base.tar",
                               "image.toolchain_sha256": tarballs.file_sha256(path)})
-    expected["inputs"]["image"]["base"]["packages"] = {"libc6": "2.36-9+deb12u13",
-                                                       "gcc-12": "12.2.0-14+deb12u1"}
-    expected["inputs"]["image"]["toolchain"]["packages"] = tarballs.package_set(path)
+    expected = edited(expected, "inputs.image.base.packages",
+                      {"libc6": "2.36-9+deb12u13", "gcc-12": "12.2.0-14+deb12u1"})
+    expected = edited(expected, "inputs.image.toolchain.packages", tarballs.package_set(path))
     with pytest.raises(InputUnavailable) as failure:
         repro.check_package_sets(config, expected)
     message = str(failure.value)
@@ -236,15 +260,15 @@ def test_artifact_rows_count_a_published_file_by_its_bytes(layout, tmp_path):
     published = tmp_path / "ci"
     published.mkdir()
     (published / "bzImage").write_bytes(b"changed after the build")
-    got = json.loads(json.dumps(expected))
+    got = expected
     rows = {row.name: row for row in repro.artifact_rows(expected, published, got)}
     assert not rows["bzImage"].same and "does not match its own manifest" in rows["bzImage"].note
     assert rows["rootfs.ext4"].same  # not published here: the manifest's digest counts
     # A rebuild equal to the changed file still did not reproduce the manifest.
-    got["artifacts"]["bzImage"] = tarballs.file_sha256(published / "bzImage")
+    got = edited(got, "artifacts.bzImage", tarballs.file_sha256(published / "bzImage"))
     rows = {row.name: row for row in repro.artifact_rows(expected, published, got)}
     assert not rows["bzImage"].same
-    got["artifacts"]["kmod/extra.ko"] = "e" * 64
+    got = edited(got, ("artifacts", "kmod/extra.ko"), "e" * 64)
     rows = {row.name: row for row in repro.artifact_rows(expected, published, got)}
     assert rows["kmod/extra.ko"].expected is None and not rows["kmod/extra.ko"].same
 
@@ -264,7 +288,7 @@ def test_diffoscope_on_equal_contents_says_so(tmp_path):
 def test_manifest_names_a_git_tree_by_its_commit_only(layout):
     save_build(layout, {SourceRecord: {
         "kind": "git", "resolved": {"repo": "/home/alice/linux", "ref": "v6.12",
-                                    "commit": "c" * 40, "source_date_epoch": 1}},
+                                    "commit": "c" * 40}},
         ConfigRecord: {"fragments": ("/home/alice/extra.config",),
                        "fragment_sha256": {"/home/alice/extra.config": "e" * 64}}})
     text = manifest.dumps(manifest.build(layout))
@@ -276,11 +300,11 @@ def test_manifest_names_a_git_tree_by_its_commit_only(layout):
 
 def test_inputs_and_artifacts_are_compared_apart(layout, tmp_path):
     expected = expected_manifest(layout)
-    got = json.loads(json.dumps(expected))
-    got["inputs"]["kernel"]["toolchain"] = {"runtime": "docker", "sha256": "5" * 64,
-                                            "packages": {"gcc-12": "12.2.0-14+deb12u2"}}
-    diffs = {d.key: (d.expected, d.got) for d in manifest.differences(expected["inputs"],
-                                                                      got["inputs"])}
+    got = edited(expected, "inputs.kernel.toolchain",
+                 {"runtime": "docker", "sha256": "5" * 64,
+                  "packages": {"gcc-12": "12.2.0-14+deb12u2"}})
+    diffs = {d.key: (d.expected, d.got) for d in manifest.differences(expected.inputs,
+                                                                      got.inputs)}
     assert diffs == {"kernel.toolchain.runtime": ("host", "docker"),
                      "kernel.toolchain.sha256": (None, "5" * 64),
                      "kernel.toolchain.packages.gcc-12": ("12.2.0-14+deb12u1",
@@ -329,9 +353,9 @@ def test_a_repro_verdict_covers_the_inputs_as_well_as_the_artifacts(make_setting
     manifest.write(rebuilt_layout)
     expected = manifest.load(rebuilt_layout.manifest)
     if plant == "input":
-        expected["inputs"]["source"]["sha256"] = "0" * 64
+        expected = edited(expected, "inputs.source.sha256", "0" * 64)
     elif plant == "artifact":
-        expected["artifacts"]["bzImage"] = "f" * 64
+        expected = edited(expected, "artifacts.bzImage", "f" * 64)
     against.parent.mkdir()
     against.write_text(manifest.dumps(expected))
     if code:

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from msgspec import UNSET
+
 from .. import chain, commands, manifest, tarballs
 from ..errors import (
     ArtifactsDiffer,
@@ -42,6 +44,7 @@ from ..errors import (
     PipelineError,
 )
 from ..layout import Layout
+from ..manifest import Manifest
 from ..settings import Settings, derive
 from ..util import atomic_write_text, file_sha256, remove_tree
 
@@ -77,14 +80,14 @@ def against_path(settings: Settings) -> Path:
     return settings.layout.manifest
 
 
-def rebuild_settings(settings: Settings, expected: dict[str, Any], published: Path) -> Settings:
+def rebuild_settings(settings: Settings, expected: Manifest, published: Path) -> Settings:
     """The settings of the rebuild: its own build dir, every cache off, the manifest's
     package tarballs pinned when they were published beside it, and a Debian source
     pinned to the manifest's version unless source.version says otherwise."""
     layout = settings.layout
     image: dict[str, Any] = {"docker_cache": False}
     for role in tarballs.ROLES:
-        wanted = expected["inputs"]["image"][role].get("sha256")
+        wanted = getattr(expected.inputs.image, role).sha256
         candidate = published / f"{role}.tar"
         value, _ = tarballs.choice(settings, role)
         if wanted and value == "mmdebstrap" and candidate.is_file() \
@@ -92,10 +95,10 @@ def rebuild_settings(settings: Settings, expected: dict[str, Any], published: Pa
             log.info("repro: using the published %s tarball %s", role, candidate)
             image.update({role: f"tarball:{candidate}", f"{role}_sha256": wanted})
     source: dict[str, Any] = {"tree_cache": False}
-    want_source = expected["inputs"]["source"]
+    want_source = expected.inputs.source
     if settings.source.kind == "debian" and not settings.source.version \
-            and want_source.get("kind") == "debian":
-        source["version"] = want_source["version"]
+            and want_source.kind == "debian":
+        source["version"] = want_source.version
     ccache = "off"
     if settings.kernel.ccache != "off" and (settings.kernel.runtime == "docker"
                                             or shutil.which("ccache")):
@@ -105,15 +108,15 @@ def rebuild_settings(settings: Settings, expected: dict[str, Any], published: Pa
                              "paths": {"build": str(layout.repro_build)}}, "the rebuild")
 
 
-def check_package_sets(settings: Settings, expected: dict[str, Any]) -> None:
+def check_package_sets(settings: Settings, expected: Manifest) -> None:
     """The rebuild's package tarballs must hold the manifest's versions (else exit 2)."""
     problems = []
     for role in tarballs.ROLES:
-        want = expected["inputs"]["image"][role]
-        if "packages" not in want or not tarballs.is_local(settings, role):
+        want = getattr(expected.inputs.image, role)
+        if want.packages is UNSET or not tarballs.is_local(settings, role):
             continue
         have = tarballs.ensure(settings, role)
-        moved = manifest.differences(want["packages"], have.packages)
+        moved = manifest.differences(want.packages, have.packages)
         if moved:
             shown = ", ".join(f"{d.key} {d.expected or '(none)'} (here: {d.got or 'none'})"
                               for d in moved[:8])
@@ -121,7 +124,7 @@ def check_package_sets(settings: Settings, expected: dict[str, Any]) -> None:
             problems.append(
                 f"the manifest's {role} package set is not the one available here: "
                 f"{shown}{more}. Pin the {role} tarball published with the manifest: "
-                f"image.{role}=tarball:PATH image.{role}_sha256={want['sha256']} (or put it "
+                f"image.{role}=tarball:PATH image.{role}_sha256={want.sha256} (or put it "
                 f"beside the manifest as {role}.tar)")
     if problems:
         raise InputUnavailable("\n".join(problems))
@@ -146,12 +149,11 @@ def rebuild(settings: Settings) -> float:
     return seconds
 
 
-def artifact_rows(expected: dict[str, Any], published: Path,
-                  got: dict[str, Any]) -> list[ArtifactRow]:
+def artifact_rows(expected: Manifest, published: Path, got: Manifest) -> list[ArtifactRow]:
     """Every artifact of either manifest; a file published beside the expected
     manifest counts by its own bytes (it may have been changed after the build)."""
     rows = []
-    want, have = expected["artifacts"], got["artifacts"]
+    want, have = expected.artifacts, got.artifacts
     for name in sorted(set(want) | set(have)):
         path = published / name
         actual = file_sha256(path) if name in want and path.is_file() else None
@@ -230,10 +232,10 @@ def print_report(inputs: list[manifest.Difference], rows: list[ArtifactRow],
         print(f"  ... and {len(inputs) - INPUTS_SHOWN} more (the report has them all)")
 
 
-def compare(expected: dict[str, Any], published: Path, rebuilt_layout: Layout,
+def compare(expected: Manifest, published: Path, rebuilt_layout: Layout,
             reports: Path) -> tuple[list[manifest.Difference], list[ArtifactRow], dict]:
     got = manifest.load(rebuilt_layout.manifest)
-    inputs = manifest.differences(expected["inputs"], got["inputs"])
+    inputs = manifest.differences(expected.inputs, got.inputs)
     rows = artifact_rows(expected, published, got)
     explained = {}
     for row in (row for row in rows if not row.same):

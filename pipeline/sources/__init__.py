@@ -25,9 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from .. import records
 from ..errors import PipelineError
-from ..records import SourceRecord
+from ..records import FetchRun, SourceIdentity, SourceRecord, SourceResolved
 from ..settings import Settings
 from ..util import remove_tree
 from . import archive, debian, git
@@ -40,11 +42,11 @@ __all__ = ["KINDS", "fetch_tree", "identity", "is_current", "kernel_line", "kern
 
 @dataclass(frozen=True)
 class SourceKind:
-    identify: Callable[[Settings], dict]
-    fetch: Callable[[Settings, Path], dict]
+    identify: Callable[[Settings], SourceIdentity]
+    fetch: Callable[[Settings, Path], SourceResolved]
     # Moves a tree this kind made to what the settings ask for, in place (None:
     # it cannot); only changed files are rewritten, so builds stay incremental.
-    update: Callable[[Settings, Path], dict | None] | None = None
+    update: Callable[[Settings, Path], SourceResolved | None] | None = None
 
 
 KINDS = {
@@ -55,8 +57,8 @@ KINDS = {
 }
 
 
-def identity(settings: Settings) -> dict:
-    return {"kind": settings.source.kind, **KINDS[settings.source.kind].identify(settings)}
+def identity(settings: Settings) -> SourceIdentity:
+    return KINDS[settings.source.kind].identify(settings)
 
 
 def is_current(settings: Settings) -> bool:
@@ -97,20 +99,21 @@ def fetch_tree(settings: Settings) -> SourceRecord:
         tree_id = uuid.uuid4().hex
     # git gives its commit time; archives keep their files' times, and the
     # Makefile's is the release date.
-    epoch = resolved.pop("source_date_epoch", None)
-    if epoch is None:
+    epoch = resolved.source_date_epoch
+    if epoch is msgspec.UNSET:
         epoch = int((tree / "Makefile").stat().st_mtime)
     record = SourceRecord(
-        kind=settings.source.kind, identity=wanted, resolved=resolved,
+        kind=settings.source.kind, identity=wanted,
+        resolved=msgspec.structs.replace(resolved, source_date_epoch=msgspec.UNSET),
         kernel_version=kernel_version(tree), source_date_epoch=epoch, tree_id=tree_id,
-        run={"seconds": round(time.monotonic() - started, 1)},
+        run=FetchRun(seconds=round(time.monotonic() - started, 1)),
     )
     records.save(record, layout)
     log.info("fetched Linux %s (%s) into %s", record.kernel_version, settings.source.kind, tree)
     return record
 
 
-def _fetch_fresh(kind: SourceKind, settings: Settings, tree: Path) -> dict:
+def _fetch_fresh(kind: SourceKind, settings: Settings, tree: Path) -> SourceResolved:
     """The tree into a staging directory, checked, then swapped in for `tree`."""
     staging = Path(tempfile.mkdtemp(dir=tree.parent, prefix=".fetch-"))
     try:

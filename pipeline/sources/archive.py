@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import SourceError
+from ..records import SourceIdentity, SourceResolved
 from ..settings import Settings
 from ..util import file_sha256
 from . import gpg
@@ -21,12 +22,13 @@ def tarball_cache_path(settings: Settings) -> Path:
     return settings.layout.downloads / f"{src.sha256[:16]}-{name}"
 
 
-def identify_tarball(settings: Settings) -> dict:
+def identify_tarball(settings: Settings) -> SourceIdentity:
     src = settings.source
-    return {"url": src.url, "sha256": src.sha256, "signature_url": src.signature_url}
+    return SourceIdentity(kind="tarball", url=src.url, sha256=src.sha256,
+                          signature_url=src.signature_url)
 
 
-def fetch_tarball(settings: Settings, dest: Path) -> dict:
+def fetch_tarball(settings: Settings, dest: Path) -> SourceResolved:
     from .download import download, http_session  # requests: only a download needs it
 
     src = settings.source
@@ -48,19 +50,18 @@ def fetch_tarball(settings: Settings, dest: Path) -> dict:
     else:
         download(session, src.url, cached, src.sha256)
     populate(cached, src.sha256, dest, cache_dir(settings))
-    resolved = {"tarball": str(cached), "sha256": src.sha256,
-                "signature_checked": bool(src.signature_url)}
-    if src.signature_url:
-        resolved["keyring"] = str(settings.resolve(src.keyring))
-    return resolved
+    if not src.signature_url:
+        return SourceResolved(tarball=str(cached), sha256=src.sha256, signature_checked=False)
+    return SourceResolved(tarball=str(cached), sha256=src.sha256, signature_checked=True,
+                          keyring=str(settings.resolve(src.keyring)))
 
 
-def identify_local(settings: Settings) -> dict:
-    return {"path": str(settings.resolve(settings.source.path)),
-            "sha256": settings.source.sha256}
+def identify_local(settings: Settings) -> SourceIdentity:
+    return SourceIdentity(kind="local", path=str(settings.resolve(settings.source.path)),
+                          sha256=settings.source.sha256)
 
 
-def fetch_local(settings: Settings, dest: Path) -> dict:
+def fetch_local(settings: Settings, dest: Path) -> SourceResolved:
     src = settings.source
     path = settings.resolve(src.path)
     if not path.is_file():
@@ -72,4 +73,4 @@ def fetch_local(settings: Settings, dest: Path) -> dict:
             "fix source.sha256 or source.path"
         )
     populate(path, got, dest, cache_dir(settings))
-    return {"tarball": str(path), "sha256": got}
+    return SourceResolved(tarball=str(path), sha256=got)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import commands
 from ..errors import CommandError, EnvironmentProblem, SourceError
+from ..records import SourceIdentity, SourceResolved
 from ..settings import Settings
 from ..util import atomic_write_text, file_sha256
 from .treecache import cache_dir, populate
@@ -81,11 +82,12 @@ def inner_tarball_name(package: str) -> str:
     return f"usr/src/{package}.tar.xz"
 
 
-def identify(settings: Settings) -> dict:
-    return {"package": settings.source.package, "version": resolve_version(settings)}
+def identify(settings: Settings) -> SourceIdentity:
+    return SourceIdentity(kind="debian", package=settings.source.package,
+                          version=resolve_version(settings))
 
 
-def fetch(settings: Settings, dest: Path) -> dict:
+def fetch(settings: Settings, dest: Path) -> SourceResolved:
     src = settings.source
     version = resolve_version(settings)
     cache = settings.layout.debian_downloads
@@ -107,5 +109,5 @@ def fetch(settings: Settings, dest: Path) -> dict:
             os.replace(inner, cached)
     sha256 = file_sha256(cached)
     populate(cached, sha256, dest, cache_dir(settings))
-    return {"package": src.package, "version": version, "tarball": str(cached),
-            "sha256": sha256}
+    return SourceResolved(package=src.package, version=version, tarball=str(cached),
+                          sha256=sha256)

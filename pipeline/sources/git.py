@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import commands, failure
 from ..errors import CommandError, EnvironmentProblem, SourceError
+from ..records import SourceIdentity, SourceResolved
 from ..settings import Settings
 from ..util import remove_tree
 
@@ -78,8 +79,8 @@ def borrows_from(git_dir: Path, repo: Path) -> bool:
     return str(objects_dir(repo).resolve()) in [str(Path(a).resolve()) for a in alternates]
 
 
-def identify(settings: Settings) -> dict:
-    return {"repo": settings.source.repo, "commit": resolve_ref(settings)}
+def identify(settings: Settings) -> SourceIdentity:
+    return SourceIdentity(kind="git", repo=settings.source.repo, commit=resolve_ref(settings))
 
 
 def _fetch_commit(settings: Settings, commit: str) -> int:
@@ -113,7 +114,7 @@ def _in_tree(settings: Settings, tree: Path, *args: str) -> str:
                 env={"GIT_INDEX_FILE": str(layout.git_index)})
 
 
-def fetch(settings: Settings, dest: Path) -> dict:
+def fetch(settings: Settings, dest: Path) -> SourceResolved:
     """The commit's files into the empty directory `dest`."""
     commit = resolve_ref(settings)
     epoch = _fetch_commit(settings, commit)
@@ -122,11 +123,11 @@ def fetch(settings: Settings, dest: Path) -> dict:
         _in_tree(settings, dest, "read-tree", "--reset", "-u", commit)
     except CommandError as exc:
         raise failure.machine_error(f"checking out {commit} into {dest}", exc, dest) from None
-    return {"repo": settings.source.repo, "ref": settings.source.ref, "commit": commit,
-            "source_date_epoch": epoch}
+    return SourceResolved(repo=settings.source.repo, ref=settings.source.ref, commit=commit,
+                          source_date_epoch=epoch)
 
 
-def update(settings: Settings, tree: Path) -> dict | None:
+def update(settings: Settings, tree: Path) -> SourceResolved | None:
     """Move the tree made by an earlier fetch to the configured commit, in place.
 
     None when the tree cannot be updated (no index of an earlier fetch): the
@@ -150,5 +151,5 @@ def update(settings: Settings, tree: Path) -> dict | None:
         error = failure.machine_error(f"moving {tree} to commit {commit}", exc, tree)
         remove_tree(tree)  # half-moved (after the look at its disk): the next fetch starts afresh
         raise error from None
-    return {"repo": settings.source.repo, "ref": settings.source.ref, "commit": commit,
-            "source_date_epoch": epoch}
+    return SourceResolved(repo=settings.source.repo, ref=settings.source.ref, commit=commit,
+                          source_date_epoch=epoch)
