@@ -63,7 +63,8 @@ def main() -> None:
         report_path = BISECT_BUILD / "bisect" / "report.json"
         if proc.returncode != 0 or not report_path.is_file():
             raise SystemExit(f"the bisection failed ({proc.returncode}); its output: {log}")
-        report = records.read_typed(report_path, bisect.BisectReport, bisect.BISECT_SCHEMA)
+        report = records.read_typed(report_path, bisect.report.BisectReport,
+                                    bisect.verdicts.BISECT_SCHEMA)
         if report is None or report.first_bad is None \
                 or report.first_bad.commit != commits[CULPRIT]:
             raise SystemExit(f"the bisection named {report and report.first_bad}, not the planted "

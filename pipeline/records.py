@@ -317,8 +317,8 @@ def require(cls: type[R], layout: Layout) -> R:
 Typed = TypeVar("Typed", bound=msgspec.Struct)
 
 
-def write_typed(path: Path, record: msgspec.Struct) -> None:
-    """`record` as indented JSON at `path`, written atomically."""
+def write_typed(path: Path, record: object) -> None:
+    """`record` (a struct, or a dict of them) as indented JSON at `path`, written atomically."""
     text = msgspec.json.format(msgspec.json.encode(record), indent=2).decode()
     atomic_write_text(path, text + "\n")
 

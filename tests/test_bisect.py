@@ -13,7 +13,7 @@ import pytest
 from helpers import new_repo
 
 from pipeline.drivers import bisect
-from pipeline.drivers.bisect import ANY_FAILURE, Run, Symptom, combine, judge, miss_chance
+from pipeline.drivers.bisect.verdicts import ANY_FAILURE, Run, Symptom, combine, judge, miss_chance
 from pipeline.errors import BisectAmbiguous, EnvironmentProblem, UserError
 from pipeline.settings import SECTIONS, keys_of
 
@@ -88,9 +88,9 @@ def changed(value):
 def test_cache_key_covers_every_setting_that_decides_the_verdict(make_settings):
     """Each setting of the schema, one at a time: a miss unless it is NOT_DECIDING."""
     base = make_settings()
-    key = bisect.verdict_key(base, "a" * 40)
-    assert bisect.verdict_key(base, "b" * 40) != key
-    deciding = set(bisect.deciding_settings(base))
+    key = bisect.cache.verdict_key(base, "a" * 40)
+    assert bisect.cache.verdict_key(base, "b" * 40) != key
+    deciding = set(bisect.cache.deciding_settings(base))
     assert {"kselftest.tests", "kselftest.timeout", "test.cases", "kernel.variant",
             "kernel.runtime", "boot.smp", "image.size_mb"} <= deciding
     for section in SECTIONS:
@@ -101,7 +101,7 @@ def test_cache_key_covers_every_setting_that_decides_the_verdict(make_settings):
             copy = msgspec.structs.replace(section_value)
             msgspec.structs.force_setattr(copy, field, changed(getattr(section_value, field)))
             other = msgspec.structs.replace(base, **{section: copy})
-            same = bisect.verdict_key(other, "a" * 40) == key
+            same = bisect.cache.verdict_key(other, "a" * 40) == key
             assert same == (name not in deciding), name
     # How a build runs does not change its verdict.
     for name in ("kernel.jobs", "kernel.ccache", "test.repeat", "paths.build"):
@@ -115,7 +115,7 @@ def test_step_speaks_git_bisect_run(make_settings, history, monkeypatch, verdict
 
     def fake_test_commit(settings, repo_path, commit, symptom, runs, cache, all_runs=False):
         assert commit == commits[-1]  # source.ref's default is HEAD
-        return bisect.Step(commit=commit, subject="", verdict=verdict, reason="why", outcome="",
+        return bisect.steps.Step(commit=commit, subject="", verdict=verdict, reason="why", outcome="",
                            seconds=0.0, cached=False, runs=0, done=[])
 
     monkeypatch.setattr(bisect, "test_commit", fake_test_commit)
@@ -180,7 +180,7 @@ def test_bisection_names_the_culprit_and_leaves_the_repository_alone(
     s = make_settings(**{"source.kind": "git", "source.repo": str(repo),
                          "bisect.good": commits[0], "bisect.bad": "master"})
     calls: list[str] = []
-    monkeypatch.setattr(bisect, "run_once", stand_in_runs(commits, calls))
+    monkeypatch.setattr(bisect.steps, "run_once", stand_in_runs(commits, calls))
     report = bisect.bisect(s)
     assert report.first_bad.commit == commits[REGRESSION]
     assert report.first_bad.subject == f"change {REGRESSION}"
@@ -218,7 +218,7 @@ def test_skipped_commits_can_leave_candidates(make_settings, history, monkeypatc
         return Run(10, "test failures", failed=("a.b",)) if index > BROKEN_BUILD else \
             Run(0, "passed", passed=("a.b",))
 
-    monkeypatch.setattr(bisect, "run_once", run_once)
+    monkeypatch.setattr(bisect.steps, "run_once", run_once)
     with pytest.raises(BisectAmbiguous) as failure:
         bisect.bisect(s)
     assert failure.value.exit_code == 20
@@ -242,7 +242,7 @@ def test_flaky_symptom_needs_clean_runs(make_settings, history, monkeypatch):
             return Run(10, "test failures", failed=("a.b",))
         return Run(0, "passed", passed=("a.b",))
 
-    monkeypatch.setattr(bisect, "run_once", run_once)
+    monkeypatch.setattr(bisect.steps, "run_once", run_once)
     report = bisect.bisect(s)
     assert report.first_bad.commit == commits[REGRESSION]
     assert report.symptom.shown == 2 and report.symptom.runs == 3
@@ -277,7 +277,7 @@ def test_a_step_the_machine_failed_is_tried_again_then_stops_the_bisection(
             return failure
         return stand_in(settings, dest)
 
-    monkeypatch.setattr(bisect, "run_once", run_once)
+    monkeypatch.setattr(bisect.steps, "run_once", run_once)
     with pytest.raises(EnvironmentProblem) as stopped:
         bisect.bisect(s)
     assert stopped.value.exit_code == 3
@@ -311,7 +311,7 @@ def test_a_step_that_passes_on_its_second_try_counts(make_settings, history, mon
         tries[commit] = tries.get(commit, 0) + 1
         return DISK_FULL if tries[commit] == 1 else stand_in(settings, dest)
 
-    monkeypatch.setattr(bisect, "run_once", run_once)
+    monkeypatch.setattr(bisect.steps, "run_once", run_once)
     report = bisect.bisect(s)
     assert report.first_bad.commit == commits[REGRESSION]
     assert set(tries.values()) == {2}
@@ -326,7 +326,7 @@ def test_bad_refs_are_refused_before_any_step(make_settings, history, monkeypatc
     repo, _ = history
     s = make_settings(**{"source.kind": "git", "source.repo": str(repo), "bisect.good": good,
                          "bisect.bad": bad})
-    monkeypatch.setattr(bisect, "run_once", pytest.fail)
+    monkeypatch.setattr(bisect.steps, "run_once", pytest.fail)
     with pytest.raises(UserError, match=message):
         bisect.bisect(s)
 
@@ -335,7 +335,7 @@ def test_a_bad_ref_that_passes_is_refused(make_settings, history, monkeypatch):
     repo, commits = history
     s = make_settings(**{"source.kind": "git", "source.repo": str(repo),
                          "bisect.good": commits[0], "bisect.bad": commits[2]})
-    monkeypatch.setattr(bisect, "run_once", stand_in_runs(commits, []))
+    monkeypatch.setattr(bisect.steps, "run_once", stand_in_runs(commits, []))
     with pytest.raises(UserError, match=r"bisect\.bad .* does not show a failure"):
         bisect.bisect(s)
 
@@ -352,7 +352,7 @@ def test_find_fix_names_the_first_commit_without_the_symptom(make_settings, hist
             return Run(10, "test failures", failed=("a.b",))
         return Run(0, "passed", passed=("a.b",))
 
-    monkeypatch.setattr(bisect, "run_once", run_once)
+    monkeypatch.setattr(bisect.steps, "run_once", run_once)
     report = bisect.bisect(s)
     assert report.find == "fix"
     assert report.first_bad.commit == commits[REGRESSION]
@@ -364,7 +364,7 @@ def test_a_moved_repository_gets_a_fresh_clone(make_settings, history, monkeypat
     """The clone borrows the repository's objects: a clone of another path is not reused."""
     repo, commits = history
     settings = {"source.kind": "git", "bisect.good": commits[0], "bisect.bad": "master"}
-    monkeypatch.setattr(bisect, "run_once", stand_in_runs(commits, []))
+    monkeypatch.setattr(bisect.steps, "run_once", stand_in_runs(commits, []))
     bisect.bisect(make_settings(**settings, **{"source.repo": str(repo)}))
     moved = tmp_path / "moved"
     repo.rename(moved)

@@ -21,8 +21,14 @@ from ..settings import Settings
 from ..util import remove_tree
 
 
-def _git(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+def run(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """git's output, stripped; CommandError when git fails."""
     return commands.run(["git", *args], cwd=cwd, env=env).strip()
+
+
+def commit_of(repo: Path, ref: str) -> str:
+    """The full commit id `ref` names in the local repository `repo`; CommandError if none."""
+    return run("-C", repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
 
 
 def is_local_repo(repo: str) -> bool:
@@ -37,7 +43,7 @@ def resolve_ref(settings: Settings) -> str:
         if not repo.exists():
             raise SourceError(f"source.repo {repo} does not exist")
         try:
-            return _git("-C", repo, "rev-parse", "--verify", "--quiet", f"{src.ref}^{{commit}}")
+            return commit_of(repo, src.ref)
         except CommandError:
             raise SourceError(
                 f"ref {src.ref!r} (source.ref) is not a commit in {repo}; "
@@ -46,7 +52,7 @@ def resolve_ref(settings: Settings) -> str:
     if re.fullmatch(r"[0-9a-f]{40}", src.ref):
         return src.ref
     try:
-        out = _git("ls-remote", src.repo, src.ref, f"{src.ref}^{{}}")
+        out = run("ls-remote", src.repo, src.ref, f"{src.ref}^{{}}")
     except CommandError as exc:
         raise EnvironmentProblem(f"cannot list the refs of {src.repo} (source.repo):\n"
                                  f"{exc.output_tail}") from None
@@ -66,7 +72,7 @@ def repo_argument(settings: Settings) -> str:
 
 def objects_dir(repo: Path) -> Path:
     """Where a local repository keeps its objects (what git's alternates name)."""
-    return Path(_git("-C", repo, "rev-parse", "--path-format=absolute", "--git-path",
+    return Path(run("-C", repo, "rev-parse", "--path-format=absolute", "--git-path",
                      "objects"))
 
 
@@ -93,15 +99,15 @@ def _fetch_commit(settings: Settings, commit: str) -> int:
     git_dir = settings.layout.git_dir
     try:
         if not git_dir.is_dir():
-            _git("init", "-q", "--bare", git_dir)
+            run("init", "-q", "--bare", git_dir)
         if is_local_repo(settings.source.repo):
             alternates = git_dir / "objects" / "info" / "alternates"
             alternates.parent.mkdir(parents=True, exist_ok=True)
             alternates.write_text(f"{objects_dir(Path(repo_argument(settings)))}\n")
         else:
-            _git("--git-dir", git_dir, "fetch", "-q", "--depth", "1", "--no-tags",
+            run("--git-dir", git_dir, "fetch", "-q", "--depth", "1", "--no-tags",
                  repo_argument(settings), commit)
-        epoch = int(_git("--git-dir", git_dir, "log", "-1", "--format=%ct", commit))
+        epoch = int(run("--git-dir", git_dir, "log", "-1", "--format=%ct", commit))
     except CommandError as exc:
         raise EnvironmentProblem(f"cannot fetch commit {commit} from {settings.source.repo}:\n"
                                  f"{exc.output_tail}") from None
@@ -110,7 +116,7 @@ def _fetch_commit(settings: Settings, commit: str) -> int:
 
 def _in_tree(settings: Settings, tree: Path, *args: str) -> str:
     layout = settings.layout
-    return _git("--git-dir", layout.git_dir, "--work-tree", tree, *args, cwd=tree,
+    return run("--git-dir", layout.git_dir, "--work-tree", tree, *args, cwd=tree,
                 env={"GIT_INDEX_FILE": str(layout.git_index)})
 
 
