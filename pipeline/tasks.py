@@ -114,7 +114,7 @@ def action(step: str, func: Callable[[settings.Settings], object], config: setti
     return run_step
 
 
-def later(name: str) -> Callable[[settings.Settings], object]:
+def later(name: str) -> Callable[..., object]:
     """The stage function `module.function` of pipeline/, imported when the task runs.
 
     Every doit command loads every task, a no-op `doit build` too: the stages
@@ -122,8 +122,9 @@ def later(name: str) -> Callable[[settings.Settings], object]:
     they import stay unloaded until then."""
     module, _, function = name.rpartition(".")
 
-    def call(config: settings.Settings) -> object:
-        return getattr(importlib.import_module(f"{__package__}.{module}"), function)(config)
+    def call(config: settings.Settings, *args: object) -> object:
+        return getattr(importlib.import_module(f"{__package__}.{module}"), function)(config,
+                                                                                     *args)
 
     call.__name__ = function
     return call

@@ -24,7 +24,7 @@ import pytest
 from helpers import OUR_CASES, ROOT
 
 from pipeline import ktap, settings
-from pipeline.drivers import matrix
+from pipeline.drivers import cells
 
 pytestmark = pytest.mark.slow
 
@@ -83,8 +83,8 @@ def matrix_run(docker_repro, tmp_path_factory):
 
 
 def cell(config: settings.Settings, name: str) -> settings.Settings:
-    picked = {c.name: c for c in matrix.picked_cells(config)}
-    return matrix.cell_settings(config, picked[name])
+    picked = {c.name: c for c in cells.picked_cells(config)}
+    return cells.cell_settings(config, picked[name])
 
 
 def test_the_matrix_passes_with_one_summary(matrix_run):

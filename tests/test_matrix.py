@@ -19,8 +19,8 @@ import pytest
 from helpers import ROOT, doit
 
 from pipeline import ktap
-from pipeline.drivers import matrix
-from pipeline.drivers.matrix import Cell
+from pipeline.drivers import cells, matrix
+from pipeline.drivers.cells import Cell
 from pipeline.errors import MatrixFailed, SettingsError
 from pipeline.results import Outcome, RunReport, write_json
 
@@ -30,14 +30,14 @@ GOLDEN = Path(__file__).parent / "golden"
 def test_cells_are_lines_by_variants_by_patch(make_settings):
     config = make_settings(**{"matrix.lines": "linux-source-6.12,linux-source-6.1",
                               "matrix.variants": "default,debug", "matrix.patch": "stock"})
-    assert [cell.name for cell in matrix.picked_cells(config)] == [
+    assert [cell.name for cell in cells.picked_cells(config)] == [
         "6.12-default-stock", "6.12-debug-stock", "6.1-default-stock", "6.1-debug-stock"]
     picked = make_settings(**{"matrix.cells": "6.1-*,*-debug-patched"})
-    assert [cell.name for cell in matrix.picked_cells(picked)] == [
+    assert [cell.name for cell in cells.picked_cells(picked)] == [
         "6.12-debug-patched", "6.1-default-patched", "6.1-default-stock", "6.1-debug-patched",
         "6.1-debug-stock"]
     with pytest.raises(SettingsError, match=r"picks no cell with '6\.2-\*'.*6\.12-default"):
-        matrix.picked_cells(make_settings(**{"matrix.cells": "6.1-*,6.2-*"}))
+        cells.picked_cells(make_settings(**{"matrix.cells": "6.1-*,6.2-*"}))
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
@@ -69,14 +69,14 @@ def test_a_cell_has_its_settings_and_the_matching_entries(make_settings):
         "matrix.settings": '{"*-debug-*" = {boot.boot_timeout = 400}, '
                            '"6.1-*" = {test.cases = "smoke,kvm.kvm_patch_effect"}, '
                            '"*" = {boot.smp = 2}}'})
-    debug = matrix.cell_settings(config, Cell("linux-source-6.12", "debug", "stock"))
+    debug = cells.cell_settings(config, Cell("linux-source-6.12", "debug", "stock"))
     assert debug.source.kind == "debian" and debug.source.package == "linux-source-6.12"
     assert debug.source.version == ""  # each line takes its newest version
     assert debug.kernel.variant == "debug" and debug.patch.enabled is False
     assert debug.boot.boot_timeout == 400 and debug.test.cases == ""
     assert debug.test.repeat == 1 and debug.boot.smp == 2
     assert debug.layout.build == config.layout.build / "matrix" / "6.12-debug-stock"
-    old = matrix.cell_settings(config, Cell("linux-source-6.1", "default", "patched"))
+    old = cells.cell_settings(config, Cell("linux-source-6.1", "default", "patched"))
     assert old.patch.enabled is True and old.boot.boot_timeout == 120
     assert old.test.cases == "smoke,kvm.kvm_patch_effect"
     # Entries the checks accept one by one but refuse together name the cell.
@@ -84,25 +84,25 @@ def test_a_cell_has_its_settings_and_the_matching_entries(make_settings):
                                               '"*" = {kernel.ccache_remote = "redis://h:1"}}'})
     with pytest.raises(SettingsError, match=r"kernel\.ccache_remote in matrix cell "
                                             r"6\.1-debug-stock needs ccache"):
-        matrix.cell_settings(bad, Cell("linux-source-6.1", "debug", "stock"))
+        cells.cell_settings(bad, Cell("linux-source-6.1", "debug", "stock"))
 
 
 def test_the_default_matrix_settings(make_settings):
     """The embedded default: debug cells slower timeouts and one KVM selftest,
     6.1 cells no selftests (Debian's 6.1 tree does not link them)."""
     config = make_settings()
-    debug = matrix.cell_settings(config, Cell("linux-source-6.12", "debug", "patched"))
+    debug = cells.cell_settings(config, Cell("linux-source-6.12", "debug", "patched"))
     assert debug.boot.boot_timeout == 400 and debug.kselftest.tests == "xapic_state_test"
-    default = matrix.cell_settings(config, Cell("linux-source-6.12", "default", "patched"))
+    default = cells.cell_settings(config, Cell("linux-source-6.12", "default", "patched"))
     assert default.kselftest.tests == config.kselftest.tests != "xapic_state_test"
-    old_debug = matrix.cell_settings(config, Cell("linux-source-6.1", "debug", "stock"))
+    old_debug = cells.cell_settings(config, Cell("linux-source-6.1", "debug", "stock"))
     assert old_debug.kselftest.build is False and old_debug.boot.test_timeout == 3600
 
 
 def write_cell(config, cell: Cell, exit_code: int, ktap_file: str | None,
                outcome: Outcome = Outcome.PASSED, error: str = "") -> None:
     """What run_cell leaves: its record and, when the cell got to its guest, results.json."""
-    directory = matrix.cell_dir(config.layout, cell)
+    directory = cells.cell_dir(config.layout, cell)
     (directory / "results").mkdir(parents=True)
     failed_at = None if exit_code == 0 else ("test" if ktap_file else "build")
     matrix.cell_record(config.layout, cell).write_text(json.dumps({
@@ -118,7 +118,7 @@ def write_cell(config, cell: Cell, exit_code: int, ktap_file: str | None,
 def test_summary_table_json_and_one_junit_suite_per_cell(make_settings, capsys):
     config = make_settings(**{"matrix.lines": "linux-source-6.12", "matrix.variants": "default",
                               "matrix.patch": "patched,stock"})
-    patched, stock = matrix.picked_cells(config)
+    patched, stock = cells.picked_cells(config)
     write_cell(config, patched, 0, "default-passed.ktap")
     write_cell(config, stock, 0, "default-passed.ktap")
     matrix.finish(config)
@@ -145,7 +145,7 @@ def test_failed_cells_are_rows_and_the_matrix_fails_with_the_first_code(make_set
                                                                         capsys):
     config = make_settings(**{"matrix.lines": "linux-source-6.12,linux-source-6.1",
                               "matrix.variants": "default", "matrix.patch": "patched"})
-    new, old = matrix.picked_cells(config)
+    new, old = cells.picked_cells(config)
     write_cell(config, new, 4, None, error="kernel: the kernel does not compile")
     write_cell(config, old, 10, "default-passed.ktap", Outcome.TEST_FAILURES)
     with pytest.raises(MatrixFailed) as failure:
@@ -177,7 +177,7 @@ def test_a_cell_whose_settings_are_refused_is_a_row_and_the_others_run(make_sett
     ran = []
     monkeypatch.setattr(matrix.chain, "run", lambda words, cell_config: (
         ran.append((words[0], cell_config.layout.build.name)) or matrix.chain.Outcome(4)))
-    new, old = matrix.picked_cells(config)
+    new, old = cells.picked_cells(config)
     assert matrix.run_cell(config, new).failed_at == "settings"
     assert matrix.run_cell(config, old).failed_at == "build"
     assert ran == [("build", "6.1-default-patched")]
@@ -192,7 +192,7 @@ def test_a_cell_whose_settings_are_refused_is_a_row_and_the_others_run(make_sett
 def test_an_earlier_runs_results_are_not_this_runs(make_settings):
     config = make_settings(**{"matrix.lines": "linux-source-6.12", "matrix.variants": "default",
                               "matrix.patch": "patched"})
-    (cell,) = matrix.picked_cells(config)
+    (cell,) = cells.picked_cells(config)
     write_cell(config, cell, 2, "default-passed.ktap")
     record = json.loads(matrix.cell_record(config.layout, cell).read_text())
     record["started"] = time.time() + 60  # results.json is older than this run

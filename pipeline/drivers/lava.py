@@ -26,7 +26,7 @@ from ..errors import PipelineError, SettingsError
 from ..layout import Layout
 from ..settings import Settings
 from ..util import atomic_write_text
-from . import matrix
+from . import cells
 
 SUITE_NAME = "kvm-pipeline"  # the LAVA test definition the cases belong to
 JOB_TEMPLATE = "job.yaml.j2"
@@ -115,8 +115,8 @@ def check(settings: Settings) -> None:
     if not settings.lava.matrix:
         job_text(settings, settings.layout.build.name)
         return
-    for cell in matrix.picked_cells(settings):
-        job_text(matrix.cell_settings(settings, cell), cell.name, cell.name)
+    for cell in cells.picked_cells(settings):
+        job_text(cells.cell_settings(settings, cell), cell.name, cell.name)
 
 
 def lava_jobs(settings: Settings) -> list[Path]:
@@ -125,10 +125,10 @@ def lava_jobs(settings: Settings) -> list[Path]:
     out = settings.layout.lava
     if not settings.lava.matrix:
         return [write_job(settings, settings.layout.build.name, out / "job.yaml")]
-    cells = matrix.picked_cells(settings)
+    picked = cells.picked_cells(settings)
     written = []
-    for cell in cells:
-        cell_config = matrix.cell_settings(settings, cell)
+    for cell in picked:
+        cell_config = cells.cell_settings(settings, cell)
         outcome = chain.run(["build"], cell_config)
         if not outcome.ok:
             raise outcome.error or PipelineError(f"matrix cell {cell.name}: the build failed")

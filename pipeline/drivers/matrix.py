@@ -17,27 +17,24 @@ measure the contention, and its thresholds stay as they are).
 from __future__ import annotations
 
 import fcntl
-import fnmatch
 import os
 import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
-from .. import chain, settings
-from ..errors import MatrixFailed, PipelineError, SettingsError
+from .. import chain
+from ..errors import MatrixFailed, PipelineError
 from ..ktap import Counts, Status, Test
-from ..layout import Layout
 from ..records import read_typed, write_typed
 from ..results import RunResult, junit_case, read_record
 from ..settings import Settings
 from ..util import atomic_write_text
+from .cells import Cell, cell_dir, cell_record, cell_settings, picked_cells
 
 # Each cell's headline counters: (name, case, the diagnostic line's number).
 HEADLINES = (
@@ -84,62 +81,6 @@ class MatrixSummary(msgspec.Struct, frozen=True, kw_only=True):
     cells: list[CellRow]
     passed: bool
     schema: int  # MATRIX_SCHEMA when written; a file without one reads as missing
-
-
-@dataclass(frozen=True)
-class Cell:
-    line: str  # a Debian kernel source package: linux-source-6.12
-    variant: str
-    patch: str  # "patched" or "stock"
-
-    @property
-    def name(self) -> str:
-        return f"{self.line.removeprefix('linux-source-')}-{self.variant}-{self.patch}"
-
-
-def all_cells(config: Settings) -> list[Cell]:
-    matrix = config.matrix
-    return [Cell(line, variant, patch) for line in matrix.lines for variant in matrix.variants
-            for patch in matrix.patch]
-
-
-def picked_cells(config: Settings) -> list[Cell]:
-    """The cells matrix.cells picks (all when empty); a glob that picks none is an error."""
-    cells = all_cells(config)
-    globs = [glob for glob in config.matrix.cells.split(",") if glob]
-    if not globs:
-        return cells
-    for glob in globs:
-        if not any(fnmatch.fnmatchcase(cell.name, glob) for cell in cells):
-            raise SettingsError(f"matrix.cells picks no cell with {glob!r}; the cells are "
-                                f"{', '.join(cell.name for cell in cells)}")
-    return [cell for cell in cells
-            if any(fnmatch.fnmatchcase(cell.name, glob) for glob in globs)]
-
-
-def cell_settings(config: Settings, cell: Cell) -> Settings:
-    """The run's settings with the cell's own, then matrix.settings' matching entries."""
-    changes: dict[str, dict[str, Any]] = {
-        "source": {"kind": "debian", "package": cell.line, "version": ""},
-        "kernel": {"variant": cell.variant},
-        "patch": {"enabled": cell.patch == "patched"},
-        # One run per cell: test.repeat is for hunting a flake in one build dir.
-        "test": {"repeat": 1},
-        "paths": {"build": str(cell_dir(config.layout, cell))},
-    }
-    for glob, sections in config.matrix.settings.items():
-        if fnmatch.fnmatchcase(cell.name, glob):
-            for section, keys in sections.items():
-                changes.setdefault(section, {}).update(keys)
-    return settings.derive(config, changes, f"matrix cell {cell.name}")
-
-
-def cell_dir(layout: Layout, cell: Cell) -> Path:
-    return layout.matrix / cell.name
-
-
-def cell_record(layout: Layout, cell: Cell) -> Path:
-    return cell_dir(layout, cell) / "matrix-cell.json"
 
 
 def guest_slots(smp: int) -> int:

@@ -40,26 +40,27 @@ def declare(config: Settings, run: RunState | None = None) -> dict[str, object]:
 
     def task_matrix():
         """Build and test every cell (kernel line x variant x patched/stock); one summary."""
-        from . import matrix
+        from .cells import cell_dir, picked_cells
 
         try:
-            cells = matrix.picked_cells(config)
+            cells = picked_cells(config)
         except PipelineError as exc:
             # Only `doit matrix` reports it: other tasks do not need the matrix.
             cells, summary = [], refusal("matrix", exc, config, run)
         else:
-            summary = action("matrix", matrix.finish, config, run)
+            summary = action("matrix", later("drivers.matrix.finish"), config, run)
+        run_cell = later("drivers.matrix.run_cell")
         for cell in cells:
             yield {
                 "name": cell.name,
                 "doc": f"{cell.line}, {cell.variant} variant, {cell.patch}: build and test in "
-                       f"{matrix.cell_dir(layout, cell)}",
+                       f"{cell_dir(layout, cell)}",
                 # Unlocked: `doit -n 2 matrix` runs cells side by side, each a chain
                 # that locks its own build dir.
                 "actions": [action(f"matrix {cell.name}",
-                                   lambda c, cell=cell: matrix.run_cell(c, cell), config, run,
+                                   lambda c, cell=cell: run_cell(c, cell), config, run,
                                    locked=False)],
-                "clean": [remover(matrix.cell_dir(layout, cell))],
+                "clean": [remover(cell_dir(layout, cell))],
                 "verbosity": 2,
             }
         # The cells' failures are rows of the summary, which runs after them all.
