@@ -7,11 +7,13 @@ import logging
 import os
 import re
 import shlex
+import signal
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .errors import CommandError, EnvironmentProblem
+from .errors import CommandError, CommandTimedOut, EnvironmentProblem
 
 log = logging.getLogger("pipeline")
 
@@ -48,13 +50,15 @@ def run(
     log_file: Path | None = None,
     echo: bool = False,
     hint: str = "",
+    timeout: float | None = None,
 ) -> str:
     """Run argv to completion and return its combined output.
 
     `env` holds only the variables added to the inherited environment, so the
     logged line is exactly what to paste.  With `echo` the output streams to
     our stdout as it comes (long steps show progress); with `log_file` it is
-    also written there.  On failure raise CommandError with the output's tail.
+    also written there.  On failure raise CommandError with the output's tail;
+    past `timeout` seconds the command is killed (CommandTimedOut).
     """
     text = describe(argv, cwd, env)
     log.info("$ %s", text)
@@ -68,6 +72,10 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # A command with a time limit gets a process group of its own, killed
+            # whole at the limit: a child still holding the output pipe (a shell's,
+            # diffoscope's) would otherwise keep us reading past it.
+            start_new_session=timeout is not None,
             text=True,
             errors="replace",
         )
@@ -83,7 +91,21 @@ def run(
             log_handle.write(f"$ {text}\n")
         # Context-managing the Popen kills nothing on Ctrl-C; do it ourselves so
         # an interrupted step does not leave a make or tar running behind us.
-        stack.callback(lambda: proc.poll() is None and proc.kill())
+        def kill() -> None:
+            if proc.poll() is not None:
+                return
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                if timeout is not None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
+
+        stack.callback(kill)
+        expired = threading.Event()
+        if timeout is not None:
+            timer = threading.Timer(timeout, lambda: (expired.set(), kill()))
+            timer.start()
+            stack.callback(timer.cancel)
         with proc:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -95,5 +117,7 @@ def run(
         returncode = proc.wait()
     if returncode != 0:
         tail = redact("".join(lines[-TAIL_LINES:]).rstrip("\n"))
+        if expired.is_set():
+            raise CommandTimedOut(text, timeout, tail)
         raise CommandError(text, returncode, tail, hint)
     return "".join(lines)

@@ -212,6 +212,14 @@ class CommandError(PipelineError):
         super().__init__(message)
 
 
+class CommandTimedOut(CommandError):
+    """An external command ran past its time limit and was killed."""
+
+    def __init__(self, argv_text: str, seconds: float, output_tail: str):
+        super().__init__(argv_text, -9, output_tail, f"killed after {seconds:.0f} s")
+        self.seconds = seconds
+
+
 class BuildDirBusy(EnvironmentProblem):
     """Another run holds the build dir (paths.wait_lock=false)."""
 

@@ -15,11 +15,11 @@ whatever host it runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Sequence
@@ -29,7 +29,7 @@ from pathlib import Path
 import msgspec
 
 from . import ccache, commands, image, tarballs
-from .errors import EnvironmentProblem, SettingsError
+from .errors import EnvironmentProblem, PipelineError, SettingsError
 from .layout import Layout
 from .records import Toolchain
 from .settings import Settings
@@ -172,7 +172,8 @@ class Make:
             return commands.run([*self.container_argv(workdir, name=name, stats_log=stats_log),
                                  *argv], **kwargs)
         except BaseException:
-            subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+            with contextlib.suppress(PipelineError):  # gone already, or dockerd with it
+                commands.run(["docker", "rm", "-f", name])
             raise
 
 

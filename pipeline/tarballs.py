@@ -24,14 +24,13 @@ import io
 import logging
 import os
 import re
-import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import commands
-from .errors import CommandError, EnvironmentProblem, SettingsError
+from .errors import CommandError, EnvironmentProblem, PipelineError, SettingsError
 from .records import PackageSet
 from .settings import Settings
 from .util import file_sha256
@@ -212,10 +211,9 @@ def compiler_packages(versions: dict[str, str]) -> dict[str, str]:
 def host_versions() -> dict[str, str]:
     """The version of every package installed on this host, as dpkg knows it."""
     try:
-        output = subprocess.run(
-            ["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${db:Status-Status}\n"],
-            capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
+        output = commands.run(
+            ["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${db:Status-Status}\n"])
+    except PipelineError as exc:  # not installed, or failed
         raise EnvironmentProblem(f"dpkg-query cannot list this host's packages ({exc}); "
                                  "the host toolchain is recorded from Debian's dpkg") from None
     versions = {}

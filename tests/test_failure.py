@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from pipeline import commands, failure, image, kbuild, tasks
-from pipeline.errors import BuildError, CommandError, HostFailure, PatchError, UserError
+from pipeline.errors import (
+    BuildError,
+    CommandError,
+    CommandTimedOut,
+    HostFailure,
+    PatchError,
+    UserError,
+)
 
 # Heavy enough that cc1 needs far more than the memory limit below, and runs long
 # enough to be killed mid-compile.
@@ -39,6 +46,18 @@ def tiny_disk(tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", mount], check=True)
     yield mount
     subprocess.run(["umount", mount], check=True)
+
+
+def test_a_command_past_its_time_limit_is_killed_with_its_output():
+    """Without the limit the command would end well (exit 0, after 30 s): no error."""
+    with pytest.raises(CommandTimedOut) as killed:
+        commands.run(["sh", "-c", "echo started; sleep 30"], timeout=1)
+    assert killed.value.output_tail == "started"
+    assert "killed after 1 s" in str(killed.value)
+    assert commands.run(["echo", "quick"], timeout=30) == "quick\n"
+    with pytest.raises(CommandError) as failed:  # failing in time: not a time-out
+        commands.run(["false"], timeout=30)
+    assert not isinstance(failed.value, CommandTimedOut) and failed.value.returncode == 1
 
 
 def test_a_compile_error_is_the_trees(tmp_path):

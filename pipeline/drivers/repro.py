@@ -26,7 +26,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from .. import chain, commands, manifest, tarballs
 from ..errors import (
     ArtifactsDiffer,
     CommandError,
+    CommandTimedOut,
     InputsDiffer,
     InputUnavailable,
     PipelineError,
@@ -171,20 +171,19 @@ def _diffoscope(old: Path, new: Path, report: Path) -> list[str]:
         # Extracted trees: their files' times and owners are the extraction's,
         # not the image's, and would drown what differs inside the files.
         argv[1:1] = ["--exclude-directory-metadata=yes"]
-    log.info("$ %s", commands.quote(argv))
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, errors="replace",
-                              timeout=DIFFOSCOPE_SECONDS)
-    except subprocess.TimeoutExpired:
+        commands.run(argv, timeout=DIFFOSCOPE_SECONDS)
+    except CommandTimedOut:
         return [f"diffoscope took longer than {DIFFOSCOPE_SECONDS} s; no report"]
-    if done.returncode == 0 or not report.is_file():
-        # Equal contents: for rootfs.ext4 the difference is in the image itself
-        # (its metadata, times, owners or layout), not in the files it holds.
-        return ["diffoscope finds the contents equal: only the container's own bytes differ"
-                " (for rootfs.ext4: file metadata or the image's layout)"]
-    if done.returncode != 1:  # 1: they differ
-        return [f"diffoscope failed: {done.stderr.strip()[-500:]}"]
-    return report.read_text(errors="replace").splitlines()[:DIFFOSCOPE_SHOWN]
+    except CommandError as exc:
+        if exc.returncode != 1:  # 1: they differ
+            return [f"diffoscope failed: {exc.output_tail[-500:]}"]
+        if report.is_file():
+            return report.read_text(errors="replace").splitlines()[:DIFFOSCOPE_SHOWN]
+    # Equal contents: for rootfs.ext4 the difference is in the image itself
+    # (its metadata, times, owners or layout), not in the files it holds.
+    return ["diffoscope finds the contents equal: only the container's own bytes differ"
+            " (for rootfs.ext4: file metadata or the image's layout)"]
 
 
 def explain(row: ArtifactRow, published: Path, rebuilt: Path, reports: Path) -> list[str]:
