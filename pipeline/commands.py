@@ -10,7 +10,7 @@ import shlex
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .errors import CommandError, CommandTimedOut, EnvironmentProblem
@@ -51,13 +51,15 @@ def run(
     echo: bool = False,
     hint: str = "",
     timeout: float | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> str:
     """Run argv to completion and return its combined output.
 
     `env` holds only the variables added to the inherited environment, so the
     logged line is exactly what to paste.  With `echo` the output streams to
     our stdout as it comes (long steps show progress); with `log_file` it is
-    also written there.  On failure raise CommandError with the output's tail;
+    also written there; `on_line` gets each line as it comes (live progress).
+    On failure raise CommandError with the output's tail;
     past `timeout` seconds the command is killed (CommandTimedOut).
     """
     text = describe(argv, cwd, env)
@@ -114,6 +116,8 @@ def run(
                     print(line, end="", flush=True)
                 if log_handle:
                     log_handle.write(line)
+                if on_line:
+                    on_line(line)
         returncode = proc.wait()
     if returncode != 0:
         tail = redact("".join(lines[-TAIL_LINES:]).rstrip("\n"))

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import console, history, kselftest, ktap, qemu
+from . import console, history, kselftest, ktap, progress, qemu
 from .errors import MissingStepError, RunFailed, UserError
 from .records import write_typed
 from .results import (
@@ -26,7 +26,9 @@ from .results import (
     Outcome,
     RepeatResult,
     RunReport,
+    RunResult,
     classify_outcome,
+    read_record,
     skips,
     summary,
     write_json,
@@ -129,10 +131,62 @@ def _guest_status(path: Path) -> int | None:
         return None
 
 
-def _show(line: str) -> None:
-    """Live progress: init's own lines and anything the kernel complains about."""
-    if "pipeline-init:" in line or console.classify([line]):
-        print(f"  guest| {line}", flush=True)
+def worth_showing(line: str) -> bool:
+    """A console line for live progress: init's own, or a kernel complaint."""
+    return "pipeline-init:" in line or bool(console.classify([line]))
+
+
+# What a finished case's line says of its status.
+STATUS_WORDS = {ktap.Status.PASSED: "ok", ktap.Status.FAILED: "FAILED",
+                ktap.Status.SKIPPED: "skip", ktap.Status.TODO: "todo"}
+
+
+class CaseFollower:
+    """The suite's KTAP, read as the guest writes it: each case once, as it finishes.
+
+    The file is parsed whole each time it grows (KTAP is parsed, never
+    grepped; a run's is some thousand lines): a case counts once its result
+    line is there.  A case is a suite's direct test; a selftest's two runs
+    (alone, injected) show as their case's one line."""
+
+    def __init__(self, ktap_log: Path, suite: str):
+        self.ktap_log, self.suite = ktap_log, suite
+        self.size = -1
+        self.shown: set[str] = set()
+
+    def finished(self) -> list[str]:
+        """Lines for the cases that finished since the last call."""
+        try:
+            size = self.ktap_log.stat().st_size
+        except FileNotFoundError:
+            return []
+        if size == self.size:
+            return []
+        self.size = size
+        lines = []
+        for names, test in ktap.parse(port_lines(self.ktap_log), name=self.suite).walk():
+            name = ".".join(names)
+            if len(names) > 2 or (len(names) == 1 and test.subtests) \
+                    or test.status not in STATUS_WORDS or name in self.shown:
+                continue
+            self.shown.add(name)
+            lines.append(case_line(name, test))
+        return lines
+
+
+def case_line(name: str, test: ktap.Test) -> str:
+    """'  ok      kselftest.cpuid_test  2/2 runs passed, 0 injections  5.4 s'"""
+    details = []
+    if test.subtests:
+        passed = sum(sub.status is ktap.Status.PASSED for sub in test.subtests)
+        details.append(f"{passed}/{len(test.subtests)} runs passed")
+    if (injections := kselftest.injections_of(test)) is not None:
+        details.append(f"{injections} injections")
+    if test.status is ktap.Status.SKIPPED and test.directive:
+        details.append(test.directive)
+    seconds = f"  {test.seconds:.1f} s" if test.seconds is not None else ""
+    shown = f"  {', '.join(details)}" if details else ""
+    return f"  {STATUS_WORDS[test.status]:<7} {name}{shown}{seconds}"
 
 
 def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (),
@@ -151,17 +205,37 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
     started = time.monotonic()
     choice = accelerator(settings)
     log.info("accelerator: %s (%s)", choice.accel.name, choice.why)
+    # The last finished run of this suite says how long and how many cases to expect.
+    last = history.last_run(layout, suite)
+    last_result = read_record(last / "results.json", RunResult) if last else None
+    expected_cases = len(CaseFollower(last / "ktap.log", suite).finished()) if last else 0
+    follower = CaseFollower(results / "ktap.log", suite)
     # The monitor's socket lives in a short temporary path: a unix socket's
     # path may not exceed 107 bytes, which a deep build dir would.
-    with tempfile.TemporaryDirectory(prefix="kvm-pipeline-") as sockets:
+    with tempfile.TemporaryDirectory(prefix="kvm-pipeline-") as sockets, \
+            progress.Progress(f"guest {suite}", last_result.seconds.get("total")
+                              if last_result else None) as shown:
+
+        def show_line(line: str) -> None:
+            if worth_showing(line):
+                shown.done(f"  guest| {line}")
+
+        def show_cases() -> None:
+            for line in follower.finished():
+                shown.done(line)
+            of = f" of {expected_cases}" if expected_cases else ""
+            shown.tick(f"{len(follower.shown)}{of} cases done")
+
         monitor = Path(sockets) / "monitor"
         argv = qemu_command(settings, choice.accel, suite, extra_cmdline, results,
                             monitor).argv()
         run = qemu.stream(argv, results / "console.log",
                           deadline=settings.boot.test_timeout, marker=INIT_MARKER,
-                          marker_deadline=settings.boot.boot_timeout, on_line=_show,
+                          marker_deadline=settings.boot.boot_timeout, on_line=show_line,
+                          on_tick=show_cases,
                           on_timeout=lambda: record_vcpus(monitor, layout.system_map,
                                                           results / "vcpus.txt"))
+        show_cases()  # the last ones
 
     findings = console.classify(run.lines)
     tree, verdicts = read_results(settings, results / "ktap.log", suite)

@@ -76,6 +76,15 @@ def entries(layout: Layout) -> list[Path]:
                   reverse=True)
 
 
+def last_run(layout: Layout, suite: str) -> Path | None:
+    """The newest kept run of `suite` that finished (passed or failed), if any."""
+    for entry in entries(layout):
+        kept_suite, outcome = describe(entry)
+        if kept_suite == suite and outcome != "unfinished":
+            return entry
+    return None
+
+
 def _evict(history: Path) -> None:
     kept = sorted((p for p in history.iterdir() if p.is_dir()), key=lambda p: p.name,
                   reverse=True)

@@ -14,13 +14,14 @@ import dataclasses
 import logging
 import os
 import platform
+import re
 import time
 import uuid
 from pathlib import Path
 
 import msgspec
 
-from . import ccache, failure, kmake, manifest, records
+from . import ccache, failure, kmake, manifest, progress, records
 from .errors import BuildError, CommandError, MissingStepError, PipelineError
 from .kmake import Make
 from .layout import Layout
@@ -81,6 +82,44 @@ def fresh_log(layout: Layout, step: str) -> Path:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     log_file.write_text("")
     return log_file
+
+
+# What a make prints for each object it builds: kbuild's quiet lines ("  CC [M]  x.o",
+# "  AS      y.o", "  HOSTCC  z.o"), the selftests' compiler command lines.
+KERNEL_OBJECT = re.compile(r"^  (CC|AS|HOSTCC)\b")
+SELFTEST_OBJECT = re.compile(r"^gcc .* -c ")
+
+
+def count_lines(path: Path, pattern: re.Pattern[str]) -> int:
+    """How many lines of a log match: what the build that wrote it made."""
+    try:
+        with open(path, errors="replace") as handle:
+            return sum(1 for line in handle if pattern.match(line))
+    except FileNotFoundError:
+        return 0
+
+
+def make_with_progress(make: Make, argv: list[str], what: str, log_file: Path,
+                       settings: Settings, objects: re.Pattern[str], expected: int,
+                       stats_log: Path | None = None) -> str:
+    """Run a long make with its output in `log_file`.  kernel.verbose shows make's output
+    as it comes; otherwise one progress line: the objects made so far, of `expected`
+    (what the last build made), and the time, of what the last build took."""
+    if settings.kernel.verbose:
+        return make.run(argv, echo=True, log_file=log_file, stats_log=stats_log)
+    made = 0
+    of = f" of ~{expected}" if expected else ""
+    with progress.Progress(what) as shown:
+
+        def count(line: str) -> None:
+            nonlocal made
+            if objects.match(line):
+                made += 1
+                shown.tick(f"{made}{of} objects")
+
+        output = make.run(argv, log_file=log_file, stats_log=stats_log, on_line=count)
+        shown.done(f"{what}: {made} objects made in {shown.elapsed()} (log: {log_file})")
+    return output
 
 
 def fresh_stats_log(make: Make, step: str) -> Path | None:
@@ -201,12 +240,13 @@ def build_kernel(settings: Settings) -> KernelRecord:
     make = kmake.for_settings(settings, source.source_date_epoch, compiles=True,
                               toolchain=toolchain)
     manifest.invalidate(layout)
+    expected = count_lines(layout.log("kernel"), KERNEL_OBJECT)  # the last build's
     log_file = fresh_log(layout, "kernel")
     stats_log = fresh_stats_log(make, "kernel")
     started = time.monotonic()
     try:
-        make.run(make.argv("bzImage", "modules", parallel=True), echo=True, log_file=log_file,
-                 stats_log=stats_log)
+        make_with_progress(make, make.argv("bzImage", "modules", parallel=True),
+                           "kernel", log_file, settings, KERNEL_OBJECT, expected, stats_log)
         build_seconds = time.monotonic() - started
         release = make.run(make.argv("-s", "kernelrelease")).strip()
         layout.artifacts.mkdir(parents=True, exist_ok=True)

@@ -160,7 +160,8 @@ def _skip_reason(test: Test) -> str:
     return test.directive or "the test skipped (it printed no reason)"
 
 
-def _injections(case: Test) -> int | None:
+def injections_of(case: Test) -> int | None:
+    """The `kselftest_injections: N` count of a selftest case; None when it has none."""
     for line in case.diagnostics:
         if match := _INJECTIONS.match(line):
             return int(match.group(1))
@@ -191,7 +192,7 @@ def _verdict(case: Test, known: list[Known], exercised_at: int) -> tuple[Test, V
     runs = {_runner_name(sub): sub for sub in case.subtests}
     alone = runs.get(case.name)
     injected = runs.get(case.name + INJECTED_SUFFIX)
-    injections = _injections(case)
+    injections = injections_of(case)
     points = _points(case)
     entry = known_entry(case.name, known)
     reason = str(entry) if entry else ""

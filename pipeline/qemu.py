@@ -33,6 +33,7 @@ log = logging.getLogger("pipeline")
 
 QEMU = "qemu-system-x86_64"
 PROBE_SECONDS = 20
+TICK = 1.0  # seconds between on_tick calls of stream()
 # The first line Linux prints on the serial console.
 PROBE_MARKER = "Linux version"
 
@@ -121,11 +122,13 @@ class Run:
 def stream(argv: list[str], log_file: Path, *, deadline: float, marker: str | None = None,
            marker_deadline: float | None = None,
            on_line: Callable[[str], None] | None = None,
+           on_tick: Callable[[], None] | None = None,
            on_timeout: Callable[[], None] | None = None) -> Run:
     """Run argv, teeing its output lines to `log_file`, killing it at a deadline.
 
     `deadline` bounds the whole run; `marker_deadline`, if given, bounds the time
     until a line containing `marker` appears (e.g. the guest's init starting).
+    `on_tick` runs about every TICK seconds, lines or not (live progress);
     `on_timeout` runs at a deadline, before the kill (to look at the hung guest).
     """
     log.info("$ %s", shlex.join(argv))
@@ -145,16 +148,25 @@ def stream(argv: list[str], log_file: Path, *, deadline: float, marker: str | No
 
     threading.Thread(target=pump, daemon=True).start()
     run = Run(lines=[], returncode=None, timed_out=None, seconds=0.0)
+    next_tick = TICK
     try:
         with open(log_file, "w") as out:
             while True:
                 now = time.monotonic() - started
+                if on_tick is not None and now >= next_tick:
+                    on_tick()
+                    next_tick = now + TICK
                 limit = deadline
                 if marker_deadline is not None and run.first_marker_seconds is None:
                     limit = min(limit, marker_deadline)
+                wait = limit - now
+                if on_tick is not None:
+                    wait = min(wait, next_tick - now)
                 try:
-                    line = lines_q.get(timeout=max(0.0, limit - now))
+                    line = lines_q.get(timeout=max(0.0, wait))
                 except queue.Empty:
+                    if time.monotonic() - started < limit:
+                        continue  # a tick is due, not a deadline
                     # Whichever deadline `limit` was: the marker's unless the run's is sooner.
                     boot_limited = (marker_deadline is not None
                                     and run.first_marker_seconds is None

@@ -140,11 +140,13 @@ def build_selftests(settings: Settings) -> SelftestsRecord | None:
     # Afresh every time: kselftest's makefiles do not notice changed headers.
     remove_tree(layout.selftests_work)
     layout.selftests_work.mkdir(parents=True)
+    expected = kbuild.count_lines(layout.log("selftests"), kbuild.SELFTEST_OBJECT)
     log_file = kbuild.fresh_log(layout, "selftests")
     started = time.monotonic()
     try:
         make.run(headers_argv(make), log_file=log_file)
-        make.run(install_argv(make), log_file=log_file)
+        kbuild.make_with_progress(make, install_argv(make), "KVM selftests", log_file,
+                                  settings, kbuild.SELFTEST_OBJECT, expected)
     except CommandError as exc:
         raise kbuild.build_failed("the KVM selftests' build", exc, log_file,
                                   "To build the kernel without them, set "

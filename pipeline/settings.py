@@ -146,6 +146,10 @@ class KernelSettings(Section):
         'Where config, kernel and kmod builds run: "host" (this machine\'s compiler) or '
         '"docker" (inside the toolchain image of image.toolchain, the build dir mounted at '
         "/build, no network).")] = "host"
+    verbose: Annotated[bool, key(
+        "Show make's output as it comes while the kernel and the selftests build (it is "
+        "always in build/logs/); false: one progress line, objects done of those the last "
+        "build compiled.")] = False
 
     def __post_init__(self) -> None:
         root = _CONTEXT.get({}).get("root")

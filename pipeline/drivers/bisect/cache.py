@@ -37,6 +37,7 @@ def _digest_tree(digest: hashlib._Hash, top: Path) -> None:
 NOT_DECIDING = frozenset({
     "source", "bisect", "repro", "matrix", "lava", "paths",
     "kernel.jobs", "kernel.ccache", "kernel.ccache_remote", "kernel.ccache_remote_mode",
+    "kernel.verbose",
     "image.docker_cache", "boot.dry_run", "test.repeat",
 })
 

@@ -1,0 +1,79 @@
+"""Live progress of a long step: a line as each thing finishes, and on a terminal a
+status line below them.
+
+At a terminal, rich keeps one status line at the bottom (what runs, for how
+long, how long the same step took last time, how far it got), refreshed as
+the step ticks; what finishes prints above it and stays.  Anywhere else (a CI
+log, a pipe) there are plain lines only: each finished thing, and a heartbeat
+when nothing was printed for HEARTBEAT seconds, so a log shows the step is
+alive without repainting anything.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+HEARTBEAT = 60.0  # seconds without a line before a plain log gets one
+
+
+def clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+class Progress:
+    """`with Progress("guest smoke", expected=720) as shown:` then `shown.done(line)` for
+    each finished thing and `shown.tick(note)` as often as the step can (every second)."""
+
+    def __init__(self, what: str, expected: float | None = None, *,
+                 out: TextIO | None = None, live: bool | None = None):
+        self.what = what
+        self.expected = expected  # seconds the same step took last time
+        self.out = out or sys.stdout
+        self.live = self.out.isatty() if live is None else live
+        self.started = time.monotonic()
+        self.last_line = self.started
+        self.note = ""
+        self._console = None
+        self._status = None
+
+    def elapsed(self) -> str:
+        """"2:31", or "2:31 of ~12:00" when the last run's time is known."""
+        text = clock(time.monotonic() - self.started)
+        return f"{text} of ~{clock(self.expected)}" if self.expected else text
+
+    def status(self) -> str:
+        return f"{self.what}: {self.elapsed()}" + (f", {self.note}" if self.note else "")
+
+    def __enter__(self) -> Progress:
+        if self.live:
+            from rich.console import Console  # a terminal only: plain logs never load it
+
+            self._console = Console(file=self.out, force_terminal=True, highlight=False,
+                                    soft_wrap=True)
+            self._status = self._console.status(self.status())
+            self._status.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.stop()
+
+    def done(self, line: str) -> None:
+        """A finished thing: a line that stays."""
+        if self._console is not None:
+            self._console.print(line, markup=False)
+        else:
+            print(line, file=self.out, flush=True)
+        self.last_line = time.monotonic()
+
+    def tick(self, note: str | None = None) -> None:
+        """The step is still at it (`note`: how far it got)."""
+        if note is not None:
+            self.note = note
+        if self._status is not None:
+            self._status.update(self.status())
+        elif time.monotonic() - self.last_line >= HEARTBEAT:
+            self.done(f"{self.status()} ...")
