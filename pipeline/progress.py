@@ -2,8 +2,8 @@
 status line below them.
 
 At a terminal, rich keeps one status line at the bottom (what runs, for how
-long, how long the same step took last time, how far it got), refreshed as
-the step ticks; what finishes prints above it and stays.  Anywhere else (a CI
+long, how long the same step took last time, how far it got), its clock
+running; what finishes prints above it and stays.  Anywhere else (a CI
 log, a pipe) there are plain lines only: each finished thing, and a heartbeat
 when nothing was printed for HEARTBEAT seconds, so a log shows the step is
 alive without repainting anything.
@@ -53,9 +53,14 @@ class Progress:
 
             self._console = Console(file=self.out, force_terminal=True, highlight=False,
                                     soft_wrap=True)
-            self._status = self._console.status(self.status())
+            # The status is this object: rich renders it anew at every refresh, so
+            # its clock runs on while the step prints nothing (a long link).
+            self._status = self._console.status(self)
             self._status.start()
         return self
+
+    def __rich__(self) -> str:
+        return self.status()
 
     def __exit__(self, *exc: object) -> None:
         if self._status is not None:
@@ -73,7 +78,5 @@ class Progress:
         """The step is still at it (`note`: how far it got)."""
         if note is not None:
             self.note = note
-        if self._status is not None:
-            self._status.update(self.status())
-        elif time.monotonic() - self.last_line >= HEARTBEAT:
+        if self._status is None and time.monotonic() - self.last_line >= HEARTBEAT:
             self.done(f"{self.status()} ...")
