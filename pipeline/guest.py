@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import console, history, kselftest, ktap, progress, qemu
+from . import console, history, kcidb, kselftest, ktap, progress, qemu
 from .errors import MissingStepError, RunFailed, UserError
 from .records import write_typed
 from .results import (
@@ -41,7 +41,8 @@ log = logging.getLogger("pipeline")
 
 INIT = "/usr/local/sbin/pipeline-init"
 INIT_MARKER = "pipeline-init: running suite"
-RESULT_FILES = ("console.log", "ktap.log", "status", "junit.xml", "results.json", "vcpus.txt")
+RESULT_FILES = ("console.log", "ktap.log", "status", "junit.xml", "results.json", "kcidb.json",
+                "vcpus.txt")
 
 
 
@@ -259,6 +260,10 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
     )
     write_json(results / "results.json", report, tree)
     write_junit(results / "junit.xml", report, tree)
+    try:
+        kcidb.write(layout, read_record(results / "results.json", RunResult), results)
+    except MissingStepError as exc:  # artifacts without the records of their build
+        log.warning("no kcidb.json for this run: %s", exc)
     print(summary(report, tree), flush=True)
     if outcome is not Outcome.PASSED:
         hung = f", vCPUs at the deadline: {results / 'vcpus.txt'}" \
