@@ -21,6 +21,7 @@ from pathlib import Path
 from . import console, history, kcidb, kselftest, ktap, progress, qemu
 from .errors import MissingStepError, RunFailed, UserError
 from .records import write_typed
+from .report import write as write_report_page
 from .results import (
     RESULTS_SCHEMA,
     Outcome,
@@ -42,7 +43,7 @@ log = logging.getLogger("pipeline")
 INIT = "/usr/local/sbin/pipeline-init"
 INIT_MARKER = "pipeline-init: running suite"
 RESULT_FILES = ("console.log", "ktap.log", "status", "junit.xml", "results.json", "kcidb.json",
-                "vcpus.txt")
+                "report.html", "vcpus.txt")
 
 
 
@@ -264,7 +265,10 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
         kcidb.write(layout, read_record(results / "results.json", RunResult), results)
     except MissingStepError as exc:  # artifacts without the records of their build
         log.warning("no kcidb.json for this run: %s", exc)
+    page = write_report_page(layout, results)
     print(summary(report, tree), flush=True)
+    if page is not None:
+        print(f"report: {page}", flush=True)
     if outcome is not Outcome.PASSED:
         hung = f", vCPUs at the deadline: {results / 'vcpus.txt'}" \
             if (results / "vcpus.txt").is_file() else ""

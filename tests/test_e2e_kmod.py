@@ -55,7 +55,7 @@ def run_test(*overrides: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def default_suite(kernel_build) -> ktap.Test:
+def default_run(kernel_build) -> subprocess.CompletedProcess:
     """`doit test` as a user runs it: every suite of the embedded default, once,
     with a selection of the KVM selftests."""
     proc = run_test(f"kselftest.tests={SELECTION}")
@@ -63,7 +63,31 @@ def default_suite(kernel_build) -> ktap.Test:
     results = json.loads((kernel_build.layout.results / "results.json").read_text())
     assert results["outcome"] == "passed" and results["console_findings"] == []
     assert results["counts"]["skipped"] == 0
+    return proc
+
+
+@pytest.fixture(scope="module")
+def default_suite(kernel_build, default_run) -> ktap.Test:
     return ktap.parse((kernel_build.layout.results / "ktap.log").read_text().splitlines())
+
+
+def test_each_case_shows_as_it_finishes_and_the_run_leaves_its_page_and_kcidb(
+        kernel_build, default_run, default_suite):
+    """Live progress named every case (in a log: plain lines, no terminal codes);
+    report.html and kcidb.json are there, the latter valid by KCIDB's schema."""
+    import kcidb_io
+
+    cases = [".".join(names[:2]) for names, test in default_suite.walk() if len(names) == 2]
+    shown = [line.split()[1] for line in default_run.stdout.splitlines()
+             if line.startswith("  ok      ")]
+    assert shown == cases and "\x1b[" not in default_run.stdout
+    results = kernel_build.layout.results
+    page = (results / "report.html").read_text()
+    assert all(f'id="{section}"' in page for section in ("outcome", "cases", "injections"))
+    assert all(case in page for case in cases)
+    document = json.loads((results / "kcidb.json").read_text())
+    kcidb_io.schema.LATEST.validate(document)
+    assert [test["path"] for test in document["tests"]][1:] == cases
 
 
 def case(tree: ktap.Test, dotted: str) -> ktap.Test:

@@ -1,0 +1,85 @@
+"""report.html: a run's page, rendered from its records and opened in a real headless
+browser (Debian's chromium and chromedriver, through selenium)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from helpers import ROOT
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from test_kcidb import GOLDEN, a_run
+from test_manifest import save_build
+
+from pipeline import history, report
+from pipeline.results import Outcome
+
+SCREENSHOTS = ROOT / "build" / "test-artifacts"
+SECTIONS = ("outcome", "kernel", "cases", "injections", "history")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = Options()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,2000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    yield driver
+    driver.quit()
+
+
+def failing_run(settings, results: Path) -> None:
+    """The golden run with smoke.injection_rate failing, after two kept passing runs."""
+    for number in range(2):
+        a_run(settings, settings.layout.results, "kselftest-run.ktap", Outcome.PASSED)
+        os.utime(settings.layout.results, (1_790_000_000 + 3600 * number,) * 2)
+        history.keep_previous(settings.layout)
+    golden = (GOLDEN / "kselftest-run.ktap").read_text()
+    failed = golden.replace("    ok 1 injection_rate\n", "    not ok 1 injection_rate\n", 1)
+    assert failed != golden
+    (results.parent / "failed.ktap").write_text(failed)
+    a_run(settings, results, str(results.parent / "failed.ktap"), Outcome.TEST_FAILURES,
+          "1 failed")
+
+
+def test_the_run_page_loads_with_every_section_and_the_failure_unfolded(
+        make_settings, browser):
+    settings = make_settings()
+    save_build(settings.layout)
+    results = settings.layout.results
+    failing_run(settings, results)
+    page = report.write(settings.layout, results)
+    assert page == results / "report.html"
+    browser.get(page.as_uri())
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == []
+    for section in SECTIONS:
+        assert browser.find_element(By.ID, section).is_displayed(), section
+    assert "test failures" in browser.find_element(By.ID, "outcome").text
+    rows = {row.find_element(By.TAG_NAME, "td").text: row
+            for row in browser.find_elements(By.CSS_SELECTOR, "#cases tr")[1:]}
+    failed = rows["smoke.injection_rate"].find_element(By.TAG_NAME, "details")
+    passed = rows["smoke.register_integrity"].find_element(By.TAG_NAME, "details")
+    assert failed.get_attribute("open") is not None and passed.get_attribute("open") is None
+    charts = browser.find_elements(By.CSS_SELECTOR, "#injections svg")
+    assert len(charts) == 4  # per case, per selftest, sleeps, skip reasons
+    grid = browser.find_element(By.CSS_SELECTOR, "#history table").text
+    assert grid.count("this run") == 1 and "failed" in grid
+    assert browser.find_elements(By.CSS_SELECTOR, "#history svg")  # the trend chart
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(SCREENSHOTS / "report-run.png"))
+
+
+def test_a_run_without_earlier_runs_or_records_still_gets_a_page(make_settings, tmp_path):
+    settings = make_settings()
+    a_run(settings, settings.layout.results, "boot-passed.ktap", Outcome.PASSED)
+    text = report.write(settings.layout, settings.layout.results).read_text()
+    assert "No kernel record in this build dir." in text
+    assert "No earlier run of this suite is kept" in text
+    assert "<script" not in text and "http" not in text.split("<svg", 1)[0]
