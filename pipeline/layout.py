@@ -166,6 +166,10 @@ class Layout:
     def bisect_log(self) -> Path:
         return self.bisect / "bisect.log"
 
+    @property
+    def bisect_page(self) -> Path:
+        return self.bisect / "report.html"
+
     def bisect_step(self, commit: str) -> Path:
         return self.bisect / "steps" / commit
 
@@ -183,6 +187,10 @@ class Layout:
     @property
     def matrix_junit(self) -> Path:
         return self.matrix / "junit.xml"
+
+    @property
+    def matrix_page(self) -> Path:
+        return self.matrix / "report.html"
 
     @property
     def lava(self) -> Path:

@@ -27,7 +27,7 @@ from .util import atomic_write_text
 
 log = logging.getLogger("pipeline")
 
-TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
+TEMPLATES = Path(__file__).parent / "templates"
 HISTORY_RUNS = 10  # runs of the same suite in the trend charts
 # Our cases print their counters as diagnostics "NAME VALUE" (images/lib/ktap.sh).
 _COUNTER = re.compile(r"^([a-z_]+) (-?[0-9]{1,18})$")
@@ -73,7 +73,7 @@ def _figure(height: float):
     return figure, figure.add_subplot()
 
 
-def _svg(figure) -> str:
+def svg(figure) -> str:
     """The figure as inline SVG: no XML header, the same bytes for the same data."""
     import matplotlib
 
@@ -94,7 +94,7 @@ def bar_chart(values: dict[str, float], xlabel: str, colours: dict[str, str] | N
     axes.set_yticks(range(len(names)), names, fontsize=7)
     axes.invert_yaxis()
     axes.set_xlabel(xlabel)
-    return _svg(figure)
+    return svg(figure)
 
 
 def range_chart(ranges: dict[str, tuple[float, float, float]], xlabel: str) -> str:
@@ -107,7 +107,7 @@ def range_chart(ranges: dict[str, tuple[float, float, float]], xlabel: str) -> s
     axes.set_yticks(range(len(names)), names, fontsize=7)
     axes.invert_yaxis()
     axes.set_xlabel(xlabel)
-    return _svg(figure)
+    return svg(figure)
 
 
 def trend_chart(labels: list[str], series: dict[str, list[float | None]]) -> str:
@@ -122,7 +122,7 @@ def trend_chart(labels: list[str], series: dict[str, list[float | None]]) -> str
         axes.set_title(name, fontsize=8, loc="left")
         axes.set_xticks(range(len(labels)), labels if number == len(series) else [""] * len(labels),
                         fontsize=6, rotation=30)
-    return _svg(figure)
+    return svg(figure)
 
 
 # ------------------------------------------------------------------ the page
@@ -206,9 +206,29 @@ def trends(past: list[Past]) -> tuple[list[str], dict[str, dict[str, str]], str]
     return labels, grid, chart
 
 
-def render(layout: Layout, results: Path) -> str:
-    import jinja2
+def render_page(template: str, **values: object) -> str:
+    """One of templates/*.html.j2 (each extends base.html.j2) with `values`."""
+    import jinja2  # only a page pays for it
 
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+        autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    return environment.get_template(template).render(**values)
+
+
+def write_page(dest: Path, template: str, **values: object) -> Path | None:
+    """A page written atomically; one that cannot be made is logged, never the failure
+    of the run, matrix or bisection it shows."""
+    try:
+        atomic_write_text(dest, render_page(template, **values))
+    except (OSError, ImportError) as exc:
+        log.warning("no %s: %s", dest, exc)
+        return None
+    return dest
+
+
+def run_page(layout: Layout, results: Path) -> dict[str, object]:
+    """What report.html.j2 shows of the run in `results`."""
     run = read_record(results / "results.json", RunResult)
     if run is None:
         raise FileNotFoundError(f"{results / 'results.json'} is missing or unreadable")
@@ -222,21 +242,16 @@ def render(layout: Layout, results: Path) -> str:
         resolved = sorted(msgspec.to_builtins(source.resolved).items())
         source_line = f"{source.kind}, Linux {source.kernel_version}: " + " ".join(
             f"{key}={value}" for key, value in resolved if key != "tarball")
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE.parent), undefined=jinja2.StrictUndefined,
-        autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    return environment.get_template(TEMPLATE.name).render(
-        run=run, kernel=kernel, series=series, source_line=source_line, cases=found,
-        charts=injection_charts(run, found), labels=labels, grid=grid, trend=trend)
+    return {"run": run, "kernel": kernel, "series": series, "source_line": source_line,
+            "cases": found, "charts": injection_charts(run, found), "labels": labels,
+            "grid": grid, "trend": trend}
 
 
 def write(layout: Layout, results: Path) -> Path | None:
-    """report.html beside the run's results.json; a report that cannot be made is logged,
-    never the run's failure."""
-    dest = results / "report.html"
+    """report.html beside the run's results.json."""
     try:
-        atomic_write_text(dest, render(layout, results))
-    except (OSError, ImportError) as exc:
+        values = run_page(layout, results)
+    except OSError as exc:
         log.warning("no report.html for this run: %s", exc)
         return None
-    return dest
+    return write_page(results / "report.html", "report.html.j2", **values)

@@ -16,6 +16,8 @@ from test_kcidb import GOLDEN, a_run
 from test_manifest import save_build
 
 from pipeline import history, report
+from pipeline.drivers import matrix
+from pipeline.drivers.bisect import report as bisect_report
 from pipeline.results import Outcome
 
 SCREENSHOTS = ROOT / "build" / "test-artifacts"
@@ -83,3 +85,62 @@ def test_a_run_without_earlier_runs_or_records_still_gets_a_page(make_settings, 
     assert "No kernel record in this build dir." in text
     assert "No earlier run of this suite is kept" in text
     assert "<script" not in text and "http" not in text.split("<svg", 1)[0]
+
+
+def cell_row(name: str, patch: str, **changes) -> matrix.CellRow:
+    values = dict(cell=name, line="linux-source-6.12", variant="default", patch=patch,
+                  exit_code=0, failed_at=None, error="", seconds=1500.0, outcome="passed",
+                  cases={"smoke.injection_rate": "passed", "kvm.kvm_patch_effect": "passed"},
+                  headline={"injections": 477, "patch_effect_seen": 12},
+                  schema=matrix.MATRIX_SCHEMA)
+    return matrix.CellRow(**{**values, **changes})
+
+
+def test_the_matrix_page_shows_every_cell_and_links_their_runs(make_settings, browser):
+    layout = make_settings().layout
+    passed = cell_row("6.12-default-patched", "patched")
+    failed = cell_row("6.12-default-stock", "stock", exit_code=4, failed_at="build",
+                      outcome="failed at build", cases={}, headline={},
+                      error="the kernel's build failed: x.c:1: error")
+    (layout.matrix / passed.cell / "results").mkdir(parents=True)
+    (layout.matrix / passed.cell / "results" / "report.html").write_text("<p>cell</p>")
+    summary = matrix.MatrixSummary(cells=[passed, failed], passed=False,
+                                   schema=matrix.MATRIX_SCHEMA)
+    page = matrix.write_page(layout, summary)
+    browser.get(page.as_uri())
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    for section in ("outcome", "grid", "cases", "charts"):
+        assert browser.find_element(By.ID, section).is_displayed(), section
+    assert "1 of 2 cells failed: 6.12-default-stock" in browser.find_element(By.ID,
+                                                                             "outcome").text
+    grid = browser.find_element(By.ID, "grid")
+    assert "failed at build" in grid.text and "x.c:1: error" in grid.text
+    link = grid.find_element(By.LINK_TEXT, "its run's page")
+    assert link.get_attribute("href").endswith("6.12-default-patched/results/report.html")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#charts svg")) == 2
+    assert browser.save_screenshot(str(SCREENSHOTS / "report-matrix.png"))
+
+
+def test_the_bisect_page_names_the_culprit_with_its_fixes_line(make_settings, browser):
+    layout = make_settings().layout
+    verdicts = ["bad", "good", "skip", "bad", "good"]
+    steps = [bisect_report.StepRow(commit=f"{n}" * 40, subject=f"change {n}", verdict=v,
+                                   reason="why", outcome="passed", seconds=60.0 * n,
+                                   cached=False, runs=1)
+             for n, v in enumerate(verdicts, 1)]
+    culprit = bisect_report.FirstBad("4" * 40, "KVM: x86: the planted regression")
+    found = bisect_report.BisectReport(
+        find="regression", first_bad=culprit, candidates=[], good="2" * 40, bad="1" * 40,
+        symptom=bisect_report.Symptom("test failures", ("kvm.kvm_under_injection",), 3, 3),
+        commits_in_range=20, steps=steps, tested=5, step_bound=7,
+        confidence=bisect_report.Confidence(0.98, "all good verdicts right: 98.0%"),
+        seconds=900.0, schema=bisect_report.BISECT_SCHEMA)
+    page = bisect_report.write_page(layout, found)
+    browser.get(page.as_uri())
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    outcome = browser.find_element(By.ID, "outcome").text
+    assert f'Fixes: {"4" * 12} ("KVM: x86: the planted regression")' in outcome
+    rows = browser.find_elements(By.CSS_SELECTOR, "#timeline tr")[1:]
+    assert [row.find_elements(By.TAG_NAME, "td")[3].text for row in rows] == verdicts
+    assert browser.find_elements(By.CSS_SELECTOR, "#timeline svg")
+    assert browser.save_screenshot(str(SCREENSHOTS / "report-bisect.png"))

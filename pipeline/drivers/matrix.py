@@ -27,9 +27,10 @@ from pathlib import Path
 
 import msgspec
 
-from .. import chain
+from .. import chain, report
 from ..errors import MatrixFailed, PipelineError
 from ..ktap import Counts, Status, Test
+from ..layout import Layout
 from ..records import read_typed, write_typed
 from ..results import RunResult, junit_case, read_record
 from ..settings import Settings
@@ -195,7 +196,32 @@ def summarize(config: Settings, cells: list[Cell]) -> MatrixSummary:
     write_typed(config.layout.matrix_summary, summary)
     write_junit(config.layout.matrix_junit, rows)
     print(table(summary.cells), flush=True)
+    page = write_page(config.layout, summary)
+    if page is not None:
+        print(f"matrix report: {page}", flush=True)
     return summary
+
+
+def write_page(layout: Layout, summary: MatrixSummary) -> Path | None:
+    """build/matrix/report.html: the cells' grid (line x variant by patched/stock) with
+    their outcomes and links to their runs' pages, each case per cell, the counters."""
+    grid: dict[tuple[str, str], dict[str, CellRow]] = {}
+    for row in summary.cells:
+        grid.setdefault((row.line, row.variant), {})[row.patch] = row
+    patches = list(dict.fromkeys(row.patch for row in summary.cells))
+    links = {}
+    for row in summary.cells:
+        page = layout.matrix / row.cell / "results" / "report.html"
+        links[row.cell] = page.relative_to(layout.matrix).as_posix() if page.is_file() else ""
+    names = list(dict.fromkeys(name for row in summary.cells for name in row.cases))
+    counters = list(dict.fromkeys(name for row in summary.cells for name in row.headline))
+    charts = {name: report.bar_chart({row.cell: row.headline[name] for row in summary.cells
+                                      if name in row.headline}, name)
+              for name in counters}
+    return report.write_page(layout.matrix_page, "matrix.html.j2", summary=summary,
+                             failing=[row.cell for row in summary.cells if row.exit_code != 0],
+                             grid=grid, patches=patches, links=links, cases=names,
+                             charts=charts)
 
 
 def table(cells: list[CellRow]) -> str:

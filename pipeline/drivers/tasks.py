@@ -68,7 +68,7 @@ def declare(config: Settings, run: RunState | None = None) -> dict[str, object]:
             "name": "summary",
             "actions": [summary],
             "task_dep": [f"matrix:{cell.name}" for cell in cells],
-            "clean": [remover(layout.matrix_summary, layout.matrix_junit)],
+            "clean": [remover(layout.matrix_summary, layout.matrix_junit, layout.matrix_page)],
             "verbosity": 2,
         }
 

@@ -34,7 +34,7 @@ from ...settings import Settings
 from ...util import atomic_write_text
 from .cache import VerdictCache
 from .repo import SKIPPED_ONLY, prepare_clone, resolve, run_bisect, run_git
-from .report import FIRST, BisectReport, make_report, print_end
+from .report import FIRST, BisectReport, make_report, print_end, write_page
 from .steps import Step, test_commit
 from .verdicts import ANY_FAILURE, BISECT_SCHEMA, Symptom, judge
 
@@ -135,6 +135,8 @@ def bisect(settings: Settings) -> BisectReport:
                      time.monotonic() - started)
     write_typed(layout.bisect_report, report)
     print_end(report, clone)
+    if write_page(layout, report) is not None:
+        print(f"bisect report: {layout.bisect_page}", flush=True)
     if report.candidates:
         shown = ", ".join(c[:12] for c in report.candidates)
         raise BisectAmbiguous(f"skipped commits leave {len(report.candidates)} candidates: "

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import msgspec
 
+from ... import report as pages
+from ...layout import Layout
 from ...settings import Settings
 from .repo import run_git
 from .steps import Step, StepRow
@@ -75,6 +77,30 @@ def make_report(settings: Settings, clone: Path, out: str, steps: list[Step], sy
         symptom=symptom, commits_in_range=count, steps=[step.row() for step in steps],
         tested=tested, step_bound=bound, confidence=confidence, seconds=round(seconds, 1),
         schema=BISECT_SCHEMA)
+
+
+VERDICT_COLOURS = {"good": "#276127", "bad": "#aa1111", "skip": "#8a6d00", "abort": "#555555"}
+
+
+def timeline(report: BisectReport) -> str:
+    """Each step as a bar of its minutes, in the order run, coloured by its verdict."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 0.3 * len(report.steps) + 1.0), layout="constrained")
+    axes = figure.add_subplot()
+    names = [f"{number} {step.commit[:12]}" for number, step in enumerate(report.steps, 1)]
+    axes.barh(range(len(names)), [step.seconds / 60 for step in report.steps],
+              color=[VERDICT_COLOURS.get(step.verdict, "#4477aa") for step in report.steps])
+    axes.set_yticks(range(len(names)), names, fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xlabel("minutes (green good, red bad, yellow skip)")
+    return pages.svg(figure)
+
+
+def write_page(layout: Layout, report: BisectReport) -> Path | None:
+    """build/bisect/report.html: the answer, the Fixes: line, the steps as a timeline."""
+    return pages.write_page(layout.bisect_page, "bisect.html.j2", report=report,
+                            timeline=timeline(report))
 
 
 def print_end(report: BisectReport, clone: Path) -> None:
