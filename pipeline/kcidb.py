@@ -155,6 +155,26 @@ def document(layout: Layout, run: RunResult, results_json: Path) -> dict[str, ob
             "tests": tests(the_build["id"], run, run_digest)}
 
 
+def merge(paths: list[Path], dest: Path) -> Path | None:
+    """One document of several runs' kcidb.json (a matrix's cells, a bisection's steps):
+    each checkout and build once, every test; None when there is none to merge."""
+    merged: dict[str, dict[str, dict]] = {"checkouts": {}, "builds": {}, "tests": {}}
+    for path in paths:
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # a run that wrote none (it failed before its guest)
+        for kind, objects in merged.items():
+            for entry in document.get(kind, []):
+                objects.setdefault(entry["id"], entry)
+    if not merged["tests"]:
+        return None
+    text = json.dumps({"version": VERSION, **{kind: list(objects.values())
+                                              for kind, objects in merged.items()}}, indent=2)
+    atomic_write_text(dest, text + "\n")
+    return dest
+
+
 def write(layout: Layout, run: RunResult, results: Path) -> Path:
     """kcidb.json beside the run's results.json."""
     dest = results / "kcidb.json"

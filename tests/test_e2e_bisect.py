@@ -58,7 +58,8 @@ def pipeline_bisect(repo: Path, good: str) -> subprocess.CompletedProcess:
 def test_bisect_finds_the_regression_through_the_whole_chain(kernel_history):
     repo, commits = kernel_history
     bisect_dir = ROOT / BISECT_BUILD / "bisect"
-    for stale in ("verdicts.json", "steps", "report.json", "report.html"):  # builds stay warm
+    # Only the answers go: the builds stay warm between runs.
+    for stale in ("verdicts.json", "steps", "report.json", "report.html", "kcidb.json"):
         subprocess.run(["rm", "-rf", str(bisect_dir / stale)], check=True)
     before = repo_state(repo)
 
@@ -70,6 +71,8 @@ def test_bisect_finds_the_regression_through_the_whole_chain(kernel_history):
                                    "subject": "timers: msleep() skips short sleeps"}
     assert f'Fixes: {culprit[:12]} ("timers: msleep() skips short sleeps")' in proc.stdout
     page = (bisect_dir / "report.html").read_text()
+    document = json.loads((bisect_dir / "kcidb.json").read_text())
+    assert culprit in {checkout["git_commit_hash"] for checkout in document["checkouts"]}
     assert f'Fixes: {culprit[:12]} (&#34;timers: msleep() skips short sleeps&#34;)' in page
     assert "kernel/time/timer.c | 2 +-" in proc.stdout  # git show --stat
     assert list(report["symptom"]["cases"]) == ["smoke.injection_rate"]

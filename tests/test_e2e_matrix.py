@@ -95,6 +95,8 @@ def test_the_matrix_passes_with_one_summary(matrix_run):
     assert [c["cell"] for c in summary["cells"]] == [STOCK, DEBUG]
     page = config.layout.matrix_page.read_text()  # each cell linked to its run's page
     assert all(f'href="{cell}/results/report.html"' in page for cell in (STOCK, DEBUG))
+    document = json.loads((config.layout.matrix / "kcidb.json").read_text())
+    assert len(document["builds"]) == 2  # the stock and the debug kernel
     # The table on stdout: a row per case, a column per cell, each cell's line.
     assert re.search(r"^case\s+6\.12-default-stock\s+6\.12-debug-patched$", proc.stdout, re.M)
     assert re.search(r"^kvm\.kvm_patch_effect\s+ok\s+ok$", proc.stdout, re.M)

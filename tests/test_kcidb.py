@@ -90,3 +90,20 @@ def test_the_patchset_hash_is_kcidbs(built):
     stock = SeriesRecord(tree_id="t", kernel_version="6.12", series=None, patches=(),
                          patch_sha256={}, digest="d")
     assert kcidb.patchset_hash(stock) == ""
+
+
+def test_a_matrix_or_bisection_merges_its_runs_documents(built, tmp_path):
+    """Each checkout and build once, every run's tests; a run without a document (it
+    failed before its guest) is left out."""
+    paths = []
+    for number, outcome in enumerate((Outcome.PASSED, Outcome.TEST_FAILURES)):
+        results = tmp_path / f"run-{number}"
+        run = a_run(built, results, "boot-passed.ktap", outcome)
+        paths.append(kcidb.write(built.layout, run, results))
+    one = json.loads(paths[0].read_text())
+    merged = kcidb.merge([*paths, tmp_path / "run-9" / "kcidb.json"], tmp_path / "all.json")
+    document = json.loads(merged.read_text())
+    kcidb_io.schema.LATEST.validate(document)
+    assert len(document["checkouts"]) == len(document["builds"]) == 1
+    assert len(document["tests"]) == 2 * len(one["tests"])
+    assert kcidb.merge([tmp_path / "none.json"], tmp_path / "nothing.json") is None

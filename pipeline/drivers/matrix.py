@@ -27,7 +27,7 @@ from pathlib import Path
 
 import msgspec
 
-from .. import chain, report
+from .. import chain, kcidb, report
 from ..errors import MatrixFailed, PipelineError
 from ..ktap import Counts, Status, Test
 from ..layout import Layout
@@ -143,8 +143,8 @@ def run_cell(config: Settings, cell: Cell) -> CellRun:
         build_dir=str(cell_dir(config.layout, cell)), schema=MATRIX_SCHEMA)
     write_typed(record, result)
     print(f"=== matrix cell {cell.name}: "
-          f"{'passed' if outcome.ok else f'failed at {stage} (exit {outcome.code})'}",
-          flush=True)
+          f"{'passed' if outcome.ok else f'failed at {stage} (exit {outcome.code})'} in "
+          f"{result.seconds / 60:.0f} min", flush=True)
     return result
 
 
@@ -199,6 +199,8 @@ def summarize(config: Settings, cells: list[Cell]) -> MatrixSummary:
     page = write_page(config.layout, summary)
     if page is not None:
         print(f"matrix report: {page}", flush=True)
+    kcidb.merge([config.layout.matrix / row.cell / "results" / "kcidb.json"
+                 for row in summary.cells], config.layout.matrix / "kcidb.json")
     return summary
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 
+from ... import kcidb
 from ...errors import BisectAmbiguous, EnvironmentProblem, Exit, PipelineError, UserError
 from ...records import read_typed, write_typed
 from ...settings import Settings
@@ -137,6 +138,9 @@ def bisect(settings: Settings) -> BisectReport:
     print_end(report, clone)
     if write_page(layout, report) is not None:
         print(f"bisect report: {layout.bisect_page}", flush=True)
+    kcidb.merge([path for step in report.steps
+                 for path in sorted(layout.bisect_step(step.commit).glob("run-*/kcidb.json"))],
+                layout.bisect / "kcidb.json")
     if report.candidates:
         shown = ", ".join(c[:12] for c in report.candidates)
         raise BisectAmbiguous(f"skipped commits leave {len(report.candidates)} candidates: "
