@@ -177,11 +177,15 @@ class CaseFollower:
 
 
 def case_line(name: str, test: ktap.Test) -> str:
-    """'  ok      kselftest.cpuid_test  2/2 runs passed, 0 injections  5.4 s'"""
+    """'  ok      kselftest.cpuid_test  alone ok, injected ok, 0 injections  5.4 s'"""
     details = []
-    if test.subtests:
+    if name.startswith(f"{kselftest.SUITE}.") and test.subtests:
+        # The kernel's runner ran it alone, then as NAME-injected.
+        details += [f"{'injected' if sub.name.endswith('-injected') else 'alone'} "
+                    f"{STATUS_WORDS.get(sub.status, sub.status.value)}" for sub in test.subtests]
+    elif test.subtests:
         passed = sum(sub.status is ktap.Status.PASSED for sub in test.subtests)
-        details.append(f"{passed}/{len(test.subtests)} runs passed")
+        details.append(f"{passed}/{len(test.subtests)} passed")
     if (injections := kselftest.injections_of(test)) is not None:
         details.append(f"{injections} injections")
     if test.status is ktap.Status.SKIPPED and test.directive:
