@@ -52,6 +52,7 @@ def run(
     hint: str = "",
     timeout: float | None = None,
     on_line: Callable[[str], None] | None = None,
+    keep_stderr: bool = True,
 ) -> str:
     """Run argv to completion and return its combined output.
 
@@ -59,6 +60,8 @@ def run(
     logged line is exactly what to paste.  With `echo` the output streams to
     our stdout as it comes (long steps show progress); with `log_file` it is
     also written there; `on_line` gets each line as it comes (live progress).
+    `keep_stderr=False` drops stderr, for output parsed line by line (a warning
+    written into the middle of a line would break it).
     On failure raise CommandError with the output's tail;
     past `timeout` seconds the command is killed (CommandTimedOut).
     """
@@ -72,7 +75,7 @@ def run(
             cwd=cwd,
             env=full_env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.STDOUT if keep_stderr else subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
             # A command with a time limit gets a process group of its own, killed
             # whole at the limit: a child still holding the output pipe (a shell's,
@@ -87,37 +90,49 @@ def run(
         ) from exc
     except OSError as exc:  # e.g. not executable
         raise EnvironmentProblem(f"cannot run {argv[0]}: {exc.strerror} (for: {text})") from exc
+    expired = threading.Event()
+
+    def stop() -> None:
+        """Kill the command; one with a time limit with its whole process group (its own
+        session, which neither Ctrl-C nor its exit reaches: a child may hold the pipe)."""
+        with contextlib.suppress(ProcessLookupError):  # all gone already
+            if timeout is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+
+    def expire() -> None:
+        expired.set()
+        stop()
+
     with contextlib.ExitStack() as stack:
         log_handle = stack.enter_context(open(log_file, "a")) if log_file else None
         if log_handle:
             log_handle.write(f"$ {text}\n")
-        # Context-managing the Popen kills nothing on Ctrl-C; do it ourselves so
-        # an interrupted step does not leave a make or tar running behind us.
-        def kill() -> None:
-            if proc.poll() is not None:
-                return
-            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-                if timeout is not None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                else:
-                    proc.kill()
-
-        stack.callback(kill)
-        expired = threading.Event()
-        if timeout is not None:
-            timer = threading.Timer(timeout, lambda: (expired.set(), kill()))
+        # proc is reaped only when `with proc` ends: until then its pid (and group)
+        # cannot be another process's, so stop() never hits a stranger.
+        timer = threading.Timer(timeout, expire) if timeout is not None else None
+        if timer is not None:
             timer.start()
-            stack.callback(timer.cancel)
         with proc:
             assert proc.stdout is not None
-            for line in proc.stdout:
-                lines.append(line)
-                if echo:
-                    print(line, end="", flush=True)
-                if log_handle:
-                    log_handle.write(line)
-                if on_line:
-                    on_line(line)
+            try:
+                for line in proc.stdout:
+                    lines.append(line)
+                    if echo:
+                        print(line, end="", flush=True)
+                    if log_handle:
+                        log_handle.write(line)
+                    if on_line:
+                        on_line(line)
+            except BaseException:
+                # Context-managing the Popen kills nothing on Ctrl-C: stop it here, so
+                # an interrupted step does not leave a make or tar running behind us.
+                stop()
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
         returncode = proc.wait()
     if returncode != 0:
         tail = redact("".join(lines[-TAIL_LINES:]).rstrip("\n"))

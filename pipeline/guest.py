@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import console, history, kcidb, kselftest, ktap, progress, qemu
+from . import report as report_page
 from .errors import MissingStepError, RunFailed, UserError
 from .records import write_typed
-from .report import write as write_report_page
 from .results import (
     RESULTS_SCHEMA,
     Outcome,
@@ -165,8 +165,11 @@ class CaseFollower:
         if size == self.size:
             return []
         self.size = size
+        # Complete lines only: the guest may be halfway through one ("ok 2 tw").
+        text = self.ktap_log.read_text(errors="replace")
+        complete = text[:text.rfind("\n") + 1].splitlines()
         lines = []
-        for names, test in ktap.parse(port_lines(self.ktap_log), name=self.suite).walk():
+        for names, test in ktap.parse(complete, name=self.suite).walk():
             name = ".".join(names)
             if len(names) > 2 or (len(names) == 1 and test.subtests) \
                     or test.status not in STATUS_WORDS or name in self.shown:
@@ -265,11 +268,9 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
     )
     write_json(results / "results.json", report, tree)
     write_junit(results / "junit.xml", report, tree)
-    try:
-        kcidb.write(layout, read_record(results / "results.json", RunResult), results)
-    except MissingStepError as exc:  # artifacts without the records of their build
-        log.warning("no kcidb.json for this run: %s", exc)
-    page = write_report_page(layout, results)
+    written = read_record(results / "results.json", RunResult)
+    report_page.best_effort("kcidb.json", lambda: kcidb.write(layout, written, results))
+    page = report_page.best_effort("report.html", lambda: report_page.write(layout, results))
     print(summary(report, tree), flush=True)
     if page is not None:
         print(f"report: {page}", flush=True)

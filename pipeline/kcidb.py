@@ -34,8 +34,8 @@ VERSION = {"major": 5, "minor": 3}
 # judge the code; a test that passed without an injection ran, but says nothing.
 STATUS = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "todo": "SKIP",
           "crashed": "ERROR", "no tests": "MISS", "not exercised": "DONE"}
-# The run's outcomes (pipeline.results.Outcome labels) as the boot test's status.
-BOOT_STATUS = {"boot timeout": "FAIL", "qemu failed": "ERROR"}
+# What the tree is, not where it lay (as the manifest's source inputs).
+CONTENT_FIELDS = ("package", "version", "sha256", "commit", "signature_checked")
 EXCERPT_LINES = 20
 _NOT_IN_PATH = re.compile(r"[^a-zA-Z0-9_-]+")
 
@@ -55,7 +55,7 @@ def patchset_hash(series: SeriesRecord) -> str:
 
 def checkout(source: SourceRecord, series: SeriesRecord) -> dict[str, object]:
     resolved, identity = source.resolved, source.identity
-    names = {"debian": resolved.package, "git": Path(str(identity.repo)).name,
+    names = {"debian": resolved.package, "git": Path(str(identity.repo)).name.removesuffix(".git"),
              "tarball": str(identity.url).rstrip("/").rsplit("/", 1)[-1],
              "local": Path(str(identity.path)).name}
     what = {"debian": f"Debian {resolved.package} {resolved.version}",
@@ -63,8 +63,9 @@ def checkout(source: SourceRecord, series: SeriesRecord) -> dict[str, object]:
             "tarball": f"{identity.url} (sha256 {resolved.sha256})",
             "local": f"{identity.path} (sha256 {resolved.sha256})"}
     shown = {k: v for k, v in sorted(msgspec.to_builtins(resolved).items()) if k != "tarball"}
+    content = {k: v for k, v in shown.items() if k in CONTENT_FIELDS}
     entry: dict[str, object] = {
-        "id": _id(source.kind, json.dumps(shown, sort_keys=True), patchset_hash(series)),
+        "id": _id(source.kind, json.dumps(content, sort_keys=True), patchset_hash(series)),
         "origin": ORIGIN,
         "tree_name": names[source.kind],
         "patchset_hash": patchset_hash(series),
@@ -81,8 +82,9 @@ def checkout(source: SourceRecord, series: SeriesRecord) -> dict[str, object]:
     return entry
 
 
-def build(checkout_id: str, kernel: KernelRecord, kmod: KmodRecord) -> dict[str, object]:
-    artifacts = {"bzImage": kernel.bzImage_sha256, **kernel.module_sha256, **kmod.sha256}
+def build(checkout_id: str, kernel: KernelRecord, kmod: KmodRecord | None) -> dict[str, object]:
+    artifacts = {"bzImage": kernel.bzImage_sha256, **kernel.module_sha256,
+                 **(kmod.sha256 if kmod else {})}
     return {
         "checkout_id": checkout_id,
         "id": _id(checkout_id, kernel.config_sha256, json.dumps(artifacts, sort_keys=True)),
@@ -117,7 +119,9 @@ def _cases(tree: TestResult) -> list[tuple[list[str], TestResult]]:
 
 def tests(build_id: str, run: RunResult, run_digest: str) -> list[dict[str, object]]:
     environment = {"comment": f"QEMU, {run.accelerator.name} ({run.accelerator.why})"}
-    boot_status = BOOT_STATUS.get(run.outcome, "PASS")
+    # The boot passed when init started (QEMU itself failing is the harness's error).
+    boot_status = "PASS" if run.seconds.get("to_init", 0) > 0 else (
+        "ERROR" if run.outcome == "qemu failed" else "FAIL")
     found = [{
         "build_id": build_id, "id": _id(build_id, run_digest, "boot"), "origin": ORIGIN,
         "path": "boot", "status": boot_status, "environment": environment,
@@ -147,7 +151,7 @@ def tests(build_id: str, run: RunResult, run_digest: str) -> list[dict[str, obje
 def document(layout: Layout, run: RunResult, results_json: Path) -> dict[str, object]:
     """The KCIDB document of the build in `layout` and the run in `results_json`."""
     source, series = records.require(SourceRecord, layout), records.require(SeriesRecord, layout)
-    kernel, kmod = records.require(KernelRecord, layout), records.require(KmodRecord, layout)
+    kernel, kmod = records.require(KernelRecord, layout), records.load(KmodRecord, layout)
     the_checkout = checkout(source, series)
     the_build = build(the_checkout["id"], kernel, kmod)
     run_digest = hashlib.sha256(results_json.read_bytes()).hexdigest()
@@ -164,10 +168,14 @@ def merge(paths: list[Path], dest: Path) -> Path | None:
             document = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue  # a run that wrote none (it failed before its guest)
+        if not isinstance(document, dict):
+            continue
         for kind, objects in merged.items():
             for entry in document.get(kind, []):
-                objects.setdefault(entry["id"], entry)
+                if isinstance(entry, dict) and "id" in entry:
+                    objects.setdefault(entry["id"], entry)
     if not merged["tests"]:
+        dest.unlink(missing_ok=True)  # no earlier matrix's or bisection's may pass for this one
         return None
     text = json.dumps({"version": VERSION, **{kind: list(objects.values())
                                               for kind, objects in merged.items()}}, indent=2)

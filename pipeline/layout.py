@@ -193,6 +193,10 @@ class Layout:
         return self.matrix / "report.html"
 
     @property
+    def matrix_kcidb(self) -> Path:
+        return self.matrix / "kcidb.json"
+
+    @property
     def lava(self) -> Path:
         """build/lava/: `doit lava`'s job definitions."""
         return self.build / "lava"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,13 +189,14 @@ def past_runs(layout: Layout, suite: str, run: RunResult) -> list[Past]:
     return [*reversed(kept), Past("this run", run)]
 
 
-def trends(past: list[Past]) -> tuple[list[str], dict[str, dict[str, str]], str]:
-    """The runs' labels, each case's status per run, and the counters' trend chart."""
+def trends(past: list[Past]) -> tuple[list[str], dict[str, list[str]], str]:
+    """The runs' labels, each case's status in each run ("-": not in it), and the
+    counters' trend chart."""
     labels = [p.label for p in past]
-    grid: dict[str, dict[str, str]] = {}
-    for p in past:
+    grid: dict[str, list[str]] = {}
+    for number, p in enumerate(past):
         for case in cases(p.run):
-            grid.setdefault(case.name, {})[p.label] = case.status
+            grid.setdefault(case.name, ["-"] * len(past))[number] = case.status
     series = {
         "cases passed": [float(p.run.counts.get("passed", 0)) for p in past],
         "injections (all cases)": [float(sum(c.counters.get("injections", 0)
@@ -216,15 +218,19 @@ def render_page(template: str, **values: object) -> str:
     return environment.get_template(template).render(**values)
 
 
-def write_page(dest: Path, template: str, **values: object) -> Path | None:
-    """A page written atomically; one that cannot be made is logged, never the failure
-    of the run, matrix or bisection it shows."""
-    try:
-        atomic_write_text(dest, render_page(template, **values))
-    except (OSError, ImportError) as exc:
-        log.warning("no %s: %s", dest, exc)
-        return None
+def write_page(dest: Path, template: str, **values: object) -> Path:
+    atomic_write_text(dest, render_page(template, **values))
     return dest
+
+
+def best_effort(what: str, make: Callable[[], Path | None]) -> Path | None:
+    """A page or document that shows a run, a matrix or a bisection, made after its
+    verdict: whatever keeps it from being made is logged, never their failure."""
+    try:
+        return make()
+    except Exception as exc:  # a missing chart library, a record of an odd shape ...
+        log.warning("no %s: %s: %s", what, type(exc).__name__, exc)
+        return None
 
 
 def run_page(layout: Layout, results: Path) -> dict[str, object]:
@@ -247,11 +253,6 @@ def run_page(layout: Layout, results: Path) -> dict[str, object]:
             "grid": grid, "trend": trend}
 
 
-def write(layout: Layout, results: Path) -> Path | None:
+def write(layout: Layout, results: Path) -> Path:
     """report.html beside the run's results.json."""
-    try:
-        values = run_page(layout, results)
-    except OSError as exc:
-        log.warning("no report.html for this run: %s", exc)
-        return None
-    return write_page(results / "report.html", "report.html.j2", **values)
+    return write_page(results / "report.html", "report.html.j2", **run_page(layout, results))

@@ -212,7 +212,8 @@ def host_versions() -> dict[str, str]:
     """The version of every package installed on this host, as dpkg knows it."""
     try:
         output = commands.run(
-            ["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${db:Status-Status}\n"])
+            ["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${db:Status-Status}\n"],
+            keep_stderr=False)
     except PipelineError as exc:  # not installed, or failed
         raise EnvironmentProblem(f"dpkg-query cannot list this host's packages ({exc}); "
                                  "the host toolchain is recorded from Debian's dpkg") from None

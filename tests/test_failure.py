@@ -60,6 +60,16 @@ def test_a_command_past_its_time_limit_is_killed_with_its_output():
     assert not isinstance(failed.value, CommandTimedOut) and failed.value.returncode == 1
 
 
+def test_a_time_limit_kills_the_children_that_outlive_the_command(tmp_path):
+    """The shell exits at once; its child holds the output pipe and would mark its end
+    with a file: the limit kills it before that."""
+    done = tmp_path / "child-finished"
+    with pytest.raises(CommandTimedOut):
+        commands.run(["sh", "-c", f"(sleep 8; touch {done}) & echo started; exit 3"],
+                     timeout=1)
+    assert not done.exists()
+
+
 def test_a_compile_error_is_the_trees(tmp_path):
     (tmp_path / "bad.c").write_text("int f(void) { return x; }\n")
     error = blamed_as(failed(["gcc", "-c", "bad.c", "-o", "bad.o"], tmp_path), tmp_path)

@@ -107,3 +107,21 @@ def test_a_matrix_or_bisection_merges_its_runs_documents(built, tmp_path):
     assert len(document["checkouts"]) == len(document["builds"]) == 1
     assert len(document["tests"]) == 2 * len(one["tests"])
     assert kcidb.merge([tmp_path / "none.json"], tmp_path / "nothing.json") is None
+
+
+def test_a_merge_of_nothing_leaves_no_earlier_document(tmp_path):
+    dest = tmp_path / "kcidb.json"
+    dest.write_text('{"tests": ["from an earlier matrix"]}')
+    (tmp_path / "odd.json").write_text('["not", "a", "document"]')
+    assert kcidb.merge([tmp_path / "odd.json", tmp_path / "none.json"], dest) is None
+    assert not dest.exists()
+
+
+def test_a_page_or_document_that_cannot_be_made_is_not_the_runs_failure(monkeypatch, caplog):
+    from pipeline import report
+
+    def broken():
+        raise ModuleNotFoundError("No module named 'matplotlib'")
+
+    assert report.best_effort("report.html", broken) is None
+    assert "no report.html: ModuleNotFoundError" in caplog.text

@@ -3,6 +3,7 @@
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -371,3 +372,22 @@ def test_a_repro_verdict_covers_the_inputs_as_well_as_the_artifacts(make_setting
     report = json.loads(s.layout.repro_report.read_text())
     assert report["verdict"] == {None: "identical", "input": "inputs differ",
                                  "artifact": "artifacts differ"}[plant]
+
+
+@pytest.mark.parametrize("runtime", ["host", "docker"])
+def test_the_build_files_keep_their_bytes(make_settings, runtime):
+    """kernel.json, image.json, manifest.json and reproducer.sh are artifacts: the same
+    records must give the same bytes as the pipeline's earlier versions wrote
+    (tests/golden/build/, checked identical to those versions' output)."""
+    config = make_settings()
+    golden = Path(__file__).parent / "golden" / "build"
+    changes = {} if runtime == "host" else {KernelRecord: {"toolchain": {
+        "runtime": "docker", "sha256": "5" * 64, "packages": {}}}}
+    save_build(config.layout, changes)
+    script = reproducer.render(config).replace(str(config.root), "/ROOT")
+    assert script == (golden / f"reproducer-{runtime}.sh").read_text()
+    if runtime == "host":
+        assert manifest.dumps(manifest.build(config.layout)) == \
+            (golden / "manifest.json").read_text()
+        assert config.layout.kernel_json.read_text() == (golden / "kernel.json").read_text()
+        assert config.layout.image_json.read_text() == (golden / "image.json").read_text()

@@ -127,3 +127,16 @@ def test_kernel_verbose_shows_makes_own_output(make_settings, tmp_path, capsys):
                               kbuild.KERNEL_OBJECT, expected=0)
     shown = capsys.readouterr().out
     assert "  CC [M]  arch/x86/kvm/x86.o\n" in shown and "objects made" not in shown
+
+
+def test_a_line_the_guest_is_still_writing_waits_for_its_end(tmp_path):
+    ktap_log = tmp_path / "ktap.log"
+    grown(ktap_log, ["KTAP version 1", "1..1", "    KTAP version 1", "    # Subtest: smoke",
+                     "    1..2", "    ok 1 one"])
+    follower = guest.CaseFollower(ktap_log, "main")
+    with open(ktap_log, "a") as out:
+        out.write("    ok 2 tw")
+    assert follower.finished() == ["  ok      smoke.one"]
+    with open(ktap_log, "a") as out:
+        out.write("o # SKIP no KVM\n")
+    assert follower.finished() == ["  skip    smoke.two  no KVM"]

@@ -106,7 +106,8 @@ def test_the_matrix_page_shows_every_cell_and_links_their_runs(make_settings, br
     (layout.matrix / passed.cell / "results" / "report.html").write_text("<p>cell</p>")
     summary = matrix.MatrixSummary(cells=[passed, failed], passed=False,
                                    schema=matrix.MATRIX_SCHEMA)
-    page = matrix.write_page(layout, summary)
+    fresh = {passed.cell: layout.matrix / passed.cell / "results" / "results.json"}
+    page = matrix.write_page(layout, summary, fresh)
     browser.get(page.as_uri())
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
     for section in ("outcome", "grid", "cases", "charts"):

@@ -176,12 +176,9 @@ def summarize(config: Settings, cells: list[Cell]) -> MatrixSummary:
         record = read_cell(cell_record(config.layout, cell)) or CellRun(
             cell=cell.name, line=cell.line, variant=cell.variant, patch=cell.patch,
             exit_code=None, failed_at="not run", error="", seconds=None, schema=MATRIX_SCHEMA)
-        results_path = cell_dir(config.layout, cell) / "results" / "results.json"
+        results_path = this_runs_results(config.layout, record)
         results, tree = None, None
-        # Only this run's results: a test step that stopped before its guest (a bad
-        # case glob) leaves the last run's in place.
-        if record.failed_at in (None, "test") and results_path.is_file() \
-                and results_path.stat().st_mtime >= record.started:
+        if results_path is not None:
             results = read_record(results_path, RunResult)
             tree = results.tests.tree() if results else None
         outcome = results.outcome if results else (
@@ -196,25 +193,40 @@ def summarize(config: Settings, cells: list[Cell]) -> MatrixSummary:
     write_typed(config.layout.matrix_summary, summary)
     write_junit(config.layout.matrix_junit, rows)
     print(table(summary.cells), flush=True)
-    page = write_page(config.layout, summary)
+    fresh = {row.cell: path for row in summary.cells
+             if (path := this_runs_results(config.layout, row)) is not None}
+    page = report.best_effort("the matrix's report.html",
+                              lambda: write_page(config.layout, summary, fresh))
     if page is not None:
         print(f"matrix report: {page}", flush=True)
-    kcidb.merge([config.layout.matrix / row.cell / "results" / "kcidb.json"
-                 for row in summary.cells], config.layout.matrix / "kcidb.json")
+    report.best_effort("the matrix's kcidb.json", lambda: kcidb.merge(
+        [path.parent / "kcidb.json" for path in fresh.values()], config.layout.matrix_kcidb))
     return summary
 
 
-def write_page(layout: Layout, summary: MatrixSummary) -> Path | None:
+def this_runs_results(layout: Layout, run: CellRun) -> Path | None:
+    """The cell's results.json if this run of the cell wrote it: a build that failed, or
+    a test step that stopped before its guest (a bad case glob), leaves the last run's."""
+    path = layout.matrix / run.cell / "results" / "results.json"
+    if run.failed_at in (None, "test") and path.is_file() \
+            and path.stat().st_mtime >= run.started:
+        return path
+    return None
+
+
+def write_page(layout: Layout, summary: MatrixSummary, fresh: dict[str, Path]) -> Path:
     """build/matrix/report.html: the cells' grid (line x variant by patched/stock) with
-    their outcomes and links to their runs' pages, each case per cell, the counters."""
+    their outcomes and links to the pages of the runs in `fresh` (cell -> its
+    results.json of this run), each case per cell, the counters."""
     grid: dict[tuple[str, str], dict[str, CellRow]] = {}
     for row in summary.cells:
         grid.setdefault((row.line, row.variant), {})[row.patch] = row
     patches = list(dict.fromkeys(row.patch for row in summary.cells))
     links = {}
     for row in summary.cells:
-        page = layout.matrix / row.cell / "results" / "report.html"
-        links[row.cell] = page.relative_to(layout.matrix).as_posix() if page.is_file() else ""
+        page = fresh[row.cell].parent / "report.html" if row.cell in fresh else None
+        links[row.cell] = page.relative_to(layout.matrix).as_posix() \
+            if page is not None and page.is_file() else ""
     names = list(dict.fromkeys(name for row in summary.cells for name in row.cases))
     counters = list(dict.fromkeys(name for row in summary.cells for name in row.headline))
     charts = {name: report.bar_chart({row.cell: row.headline[name] for row in summary.cells

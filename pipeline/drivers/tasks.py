@@ -68,7 +68,8 @@ def declare(config: Settings, run: RunState | None = None) -> dict[str, object]:
             "name": "summary",
             "actions": [summary],
             "task_dep": [f"matrix:{cell.name}" for cell in cells],
-            "clean": [remover(layout.matrix_summary, layout.matrix_junit, layout.matrix_page)],
+            "clean": [remover(layout.matrix_summary, layout.matrix_junit, layout.matrix_page,
+                              layout.matrix_kcidb)],
             "verbosity": 2,
         }
 

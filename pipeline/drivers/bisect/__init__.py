@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 
 from ... import kcidb
+from ... import report as pages
 from ...errors import BisectAmbiguous, EnvironmentProblem, Exit, PipelineError, UserError
 from ...records import read_typed, write_typed
 from ...settings import Settings
@@ -136,11 +137,12 @@ def bisect(settings: Settings) -> BisectReport:
                      time.monotonic() - started)
     write_typed(layout.bisect_report, report)
     print_end(report, clone)
-    if write_page(layout, report) is not None:
+    if pages.best_effort("the bisection's report.html", lambda: write_page(layout, report)):
         print(f"bisect report: {layout.bisect_page}", flush=True)
-    kcidb.merge([path for step in report.steps
-                 for path in sorted(layout.bisect_step(step.commit).glob("run-*/kcidb.json"))],
-                layout.bisect / "kcidb.json")
+    pages.best_effort("the bisection's kcidb.json", lambda: kcidb.merge(
+        [path for step in report.steps
+         for path in sorted(layout.bisect_step(step.commit).glob("run-*/kcidb.json"))],
+        layout.bisect / "kcidb.json"))
     if report.candidates:
         shown = ", ".join(c[:12] for c in report.candidates)
         raise BisectAmbiguous(f"skipped commits leave {len(report.candidates)} candidates: "
