@@ -52,6 +52,11 @@ class Case:
     def failed(self) -> bool:
         return self.status in ("failed", "crashed")
 
+    @property
+    def failed_line(self) -> str:
+        """The case's own "FAILED: ..." diagnostic, what it says went wrong."""
+        return next((line for line in self.diagnostics if line.startswith("FAILED:")), "")
+
 
 def cases(run: RunResult) -> list[Case]:
     """The suites' direct tests, as the live progress shows them."""

@@ -43,7 +43,8 @@ def failing_run(settings, results: Path) -> None:
         os.utime(settings.layout.results, (1_790_000_000 + 3600 * number,) * 2)
         history.keep_previous(settings.layout)
     golden = (GOLDEN / "kselftest-run.ktap").read_text()
-    failed = golden.replace("    ok 1 injection_rate\n", "    not ok 1 injection_rate\n", 1)
+    failed = golden.replace("    ok 1 injection_rate\n",
+                            "    # FAILED: 3 injections, want 40..\n    not ok 1 injection_rate\n", 1)
     assert failed != golden
     (results.parent / "failed.ktap").write_text(failed)
     a_run(settings, results, str(results.parent / "failed.ktap"), Outcome.TEST_FAILURES,
@@ -69,6 +70,8 @@ def test_the_run_page_loads_with_every_section_and_the_failure_unfolded(
     failed = rows["smoke.injection_rate"].find_element(By.TAG_NAME, "details")
     passed = rows["smoke.register_integrity"].find_element(By.TAG_NAME, "details")
     assert failed.get_attribute("open") is not None and passed.get_attribute("open") is None
+    assert failed.find_element(By.TAG_NAME, "summary").text == \
+        "FAILED: 3 injections, want 40.."
     charts = browser.find_elements(By.CSS_SELECTOR, "#injections svg")
     assert len(charts) == 4  # per case, per selftest, sleeps, skip reasons
     grid = browser.find_element(By.CSS_SELECTOR, "#history table").text
