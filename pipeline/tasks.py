@@ -39,6 +39,7 @@ from . import (
     lock,
     manifest,
     patch,
+    progress,
     records,
     selftests,
     settings,
@@ -73,9 +74,22 @@ class RunState:
     error: PipelineError | None = None
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a record comes: while a progress status line
+    is up, that is rich's stand-in, which prints the line above the status."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging() -> None:
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("  %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
@@ -97,7 +111,7 @@ def action(step: str, func: Callable[[settings.Settings], object], config: setti
     def run_step() -> TaskFailed | None:
         try:
             with lock.holding(config.layout, config.paths.wait_lock) if locked \
-                    else contextlib.nullcontext():
+                    else contextlib.nullcontext(), progress.Progress(step):
                 func(config)
         except PipelineError as exc:
             run.error = exc

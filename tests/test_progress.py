@@ -4,6 +4,7 @@ a terminal, plain lines in a log."""
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -140,3 +141,33 @@ def test_a_line_the_guest_is_still_writing_waits_for_its_end(tmp_path):
     with open(ktap_log, "a") as out:
         out.write("o # SKIP no KVM\n")
     assert follower.finished() == ["  skip    smoke.two  no KVM"]
+
+
+def test_a_progress_inside_another_shows_in_its_status_line():
+    """The kernel's build inside the kernel stage: one status line, the inner words in it."""
+    out = io.StringIO()
+    with progress.Progress("kernel", out=out, live=True) as stage:
+        with progress.Progress("make", out=out, live=True) as build:
+            build.tick("12 objects")
+            assert stage.__rich__().startswith("make: 0:00, 12 objects")
+            build.done("  kernel: 12 objects made")
+        assert stage.__rich__() == "kernel: 0:00"
+    assert out.getvalue().count("  kernel: 12 objects made") == 1
+
+
+def _live_in_a_worker(answers):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    answers.put(progress.Progress("cell", out=Terminal()).live)
+
+
+def test_a_worker_of_a_parallel_doit_prints_plain_lines():
+    """`doit -n 2 matrix` runs cells in worker processes sharing one terminal."""
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    worker = context.Process(target=_live_in_a_worker, args=(answers,))
+    worker.start()
+    worker.join(30)
+    assert answers.get(timeout=5) is False
