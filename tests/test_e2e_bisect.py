@@ -73,7 +73,7 @@ def test_bisect_finds_the_regression_through_the_whole_chain(kernel_history):
     page = (bisect_dir / "report.html").read_text()
     document = json.loads((bisect_dir / "kcidb.json").read_text())
     assert culprit in {checkout["git_commit_hash"] for checkout in document["checkouts"]}
-    assert f'Fixes: {culprit[:12]} (&#34;timers: msleep() skips short sleeps&#34;)' in page
+    assert f'Fixes: {culprit[:12]} ("timers: msleep() skips short sleeps")' in page
     assert "kernel/time/timer.c | 2 +-" in proc.stdout  # git show --stat
     assert list(report["symptom"]["cases"]) == ["smoke.injection_rate"]
     verdicts = {step["commit"]: step for step in report["steps"]}
