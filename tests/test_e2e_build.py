@@ -105,8 +105,10 @@ def test_patch_is_active_in_kvm_ko_and_absent_without_it(kernel_build):
     try:
         proc = doit("kernel", f"paths.build={E2E_BUILD}", "patch.enabled=false")
         assert tasks_run(proc) == ["patch", "config", "kernel"]
-        # Reverting touched only KVM files, so only KVM objects were recompiled.
-        compiled = re.findall(r"^\s+CC(?: \[M\])?\s+(\S+)", proc.stdout, re.M)
+        # Reverting touched only KVM files, so only KVM objects were recompiled (make's
+        # output is in the step's log; the terminal gets a progress line).
+        compiled = re.findall(r"^\s+CC(?: \[M\])?\s+(\S+)",
+                              kernel_build.layout.log("kernel").read_text(), re.M)
         assert compiled and all("kvm" in path for path in compiled), compiled
         assert preempt_count_updates(kvm, RUN_FUNCTION) == {}
         meta = json.loads((kernel_build.layout.artifacts / "kernel.json").read_text())
