@@ -25,7 +25,7 @@ import msgspec
 from . import records
 from .layout import Layout
 from .records import KernelRecord, KmodRecord, SeriesRecord, SourceRecord
-from .results import RunResult, TestResult
+from .results import RunResult
 from .util import atomic_write_text
 
 ORIGIN = "kvm_pipeline"
@@ -106,17 +106,6 @@ def _path(names: list[str]) -> str:
     return ".".join(_NOT_IN_PATH.sub("_", name).strip("_") or "_" for name in names)
 
 
-def _cases(tree: TestResult) -> list[tuple[list[str], TestResult]]:
-    """A suite's direct tests (a selftest's two runs are its one case), and any test
-    straight under the run."""
-    found = []
-    for suite in tree.subtests:
-        if not suite.subtests:
-            found.append(([suite.name], suite))
-        found += [([suite.name, case.name], case) for case in suite.subtests]
-    return found
-
-
 def tests(build_id: str, run: RunResult, run_digest: str) -> list[dict[str, object]]:
     environment = {"comment": f"QEMU, {run.accelerator.name} ({run.accelerator.why})"}
     # The boot passed when init started (QEMU itself failing is the harness's error).
@@ -129,7 +118,7 @@ def tests(build_id: str, run: RunResult, run_digest: str) -> list[dict[str, obje
         "comment": f"the guest run: {run.outcome}" + (f" ({run.why})" if run.why else ""),
     }]
     injections = {verdict.name: verdict.injections for verdict in run.kselftests}
-    for names, case in _cases(run.tests):
+    for names, case in run.tests.cases():
         path = _path(names)
         entry: dict[str, object] = {
             "build_id": build_id, "id": _id(build_id, run_digest, path), "origin": ORIGIN,

@@ -60,13 +60,8 @@ class Case:
 
 def cases(run: RunResult) -> list[Case]:
     """The suites' direct tests, as the live progress shows them."""
-    found = []
-    for suite in run.tests.subtests:
-        for names, test in ([([suite.name], suite)] if not suite.subtests else
-                            [([suite.name, case.name], case) for case in suite.subtests]):
-            found.append(Case(".".join(names), test.status, test.seconds, test.directive,
-                              test.diagnostics, counters(test)))
-    return found
+    return [Case(".".join(names), test.status, test.seconds, test.directive,
+                 test.diagnostics, counters(test)) for names, test in run.tests.cases()]
 
 
 # ------------------------------------------------------------------ charts

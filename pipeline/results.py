@@ -181,6 +181,16 @@ class TestResult(msgspec.Struct, frozen=True, kw_only=True):
                    directive=test.directive, diagnostics=test.diagnostics, errors=test.errors,
                    subtests=[cls.of(sub) for sub in test.subtests])
 
+    def cases(self) -> list[tuple[list[str], TestResult]]:
+        """A run's cases with their names: each suite's direct tests (a selftest's two
+        runs are its one case), and any test straight under the run."""
+        found = []
+        for suite in self.subtests:
+            if not suite.subtests:
+                found.append(([suite.name], suite))
+            found += [([suite.name, case.name], case) for case in suite.subtests]
+        return found
+
     def tree(self) -> Test:
         """The KTAP test tree back."""
         return Test(name=self.name, status=Status(self.status), seconds=self.seconds,
