@@ -22,7 +22,7 @@ from pathlib import Path
 
 import msgspec
 
-from . import records
+from . import manifest, records
 from .layout import Layout
 from .records import KernelRecord, KmodRecord, SeriesRecord, SourceRecord
 from .results import RunResult
@@ -34,8 +34,6 @@ VERSION = {"major": 5, "minor": 3}
 # judge the code; a test that passed without an injection ran, but says nothing.
 STATUS = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "todo": "SKIP",
           "crashed": "ERROR", "no tests": "MISS", "not exercised": "DONE"}
-# What the tree is, not where it lay (as the manifest's source inputs).
-CONTENT_FIELDS = ("package", "version", "sha256", "commit", "signature_checked")
 EXCERPT_LINES = 20
 _NOT_IN_PATH = re.compile(r"[^a-zA-Z0-9_-]+")
 
@@ -63,9 +61,10 @@ def checkout(source: SourceRecord, series: SeriesRecord) -> dict[str, object]:
             "tarball": f"{identity.url} (sha256 {resolved.sha256})",
             "local": f"{identity.path} (sha256 {resolved.sha256})"}
     shown = {k: v for k, v in sorted(msgspec.to_builtins(resolved).items()) if k != "tarball"}
-    content = {k: v for k, v in shown.items() if k in CONTENT_FIELDS}
+    # What the tree is, as the manifest names it: the same tree, the same checkout.
+    content = msgspec.to_builtins(manifest.source_inputs(source))
     entry: dict[str, object] = {
-        "id": _id(source.kind, json.dumps(content, sort_keys=True), patchset_hash(series)),
+        "id": _id(json.dumps(content, sort_keys=True), patchset_hash(series)),
         "origin": ORIGIN,
         "tree_name": names[source.kind],
         "patchset_hash": patchset_hash(series),

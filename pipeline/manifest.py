@@ -125,13 +125,8 @@ def build(layout: Layout) -> Manifest:
     source, series, config, kernel, kmod, image = (
         records.require(cls, layout) for cls in
         (SourceRecord, SeriesRecord, ConfigRecord, KernelRecord, KmodRecord, ImageRecord))
-    resolved = source.resolved
     inputs = Inputs(
-        source=SourceInputs(kind=source.kind, kernel_version=source.kernel_version,
-                            source_date_epoch=source.source_date_epoch,
-                            package=resolved.package, version=resolved.version,
-                            sha256=resolved.sha256, commit=resolved.commit,
-                            signature_checked=resolved.signature_checked),
+        source=source_inputs(source),
         patches=PatchInputs(series=series.series, digest=series.digest,
                             sha256=series.patch_sha256),
         config=ConfigInputs(
@@ -152,6 +147,16 @@ def build(layout: Layout) -> Manifest:
     artifacts = {"bzImage": kernel.bzImage_sha256, **kernel.module_sha256, **kmod.sha256,
                  **(selftests.sha256 if selftests else {}), "rootfs.ext4": image.rootfs_sha256}
     return Manifest(schema=SCHEMA, inputs=inputs, artifacts=dict(sorted(artifacts.items())))
+
+
+def source_inputs(source: SourceRecord) -> SourceInputs:
+    """What the tree is, from its record (not where it lay or how it was named)."""
+    resolved = source.resolved
+    return SourceInputs(kind=source.kind, kernel_version=source.kernel_version,
+                        source_date_epoch=source.source_date_epoch,
+                        package=resolved.package, version=resolved.version,
+                        sha256=resolved.sha256, commit=resolved.commit,
+                        signature_checked=resolved.signature_checked)
 
 
 def _package_set(record: ImageBase | PackageSet) -> PackageInputs:

@@ -71,6 +71,12 @@ class SourceResolved(Record):
     # kernel.json's copy of this record carries it here.
     source_date_epoch: int | UnsetType = UNSET
 
+    def shown(self) -> str:
+        """'package=... sha256=... version=...': what was fetched, keys sorted (as the
+        record file has them), without the local archive's path."""
+        return " ".join(f"{key}={value}" for key, value in
+                        sorted(msgspec.to_builtins(self).items()) if key != "tarball")
+
 
 class FetchRun(Record):
     seconds: float = 0.0

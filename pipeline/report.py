@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import msgspec
-
 from . import history, records
 from .layout import Layout
 from .records import KernelRecord, SeriesRecord, SourceRecord
@@ -245,9 +243,8 @@ def run_page(layout: Layout, results: Path) -> dict[str, object]:
     labels, grid, trend = trends(past_runs(layout, run.suite, run))
     source_line = "unknown (no source record)"
     if source is not None:
-        resolved = sorted(msgspec.to_builtins(source.resolved).items())
-        source_line = f"{source.kind}, Linux {source.kernel_version}: " + " ".join(
-            f"{key}={value}" for key, value in resolved if key != "tarball")
+        source_line = f"{source.kind}, Linux {source.kernel_version}: " \
+            f"{source.resolved.shown()}"
     return {"run": run, "kernel": kernel, "series": series, "source_line": source_line,
             "cases": found, "charts": injection_charts(run, found), "labels": labels,
             "grid": grid, "trend": trend}

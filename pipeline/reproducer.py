@@ -21,8 +21,6 @@ import re
 import shlex
 from pathlib import Path
 
-import msgspec
-
 from . import kconfig, patch, records, selftests, tarballs
 from .image import DOCKER_INJECTED, GUEST_HOSTNAME, GUEST_REPOSITORY, mkfs_argv
 from .kbuild import HOST_LINKS, kmod_argv
@@ -85,9 +83,8 @@ def _fetch(source: SourceRecord, make: Make) -> dict[str, object]:
     layout = make.layout
     downloads = OUT / "downloads"
     resolved = source.resolved
-    shown = {k: v for k, v in sorted(msgspec.to_builtins(resolved).items()) if k != "tarball"}
     values: dict[str, object] = {
-        "step": word(f"fetch: {source.kind} " + " ".join(f"{k}={v}" for k, v in shown.items())),
+        "step": word(f"fetch: {source.kind} {resolved.shown()}"),
         "mkdir": line(["mkdir", "-p", downloads, layout.tree]),
         # One of: git's commands; Debian's download; a tarball's (and its signature's).
         "git": [], "debian": "", "deb_dir": "", "curl": "", "gpg": [],
