@@ -266,9 +266,8 @@ def run_suite(settings: Settings, suite: str, extra_cmdline: tuple[str, ...] = (
         seconds={"total": time.monotonic() - started, "qemu": run.seconds,
                  "to_init": run.first_marker_seconds or 0.0},
     )
-    write_json(results / "results.json", report, tree)
+    written = write_json(results / "results.json", report, tree)
     write_junit(results / "junit.xml", report, tree)
-    written = read_record(results / "results.json", RunResult)
     report_page.best_effort("kcidb.json", lambda: kcidb.write(layout, written, results))
     page = report_page.best_effort("report.html", lambda: report_page.write(layout, results))
     print(summary(report, tree), flush=True)

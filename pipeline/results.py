@@ -238,8 +238,9 @@ class RepeatResult(msgspec.Struct, frozen=True, kw_only=True):
 Record = typing.TypeVar("Record", RunResult, RepeatResult)
 
 
-def write_json(path: Path, report: RunReport, tree: Test) -> None:
-    write_typed(path, RunResult(
+def write_json(path: Path, report: RunReport, tree: Test) -> RunResult:
+    """results.json; the record written."""
+    record = RunResult(
         suite=report.suite, outcome=report.outcome.label, exit_code=report.outcome.value,
         why=report.why, accelerator=Accelerator(report.accel, report.accel_why),
         guest_status=report.guest_status,
@@ -248,7 +249,9 @@ def write_json(path: Path, report: RunReport, tree: Test) -> None:
         kselftests=report.kselftests,
         selftests_exercised=kselftest.exercised(report.kselftests),
         injections_at_points=kselftest.points_total(report.kselftests), skips=report.skips,
-        qemu_argv=report.qemu_argv, tests=TestResult.of(tree), schema=RESULTS_SCHEMA))
+        qemu_argv=report.qemu_argv, tests=TestResult.of(tree), schema=RESULTS_SCHEMA)
+    write_typed(path, record)
+    return record
 
 
 def read_record(path: Path, kind: type[Record]) -> Record | None:
