@@ -145,14 +145,15 @@ def test_a_line_the_guest_is_still_writing_waits_for_its_end(tmp_path):
 
 def test_a_progress_inside_another_shows_in_its_status_line():
     """The kernel's build inside the kernel stage: one status line, the inner words in it."""
-    out = io.StringIO()
+    out, elsewhere = io.StringIO(), io.StringIO()
     with progress.Progress("kernel", out=out, live=True) as stage:
-        with progress.Progress("make", out=out, live=True) as build:
+        with progress.Progress("make", out=elsewhere, live=True) as build:
             build.tick("12 objects")
             assert stage.__rich__().startswith("make: 0:00, 12 objects")
             build.done("  kernel: 12 objects made")
         assert stage.__rich__() == "kernel: 0:00"
-    assert out.getvalue().count("  kernel: 12 objects made") == 1
+    assert out.getvalue().count("  kernel: 12 objects made") == 1  # through the outer one
+    assert elsewhere.getvalue() == ""  # the inner one draws nothing of its own
 
 
 def _live_in_a_worker(answers):
